@@ -1,0 +1,543 @@
+//! The request side of `edge`: routing to locations, static files, fixed
+//! responses, headers on every response, the HTTPS redirect, the acceptor
+//! that pins a connection to a configuration generation and enforces
+//! `limit_conn`, and the admin routes.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{header, HeaderValue, Request, Response, StatusCode, Uri};
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tower::ServiceExt;
+use wharf_http::{body, Accepted, Acceptor, Body, ConnectInfo, ResponseBody, TlsInfo};
+
+use crate::runtime::{strip_port, Action, Current, Runtime};
+
+/// The configuration generation a connection was accepted under.
+#[derive(Clone)]
+pub(crate) struct Snapshot(pub(crate) Arc<Runtime>);
+
+/// Serves requests with the connection's configuration generation.
+#[derive(Clone)]
+pub(crate) struct EdgeApp {
+    pub(crate) current: Arc<Current>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl tower::Service<Request<Body>> for EdgeApp {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let runtime = request
+            .extensions()
+            .get::<Snapshot>()
+            .map_or_else(|| self.current.get(), |s| Arc::clone(&s.0));
+        route(runtime, request)
+    }
+}
+
+fn host_of<B>(request: &Request<B>) -> Option<String> {
+    request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+}
+
+/// Applies the `limit_req` zones, then [`dispatch`].
+fn route(
+    runtime: Arc<Runtime>,
+    request: Request<Body>,
+) -> BoxFuture<Result<Response<ResponseBody>, Infallible>> {
+    let Some(limit) = runtime.limit_req.clone() else {
+        let response = dispatch(runtime, request);
+        return Box::pin(async move { Ok(response.await) });
+    };
+    let inner = tower::service_fn(move |request: Request<Body>| {
+        let response = dispatch(Arc::clone(&runtime), request);
+        async move { Ok::<_, Infallible>(response.await) }
+    });
+    let call = tower::ServiceExt::oneshot(tower::Layer::layer(&limit, inner), request);
+    Box::pin(wharf_http::body::BoxedResponse::new(call))
+}
+
+/// Routes a request to its location's action.
+fn dispatch(runtime: Arc<Runtime>, request: Request<Body>) -> BoxFuture<Response<ResponseBody>> {
+    let tls = request.extensions().get::<TlsInfo>().is_some();
+    let host = host_of(&request);
+    let vhost = runtime.vhost_index(host.as_deref());
+    let path = request.uri().path().to_owned();
+    let location = runtime.vhosts[vhost]
+        .locations
+        .iter()
+        .find(|l| path.starts_with(&l.prefix) || path.as_str() == l.prefix.trim_end_matches('/'));
+    // Futures are made here, outside any async block, so their types are
+    // concrete (an async block over the proxy's generic call trips a rustc
+    // higher-ranked lifetime limitation).
+    let pending: BoxFuture<Response<ResponseBody>> = match location {
+        None => Box::pin(std::future::ready(wharf_proxy::error_page(
+            StatusCode::NOT_FOUND,
+        ))),
+        Some(location) => match &location.action {
+            Action::Proxy(proxy) => {
+                let call = tower::Service::call(&mut proxy.clone(), request);
+                Box::pin(async move {
+                    match call.await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                })
+            }
+            Action::Static {
+                dir,
+                expires,
+                immutable,
+            } => Box::pin(serve_static(
+                dir.clone(),
+                location.prefix.clone(),
+                request,
+                *expires,
+                *immutable,
+            )),
+            Action::Return {
+                status,
+                body: text,
+                location,
+            } => {
+                let mut response = Response::new(body::full(text.clone()));
+                *response.status_mut() = *status;
+                if let Some(location) = location {
+                    response
+                        .headers_mut()
+                        .insert(header::LOCATION, location.clone());
+                }
+                if !text.is_empty() {
+                    response.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/plain; charset=utf-8"),
+                    );
+                }
+                Box::pin(std::future::ready(response))
+            }
+        },
+    };
+    Box::pin(async move {
+        let mut response = pending.await;
+        let headers = response.headers_mut();
+        let vhost = &runtime.vhosts[vhost];
+        for (name, value) in runtime.security.iter().chain(vhost.headers.iter()) {
+            headers.insert(name.clone(), value.clone());
+        }
+        if tls {
+            if let Some(hsts) = &runtime.hsts {
+                headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
+            }
+        }
+        response
+    })
+}
+
+/// Whether a file name carries a content hash (`app.3f9a2c1b.js`,
+/// `app-3f9a2c1b.css`): such files never change, so they are `immutable`.
+pub(crate) fn is_fingerprinted(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.split(['.', '-', '_'])
+        .any(|part| part.len() >= 8 && part.chars().all(|c| c.is_ascii_hexdigit()))
+}
+
+async fn serve_static(
+    dir: tower_http::services::ServeDir,
+    prefix: String,
+    request: Request<Body>,
+    expires: Option<Duration>,
+    immutable: bool,
+) -> Response<ResponseBody> {
+    let (mut parts, body) = request.into_parts();
+    let rest = parts
+        .uri
+        .path()
+        .strip_prefix(prefix.trim_end_matches('/'))
+        .unwrap_or("/");
+    let rest = if rest.is_empty() { "/" } else { rest };
+    let fingerprinted = is_fingerprinted(rest);
+    let uri = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_owned(),
+    };
+    let Ok(uri) = uri.parse::<Uri>() else {
+        return wharf_proxy::error_page(StatusCode::BAD_REQUEST);
+    };
+    parts.uri = uri;
+    let request = Request::from_parts(parts, body);
+    let served: BoxFuture<Result<Response<_>, Infallible>> = Box::pin(dir.oneshot(request));
+    let Ok(response) = served.await;
+    let (mut parts, file) = response.into_parts();
+    if parts.status.is_success() || parts.status == StatusCode::NOT_MODIFIED {
+        let cache = if immutable || fingerprinted {
+            Some("public, max-age=31536000, immutable".to_owned())
+        } else {
+            expires.map(|e| format!("public, max-age={}", e.as_secs()))
+        };
+        if let Some(cache) = cache.and_then(|c| HeaderValue::from_str(&c).ok()) {
+            parts.headers.insert(header::CACHE_CONTROL, cache);
+        }
+    } else if parts.status == StatusCode::NOT_FOUND {
+        return wharf_proxy::error_page(StatusCode::NOT_FOUND);
+    }
+    Response::from_parts(parts, body::boxed(file))
+}
+
+/// The plain listener's answer: `301` to the same host, path and query over
+/// HTTPS.
+#[derive(Clone)]
+pub(crate) struct RedirectApp {
+    pub(crate) https_port: u16,
+}
+
+impl tower::Service<Request<Body>> for RedirectApp {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<ResponseBody>, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let host = host_of(&request).unwrap_or_else(|| "localhost".to_owned());
+        let name = strip_port(&host);
+        let port = if self.https_port == 443 {
+            String::new()
+        } else {
+            format!(":{}", self.https_port)
+        };
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str);
+        let target = format!("https://{name}{port}{path}");
+        let mut response = wharf_proxy::error_page(StatusCode::MOVED_PERMANENTLY);
+        match HeaderValue::from_str(&target) {
+            Ok(location) => {
+                response.headers_mut().insert(header::LOCATION, location);
+            }
+            Err(_) => *response.status_mut() = StatusCode::BAD_REQUEST,
+        }
+        std::future::ready(Ok(response))
+    }
+}
+
+/// Per-client-IP open connections (`limit_conn`).
+#[derive(Default)]
+pub(crate) struct ConnLimits {
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+pub(crate) struct ConnGuard {
+    limits: Arc<ConnLimits>,
+    ip: IpAddr,
+    current: Arc<Current>,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.current
+            .connections_open
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Ok(mut open) = self.limits.open.lock() {
+            if let Some(n) = open.get_mut(&self.ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+impl ConnLimits {
+    fn acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        limit: usize,
+        current: &Arc<Current>,
+    ) -> Option<ConnGuard> {
+        let mut open = self.open.lock().ok()?;
+        let n = open.entry(ip).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return None;
+        }
+        *n += 1;
+        current.connections_open.fetch_add(1, Ordering::Relaxed);
+        Some(ConnGuard {
+            limits: Arc::clone(self),
+            ip,
+            current: Arc::clone(current),
+        })
+    }
+}
+
+pin_project! {
+    /// A connection's stream with its `limit_conn` slot.
+    pub(crate) struct Counted<Io> {
+        #[pin]
+        inner: Io,
+        guard: ConnGuard,
+    }
+}
+
+impl<Io: AsyncRead> AsyncRead for Counted<Io> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.project().inner.poll_read(cx, buf)
+    }
+}
+
+impl<Io: AsyncWrite> AsyncWrite for Counted<Io> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Runs `inner` (TLS, PROXY protocol, plain), then pins the connection to the
+/// current configuration generation and takes a `limit_conn` slot.
+#[derive(Clone)]
+pub(crate) struct EdgeAcceptor<A> {
+    pub(crate) inner: A,
+    pub(crate) current: Arc<Current>,
+    pub(crate) limits: Arc<ConnLimits>,
+}
+
+impl<A> Acceptor for EdgeAcceptor<A>
+where
+    A: Acceptor,
+{
+    type Io = Counted<A::Io>;
+    type Future = BoxFuture<io::Result<Accepted<Self::Io>>>;
+
+    fn accept(&self, stream: TcpStream, info: ConnectInfo) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let accepted = this.inner.accept(stream, info).await?;
+            let peer = accepted.peer.unwrap_or(info.peer);
+            let runtime = this.current.get();
+            let Some(guard) = this
+                .limits
+                .acquire(peer.ip(), runtime.limit_conn, &this.current)
+            else {
+                this.current
+                    .connections_refused
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer, "limit_conn reached; connection closed");
+                return Err(io::Error::other("limit_conn reached"));
+            };
+            let mut extensions = accepted.extensions;
+            extensions.insert(Snapshot(runtime));
+            Ok(Accepted {
+                io: Counted {
+                    inner: accepted.io,
+                    guard,
+                },
+                extensions,
+                peer: accepted.peer,
+            })
+        })
+    }
+}
+
+/// `/metrics` in the Prometheus text format.
+#[allow(clippy::too_many_lines)] // one line per metric
+pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> String {
+    let mut out = String::new();
+    let mut expiries = String::new();
+    let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
+    };
+    if let Some(tls) = tls {
+        let s = tls.stats();
+        counter(
+            "edge_tls_handshakes_total",
+            "Completed TLS handshakes.",
+            "counter",
+            s.handshakes,
+        );
+        counter(
+            "edge_tls_resumed_total",
+            "Handshakes that resumed a session.",
+            "counter",
+            s.resumed,
+        );
+        counter(
+            "edge_tls_handshake_failures_total",
+            "Failed TLS handshakes.",
+            "counter",
+            s.handshake_failures,
+        );
+        counter(
+            "edge_tls_handshake_timeouts_total",
+            "TLS handshakes past the timeout.",
+            "counter",
+            s.handshake_timeouts,
+        );
+        counter(
+            "edge_tls_certificate_reloads_total",
+            "Certificate sets swapped in.",
+            "counter",
+            s.reloads,
+        );
+        counter(
+            "edge_tls_certificate_reload_failures_total",
+            "Certificate reloads refused (old certificates kept).",
+            "counter",
+            s.reload_failures,
+        );
+        let _ = writeln!(
+            expiries,
+            "# HELP edge_tls_certificate_expiry_timestamp_seconds When each served certificate expires (notAfter).\n# TYPE edge_tls_certificate_expiry_timestamp_seconds gauge"
+        );
+        for (certificate, expires) in tls.certificate_expiries() {
+            let _ = writeln!(
+                expiries,
+                "edge_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {expires}",
+                certificate.replace('\\', "\\\\").replace('"', "\\\"")
+            );
+        }
+    }
+    counter(
+        "edge_config_reloads_total",
+        "Configuration reloads applied.",
+        "counter",
+        current.reloads_ok.load(Ordering::Relaxed),
+    );
+    counter(
+        "edge_config_reload_failures_total",
+        "Configuration reloads refused.",
+        "counter",
+        current.reloads_failed.load(Ordering::Relaxed),
+    );
+    counter(
+        "edge_connections_open",
+        "Client connections open.",
+        "gauge",
+        current.connections_open.load(Ordering::Relaxed),
+    );
+    counter(
+        "edge_connections_limited_total",
+        "Connections closed by limit_conn.",
+        "counter",
+        current.connections_refused.load(Ordering::Relaxed),
+    );
+    let runtime = current.get();
+    counter(
+        "edge_config_generation",
+        "The configuration generation new connections get.",
+        "gauge",
+        runtime.generation,
+    );
+    let _ = writeln!(out, "# HELP edge_upstream_up Whether an upstream server takes requests.\n# TYPE edge_upstream_up gauge");
+    let mut rows = String::new();
+    for proxy in &runtime.proxies {
+        let upstream = proxy.upstream();
+        for s in upstream.stats() {
+            let labels = format!("upstream=\"{}\",server=\"{}\"", upstream.name(), s.addr);
+            let _ = writeln!(
+                out,
+                "edge_upstream_up{{{labels}}} {}",
+                u8::from(s.available)
+            );
+            let _ = writeln!(
+                rows,
+                "edge_upstream_requests_total{{{labels}}} {}",
+                s.requests
+            );
+            let _ = writeln!(
+                rows,
+                "edge_upstream_failures_total{{{labels}}} {}",
+                s.failures
+            );
+            let _ = writeln!(rows, "edge_upstream_active{{{labels}}} {}", s.active);
+        }
+    }
+    out.push_str(&rows);
+    out.push_str(&expiries);
+    out
+}
+
+/// The admin listener's routes: `/metrics`; health comes from wharf-http.
+pub(crate) fn admin(
+    current: &Current,
+    tls: Option<&wharf_tls::TlsConfig>,
+    request: &Request<Body>,
+) -> Response<ResponseBody> {
+    if request.uri().path() == "/metrics" {
+        let mut response = Response::new(body::full(metrics(current, tls)));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        );
+        return response;
+    }
+    wharf_proxy::error_page(StatusCode::NOT_FOUND)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_fingerprinted;
+
+    #[test]
+    fn fingerprinted_names_are_recognised() {
+        assert!(is_fingerprinted("/js/app.3f9a2c1b.js"));
+        assert!(is_fingerprinted("/css/site-0123abcd4567.css"));
+        assert!(!is_fingerprinted("/css/site.css"));
+        assert!(!is_fingerprinted("/img/favicon.ico"));
+    }
+}

@@ -1,0 +1,672 @@
+//! `edge`'s TOML configuration, in nginx's vocabulary, with environment
+//! overrides; and its validation, which names the line of a mistake.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Environment variable naming the configuration file (`--config` wins).
+pub(crate) const CONFIG_VAR: &str = "WHARF_EDGE_CONFIG";
+
+/// A configuration problem, with the line it is on when known.
+#[derive(Debug)]
+pub(crate) struct ConfigError {
+    pub(crate) file: Option<PathBuf>,
+    pub(crate) line: Option<usize>,
+    pub(crate) message: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let file = self
+            .file
+            .as_ref()
+            .map_or_else(|| "<defaults>".to_owned(), |p| p.display().to_string());
+        match self.line {
+            Some(line) => write!(f, "{file}:{line}: {}", self.message),
+            None => write!(f, "{file}: {}", self.message),
+        }
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EdgeConfig {
+    /// `listen` blocks.
+    #[serde(default)]
+    pub(crate) listen: Vec<ListenSection>,
+    /// The admin listener (`/metrics`, health).
+    #[serde(default)]
+    pub(crate) admin: AdminSection,
+    /// Client-facing HTTP settings (nginx `http {}` level).
+    #[serde(default)]
+    pub(crate) http: HttpSection,
+    /// TLS settings shared by every TLS listener.
+    #[serde(default)]
+    pub(crate) tls: TlsSection,
+    /// Proxy settings (`proxy_*`).
+    #[serde(default)]
+    pub(crate) proxy: ProxySection,
+    /// `upstream` blocks.
+    #[serde(default, rename = "upstream")]
+    pub(crate) upstreams: Vec<UpstreamSection>,
+    /// `server` blocks.
+    #[serde(default, rename = "server")]
+    pub(crate) servers: Vec<ServerSection>,
+    /// `[[limit_req]]` zones (nginx `limit_req_zone` + `limit_req`): `zone`,
+    /// `rate` (`10r/s`), `burst`, `nodelay`, `delay`, `key` (`client_ip`,
+    /// `route`, `global`, `header:<Name>`), `path_prefix`. Counted in this
+    /// process; a reload starts them afresh.
+    #[serde(default)]
+    pub(crate) limit_req: Vec<wharf_ratelimit::ZoneConfig>,
+    /// `limit_req_status`: the status of a rejected request. Default 429
+    /// (nginx's default is 503).
+    #[serde(default = "default_limit_req_status")]
+    pub(crate) limit_req_status: u16,
+}
+
+fn default_limit_req_status() -> u16 {
+    429
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListenSection {
+    /// `listen 443 ssl`: the address.
+    pub(crate) address: Spanned<String>,
+    /// Terminate TLS here.
+    #[serde(default)]
+    pub(crate) ssl: bool,
+    /// Answer every request with a 301 to `https://` (nginx `return 301
+    /// https://$host$request_uri`) instead of serving it.
+    #[serde(default)]
+    pub(crate) redirect_to_https: bool,
+    /// The port the redirect points at. Default 443.
+    #[serde(default = "default_https_port")]
+    pub(crate) https_port: u16,
+    /// Expect a PROXY protocol header from trusted peers (`set_real_ip_from`).
+    #[serde(default)]
+    pub(crate) proxy_protocol: bool,
+}
+
+fn default_https_port() -> u16 {
+    443
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AdminSection {
+    /// Where `/metrics` and `/health` are served; loopback by default.
+    pub(crate) address: String,
+    /// Turn the admin listener off.
+    pub(crate) enabled: bool,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            address: "127.0.0.1:9901".to_owned(),
+            enabled: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct HttpSection {
+    /// `client_max_body_size`: `413` beyond it. Default `10M`.
+    #[serde(deserialize_with = "size")]
+    pub(crate) client_max_body_size: u64,
+    /// Largest request head (`large_client_header_buffers`): `431` beyond it.
+    /// Default `16k`.
+    #[serde(deserialize_with = "size")]
+    pub(crate) max_header_size: u64,
+    /// `client_header_timeout`. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) client_header_timeout: Duration,
+    /// `client_body_timeout`: longest pause while reading a body. Default `60s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) client_body_timeout: Duration,
+    /// `keepalive_timeout`. Default `75s` (nginx's).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) keepalive_timeout: Duration,
+    /// Time to drain on SIGTERM. Default `30s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) shutdown_timeout: Duration,
+    /// Open connections per process (`worker_connections`). Default 10000.
+    pub(crate) worker_connections: usize,
+    /// `limit_conn`: open connections per client IP; 0 is unlimited.
+    /// Default 0.
+    pub(crate) limit_conn: usize,
+    /// `set_real_ip_from`: peers whose `X-Forwarded-For` and PROXY headers
+    /// are believed.
+    pub(crate) set_real_ip_from: Vec<Spanned<String>>,
+    /// JSON access log lines. Default on.
+    pub(crate) access_log: bool,
+    /// `gzip on`. Default on.
+    pub(crate) gzip: bool,
+    /// `gzip_min_length`. Default 1024.
+    pub(crate) gzip_min_length: u16,
+    /// `Strict-Transport-Security` on TLS responses; empty for none.
+    /// Default `max-age=63072000; includeSubDomains`.
+    pub(crate) hsts: String,
+    /// `X-Frame-Options`. Default `DENY`.
+    pub(crate) x_frame_options: String,
+    /// `Referrer-Policy`. Default `strict-origin-when-cross-origin`.
+    pub(crate) referrer_policy: String,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            client_max_body_size: 10 * 1024 * 1024,
+            max_header_size: 16 * 1024,
+            client_header_timeout: Duration::from_secs(10),
+            client_body_timeout: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(75),
+            shutdown_timeout: Duration::from_secs(30),
+            worker_connections: 10_000,
+            limit_conn: 0,
+            set_real_ip_from: Vec::new(),
+            access_log: true,
+            gzip: true,
+            gzip_min_length: 1024,
+            hsts: "max-age=63072000; includeSubDomains".to_owned(),
+            x_frame_options: "DENY".to_owned(),
+            referrer_policy: "strict-origin-when-cross-origin".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct TlsSection {
+    /// `ssl_session_cache` size in sessions; 0 turns it off. Default 20480.
+    pub(crate) session_cache: usize,
+    /// `ssl_session_tickets`. Default on.
+    pub(crate) session_tickets: bool,
+    /// Handshake timeout. Default `10s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) handshake_timeout: Duration,
+    /// How often certificate files are checked for changes; `0s` turns the
+    /// watcher off (SIGHUP still reloads). Default `5s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) watch_interval: Duration,
+    /// `ssl_client_certificate`: CA file for client certificates.
+    pub(crate) client_certificate: Option<Spanned<String>>,
+    /// `ssl_verify_client on` (true) or `optional` (false). Default true.
+    pub(crate) verify_client: bool,
+}
+
+impl Default for TlsSection {
+    fn default() -> Self {
+        Self {
+            session_cache: 20_480,
+            session_tickets: true,
+            handshake_timeout: Duration::from_secs(10),
+            watch_interval: Duration::from_secs(5),
+            client_certificate: None,
+            verify_client: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct ProxySection {
+    /// `proxy_connect_timeout`. Default `60s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) connect_timeout: Duration,
+    /// `proxy_send_timeout`. Default `60s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) send_timeout: Duration,
+    /// `proxy_read_timeout`. Default `60s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) read_timeout: Duration,
+    /// `proxy_request_buffering`. Default on.
+    pub(crate) request_buffering: bool,
+    /// `proxy_next_upstream_tries`; 0 tries every server. Default 0.
+    pub(crate) next_upstream_tries: usize,
+}
+
+impl Default for ProxySection {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            request_buffering: true,
+            next_upstream_tries: 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamSection {
+    pub(crate) name: Spanned<String>,
+    #[serde(default)]
+    pub(crate) servers: Vec<UpstreamServerSection>,
+    /// `keepalive`. Default 32.
+    #[serde(default = "default_keepalive")]
+    pub(crate) keepalive: usize,
+    /// `round_robin` (default) or `least_conn`.
+    #[serde(default)]
+    pub(crate) balance: BalanceName,
+    #[serde(default)]
+    pub(crate) health_check: Option<HealthCheckSection>,
+}
+
+fn default_keepalive() -> usize {
+    32
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum BalanceName {
+    #[default]
+    RoundRobin,
+    LeastConn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UpstreamServerSection {
+    pub(crate) address: Spanned<String>,
+    #[serde(default = "one")]
+    pub(crate) weight: u32,
+    #[serde(default)]
+    pub(crate) backup: bool,
+    #[serde(default = "one")]
+    pub(crate) max_fails: u32,
+    #[serde(default = "ten_seconds", deserialize_with = "duration")]
+    pub(crate) fail_timeout: Duration,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn ten_seconds() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct HealthCheckSection {
+    pub(crate) path: String,
+    #[serde(default = "five_seconds", deserialize_with = "duration")]
+    pub(crate) interval: Duration,
+    #[serde(default = "two_seconds", deserialize_with = "duration")]
+    pub(crate) timeout: Duration,
+    #[serde(default = "two")]
+    pub(crate) rise: u32,
+    #[serde(default = "three")]
+    pub(crate) fall: u32,
+}
+
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn two_seconds() -> Duration {
+    Duration::from_secs(2)
+}
+fn two() -> u32 {
+    2
+}
+fn three() -> u32 {
+    3
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerSection {
+    /// `server_name`: exact names and `*.example.com` wildcards.
+    #[serde(default)]
+    pub(crate) server_name: Vec<String>,
+    /// `listen … default_server`: the block for unknown hosts (default: the first).
+    #[serde(default)]
+    pub(crate) default_server: bool,
+    /// `ssl_certificate`: one file or a list (e.g. ECDSA and RSA side by side).
+    #[serde(default)]
+    pub(crate) ssl_certificate: Option<Spanned<OneOrMany>>,
+    /// `ssl_certificate_key`: one per certificate, in the same order.
+    #[serde(default)]
+    pub(crate) ssl_certificate_key: Option<Spanned<OneOrMany>>,
+    /// `ssl_stapling_file`: one DER OCSP response per certificate.
+    #[serde(default)]
+    pub(crate) ssl_stapling_file: Option<Spanned<OneOrMany>>,
+    /// `add_header`: extra response headers on every response of this block.
+    #[serde(default)]
+    pub(crate) add_header: BTreeMap<String, String>,
+    #[serde(default, rename = "location")]
+    pub(crate) locations: Vec<LocationSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub(crate) fn to_vec(&self) -> Vec<String> {
+        match self {
+            Self::One(one) => vec![one.clone()],
+            Self::Many(many) => many.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LocationSection {
+    /// The path prefix (`location /static/`); the longest match wins.
+    pub(crate) path: Spanned<String>,
+    /// `proxy_pass`: an upstream's name or `http://host:port`.
+    #[serde(default)]
+    pub(crate) proxy_pass: Option<Spanned<String>>,
+    /// `alias`: a directory whose files are served for the rest of the path.
+    #[serde(default)]
+    pub(crate) alias: Option<Spanned<String>>,
+    /// `expires`: `Cache-Control: max-age` for static files.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub(crate) expires: Option<Duration>,
+    /// `Cache-Control: public, immutable` on every file; without it, only
+    /// fingerprinted names (`app.3f9a2c1b.js`) are marked immutable.
+    #[serde(default)]
+    pub(crate) immutable: bool,
+    /// `return`: a fixed response.
+    #[serde(default, rename = "return")]
+    pub(crate) fixed: Option<ReturnSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ReturnSection {
+    pub(crate) status: u16,
+    #[serde(default)]
+    pub(crate) body: String,
+    /// `Location` for redirects.
+    #[serde(default)]
+    pub(crate) location: Option<String>,
+}
+
+/// Parses `30s`, `5m`, `1h`, `1d`, `500ms`, or a number of seconds.
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, "s"), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 1h, 1d"))?;
+    let secs = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        "w" => n * 7 * 86_400,
+        "M" => n * 30 * 86_400,
+        "y" => n * 365 * 86_400,
+        _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+/// Parses `10M`, `16k`, `1g`, or a number of bytes.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((text, ""), |i| text.split_at(i));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: expected e.g. 10M, 16k"))?;
+    let factor = match unit {
+        "" => 1,
+        "k" | "K" => 1024,
+        "m" | "M" => 1024 * 1024,
+        "g" | "G" => 1024 * 1024 * 1024,
+        _ => return Err(format!("invalid size {text:?}: unknown unit {unit:?}")),
+    };
+    Ok(n * factor)
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum TextOrNumber {
+    Text(String),
+    Number(u64),
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(text) => parse_duration(&text).map_err(de::Error::custom),
+        TextOrNumber::Number(n) => Ok(Duration::from_secs(n)),
+    }
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+fn size<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(text) => parse_size(&text).map_err(de::Error::custom),
+        TextOrNumber::Number(n) => Ok(n),
+    }
+}
+
+/// Where the configuration came from.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub(crate) path: Option<PathBuf>,
+    pub(crate) text: String,
+}
+
+impl Source {
+    pub(crate) fn error(
+        &self,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.path.clone(),
+            line: span.map(|s| line_of(&self.text, s.start)),
+            message: message.into(),
+        }
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+/// Reads and parses the file; `None` means development defaults.
+pub(crate) fn load(path: Option<&Path>) -> Result<(EdgeConfig, Source), ConfigError> {
+    let Some(path) = path else {
+        let source = Source {
+            path: None,
+            text: String::new(),
+        };
+        return Ok((development(), source));
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: Some(path.to_owned()),
+        line: None,
+        message: format!("cannot read: {e}"),
+    })?;
+    let source = Source {
+        path: Some(path.to_owned()),
+        text,
+    };
+    let config: EdgeConfig = toml::from_str(&source.text).map_err(|e| {
+        let message = e.message().to_owned();
+        source.error(e.span(), message)
+    })?;
+    Ok((config, source))
+}
+
+/// The configuration with no file: 8080 redirects to 8443, which terminates
+/// TLS with a self-signed certificate and proxies to `frontend` on 7001.
+pub(crate) fn development() -> EdgeConfig {
+    let spanned = |s: &str| Spanned::new(0..0, s.to_owned());
+    EdgeConfig {
+        listen: vec![
+            ListenSection {
+                address: spanned("127.0.0.1:8080"),
+                ssl: false,
+                redirect_to_https: true,
+                https_port: 8443,
+                proxy_protocol: false,
+            },
+            ListenSection {
+                address: spanned("127.0.0.1:8443"),
+                ssl: true,
+                redirect_to_https: false,
+                https_port: 8443,
+                proxy_protocol: false,
+            },
+        ],
+        admin: AdminSection::default(),
+        http: HttpSection::default(),
+        tls: TlsSection::default(),
+        proxy: ProxySection::default(),
+        limit_req: Vec::new(),
+        limit_req_status: default_limit_req_status(),
+        upstreams: vec![UpstreamSection {
+            name: spanned("frontend"),
+            servers: vec![UpstreamServerSection {
+                address: spanned("127.0.0.1:7001"),
+                weight: 1,
+                backup: false,
+                max_fails: 1,
+                fail_timeout: Duration::from_secs(10),
+            }],
+            keepalive: 32,
+            balance: BalanceName::RoundRobin,
+            health_check: None,
+        }],
+        servers: vec![ServerSection {
+            server_name: vec!["localhost".to_owned()],
+            default_server: true,
+            ssl_certificate: None,
+            ssl_certificate_key: None,
+            ssl_stapling_file: None,
+            add_header: BTreeMap::new(),
+            locations: vec![LocationSection {
+                path: spanned("/"),
+                proxy_pass: Some(spanned("frontend")),
+                alias: None,
+                expires: None,
+                immutable: false,
+                fixed: None,
+            }],
+        }],
+    }
+}
+
+/// Environment overrides, applied after the file: listener addresses and the
+/// servers of the first upstream.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Overrides {
+    /// `WHARF_EDGE_HTTP`: address of the plain (redirecting) listener.
+    pub(crate) http: Option<String>,
+    /// `WHARF_EDGE_HTTPS`: address of the TLS listener.
+    pub(crate) https: Option<String>,
+    /// `WHARF_EDGE_ADMIN`: admin listener address, or `off`.
+    pub(crate) admin: Option<String>,
+    /// `WHARF_EDGE_UPSTREAM`: comma-separated `host:port` servers replacing
+    /// those of the first upstream.
+    pub(crate) upstream: Option<String>,
+}
+
+impl Overrides {
+    pub(crate) fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            http: var("WHARF_EDGE_HTTP"),
+            https: var("WHARF_EDGE_HTTPS"),
+            admin: var("WHARF_EDGE_ADMIN"),
+            upstream: var("WHARF_EDGE_UPSTREAM"),
+        }
+    }
+
+    pub(crate) fn apply(&self, config: &mut EdgeConfig) {
+        let set = |listen: &mut Vec<ListenSection>, ssl: bool, address: &str| {
+            if let Some(l) = listen.iter_mut().find(|l| l.ssl == ssl) {
+                l.address = Spanned::new(0..0, address.to_owned());
+            }
+        };
+        if let Some(http) = &self.http {
+            set(&mut config.listen, false, http);
+        }
+        if let Some(https) = &self.https {
+            set(&mut config.listen, true, https);
+            if let Ok(addr) = https.parse::<SocketAddr>() {
+                for l in config.listen.iter_mut().filter(|l| l.redirect_to_https) {
+                    l.https_port = addr.port();
+                }
+            }
+        }
+        if let Some(admin) = &self.admin {
+            if admin == "off" {
+                config.admin.enabled = false;
+            } else {
+                config.admin.address.clone_from(admin);
+            }
+        }
+        if let (Some(servers), Some(first)) = (&self.upstream, config.upstreams.first_mut()) {
+            first.servers = servers
+                .split(',')
+                .map(|s| UpstreamServerSection {
+                    address: Spanned::new(0..0, s.trim().to_owned()),
+                    weight: 1,
+                    backup: false,
+                    max_fails: 1,
+                    fail_timeout: Duration::from_secs(10),
+                })
+                .collect();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_parse_like_nginx() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("3x").is_err());
+        assert_eq!(parse_size("10M").unwrap(), 10 * 1024 * 1024);
+        assert_eq!(parse_size("16k").unwrap(), 16 * 1024);
+        assert!(parse_size("ten").is_err());
+    }
+
+    #[test]
+    fn a_typo_is_an_error_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("edge.toml");
+        std::fs::write(
+            &path,
+            "[http]\nclient_max_body_size = \"10M\"\nclient_max_body_sise = \"1M\"\n",
+        )
+        .unwrap();
+        let err = load(Some(&path)).unwrap_err();
+        assert_eq!(err.line, Some(3), "{err}");
+        assert!(err.message.contains("client_max_body_sise"), "{err}");
+    }
+}

@@ -1,0 +1,562 @@
+//! `edge`: the TLS-terminating reverse proxy in front of `frontend`, the nginx
+//! of the seeds' deployments.
+//!
+//! `edge [--config FILE]` serves; `edge check-config [--config FILE]`
+//! validates a file and exits 78 naming the line and reason (like `nginx -t`).
+//! The file also comes from `WHARF_EDGE_CONFIG`; with none, in development,
+//! `edge` redirects 8080 to 8443, where it terminates TLS with a self-signed
+//! certificate made at start and proxies to `frontend` on 127.0.0.1:7001.
+//! SIGHUP reloads configuration and certificates (new connections get the new
+//! configuration, open ones finish on the old; an invalid file is refused and
+//! the old one keeps serving). SIGTERM/SIGINT drain and stop.
+//! See docs/edge.md for the configuration and its nginx equivalents.
+
+mod app;
+mod config;
+mod runtime;
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use http::{HeaderMap, StatusCode, Version};
+use tokio::sync::watch;
+use tower::ServiceBuilder;
+use tower_http::compression::predicate::{Predicate, SizeAbove};
+use tower_http::compression::CompressionLayer;
+use wharf_config::EXIT_CONFIG;
+use wharf_http::{Health, Listener, PlainAcceptor, Server, ServerConfig, StatusInfo};
+use wharf_proxy::proxy_protocol::ProxyProtocolAcceptor;
+use wharf_tls::{KeyKind, SelfSigned, TlsConfig, TlsSettings};
+
+use crate::app::{ConnLimits, EdgeAcceptor, EdgeApp, RedirectApp};
+use crate::config::{ConfigError, EdgeConfig, Overrides, Source, CONFIG_VAR};
+use crate::runtime::{Built, Current, ListenPlan};
+
+/// Exit code when the service cannot start for a reason other than configuration.
+const EXIT_UNAVAILABLE: u8 = 69;
+
+#[path = "../shared/build_info.rs"]
+mod build_info;
+use build_info::{BUILD_TIME, GIT_COMMIT, VERSION};
+
+#[derive(Debug, Parser)]
+#[command(name = "edge", version = VERSION, about = "TLS-terminating reverse proxy, served by wharf")]
+struct Cli {
+    /// The TOML configuration file (default: `$WHARF_EDGE_CONFIG`; none: development defaults).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve (the default).
+    Serve,
+    /// Validate the configuration (and load its certificates); exit 78 with the line and reason if wrong.
+    CheckConfig,
+    /// GET the admin listener's /health/live; exit 0 when it answers 200, 1
+    /// otherwise (a container HEALTHCHECK without curl).
+    Healthcheck {
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
+}
+
+fn config_path(cli: &Cli) -> Option<PathBuf> {
+    cli.config
+        .clone()
+        .or_else(|| std::env::var_os(CONFIG_VAR).map(PathBuf::from))
+        .filter(|p| !p.as_os_str().is_empty())
+}
+
+/// Loads, applies environment overrides, builds and validates.
+fn load(
+    path: Option<&std::path::Path>,
+    generation: u64,
+) -> Result<(EdgeConfig, Source, Built), ConfigError> {
+    let (mut config, source) = config::load(path)?;
+    Overrides::from_env().apply(&mut config);
+    let built = runtime::build(&config, &source, generation)?;
+    Ok((config, source, built))
+}
+
+fn config_exit(error: &ConfigError) -> ExitCode {
+    eprintln!("edge: {error}");
+    ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let path = config_path(&cli);
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::CheckConfig => check_config(path.as_deref()),
+        Command::Healthcheck { timeout } => healthcheck(path.as_deref(), timeout),
+        Command::Serve => serve(path),
+    }
+}
+
+#[path = "../shared/healthcheck.rs"]
+mod shared_healthcheck;
+
+fn healthcheck(path: Option<&std::path::Path>, timeout: u64) -> ExitCode {
+    let (config, _) = match config::load(path) {
+        Ok(loaded) => loaded,
+        Err(error) => return config_exit(&error),
+    };
+    let mut config = config;
+    Overrides::from_env().apply(&mut config);
+    if !config.admin.enabled {
+        eprintln!("edge healthcheck: the admin listener is off ([admin] enabled = false)");
+        return ExitCode::FAILURE;
+    }
+    let addr: std::net::SocketAddr = match config.admin.address.parse() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!(
+                "edge healthcheck: admin address {:?}: {error}",
+                config.admin.address
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+    match shared_healthcheck::check(
+        addr,
+        "/health/live",
+        std::time::Duration::from_secs(timeout),
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(why) => {
+            eprintln!("edge healthcheck: http://{addr}/health/live: {why}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check_config(path: Option<&std::path::Path>) -> ExitCode {
+    let (config, _, built) = match load(path, 0) {
+        Ok(loaded) => loaded,
+        Err(error) => return config_exit(&error),
+    };
+    if !built.certificates.is_empty() {
+        if let Err(error) = TlsConfig::load(&tls_settings(&config, built.certificates.clone())) {
+            return config_exit(&ConfigError {
+                file: path.map(ToOwned::to_owned),
+                line: None,
+                message: error.to_string(),
+            });
+        }
+    }
+    let name = path.map_or_else(
+        || "<development defaults>".to_owned(),
+        |p| p.display().to_string(),
+    );
+    println!("edge: the configuration file {name} syntax is ok");
+    println!("edge: configuration file {name} test is successful");
+    ExitCode::SUCCESS
+}
+
+fn tls_settings(config: &EdgeConfig, certificates: Vec<wharf_tls::CertificatePair>) -> TlsSettings {
+    TlsSettings {
+        certificates,
+        session_cache_size: config.tls.session_cache,
+        session_tickets: config.tls.session_tickets,
+        handshake_timeout: config.tls.handshake_timeout,
+        watch_interval: (!config.tls.watch_interval.is_zero()).then_some(config.tls.watch_interval),
+        client_auth: config
+            .tls
+            .client_certificate
+            .as_ref()
+            .map(|ca| wharf_tls::ClientAuth {
+                ca: PathBuf::from(ca.get_ref()),
+                required: config.tls.verify_client,
+            }),
+        ..TlsSettings::default()
+    }
+}
+
+fn server_config(config: &EdgeConfig, tls: bool) -> ServerConfig {
+    let http = &config.http;
+    let proxy = &config.proxy;
+    // HSTS on errors wharf-http makes itself (413, 408, 504): parsed from the
+    // configured header so they carry the same policy.
+    let hsts_age = http
+        .hsts
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("max-age="))
+        .and_then(|n| n.trim().parse::<u64>().ok());
+    ServerConfig {
+        header_read_timeout: http.client_header_timeout,
+        keepalive_timeout: http.keepalive_timeout,
+        // The proxy enforces its own timeouts (502/504 pages); this is a backstop.
+        request_timeout: proxy.connect_timeout
+            + proxy.send_timeout
+            + proxy.read_timeout
+            + http.client_body_timeout
+            + Duration::from_secs(60),
+        graceful_timeout: http.shutdown_timeout,
+        max_header_bytes: usize::try_from(http.max_header_size)
+            .unwrap_or(usize::MAX)
+            .max(8192),
+        max_body_bytes: usize::try_from(http.client_max_body_size).unwrap_or(usize::MAX),
+        max_connections: http.worker_connections.max(1),
+        hsts_max_age: if tls {
+            hsts_age.map(Duration::from_secs)
+        } else {
+            None
+        },
+        hsts_include_subdomains: http.hsts.to_ascii_lowercase().contains("includesubdomains"),
+        access_log: http.access_log,
+        ..ServerConfig::default()
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let (config, _, built) = match load(path.as_deref(), 1) {
+        Ok(loaded) => loaded,
+        Err(error) => return config_exit(&error),
+    };
+    let format = if path.is_some() {
+        wharf_telemetry::LogFormat::Json
+    } else {
+        wharf_telemetry::LogFormat::Pretty
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    if let Err(error) = wharf_telemetry::init(&wharf_telemetry::LogSettings { format, filter }) {
+        eprintln!("edge: {error}");
+        return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start the async runtime");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    runtime.block_on(run(path, config, built))
+}
+
+/// Makes the development certificate when no file configures one.
+fn development_certificates() -> Result<Vec<wharf_tls::CertificatePair>, wharf_tls::TlsError> {
+    let dir = std::env::temp_dir().join(format!("wharf-edge-dev-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|source| wharf_tls::TlsError::Read {
+        path: dir.clone(),
+        source,
+    })?;
+    let pair = SelfSigned::generate(&["localhost", "127.0.0.1"], KeyKind::EcdsaP256)?
+        .write(&dir, "localhost")?;
+    tracing::warn!(cert = %pair.cert.display(), "Development: serving a self-signed certificate made at start");
+    Ok(vec![pair])
+}
+
+#[allow(clippy::too_many_lines)] // start-up in order: TLS, listeners, servers, signals
+async fn run(path: Option<PathBuf>, config: EdgeConfig, built: Built) -> ExitCode {
+    let Built {
+        runtime,
+        listeners: plans,
+        certificates,
+        admin,
+        trusted,
+    } = built;
+    let needs_tls = plans.iter().any(|l| l.tls);
+    let development = path.is_none();
+    let certificates = if needs_tls && certificates.is_empty() && development {
+        match development_certificates() {
+            Ok(c) => c,
+            Err(error) => {
+                tracing::error!(%error, "Cannot make the development certificate");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        }
+    } else {
+        certificates
+    };
+    let tls = if needs_tls {
+        match TlsConfig::load(&tls_settings(&config, certificates)) {
+            Ok(tls) => {
+                let _ = tls.watch();
+                Some(tls)
+            }
+            Err(error) => {
+                eprintln!("edge: {error}");
+                return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+            }
+        }
+    } else {
+        None
+    };
+    for proxy in &runtime.proxies {
+        let _ = proxy.spawn_health_checks();
+    }
+    let current = Arc::new(Current::new(runtime));
+    let limits = Arc::new(ConnLimits::default());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let mut tasks = Vec::new();
+    for plan in &plans {
+        let listener = match Listener::bind(plan.addr) {
+            Ok(l) => l,
+            Err(error) => {
+                tracing::error!(%error, "Cannot start");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        };
+        let local = listener.local_addr().unwrap_or(plan.addr);
+        tracing::info!(address = %local, tls = plan.tls, redirect = plan.redirect_https_port.is_some(), proxy_protocol = plan.proxy_protocol, "Listening");
+        let server = Server::new(server_config(&config, plan.tls));
+        let shutdown = stopped(stop_rx.clone());
+        let task = spawn_listener(
+            plan,
+            listener,
+            server,
+            shutdown,
+            &current,
+            &limits,
+            tls.as_ref(),
+            &trusted,
+            &config,
+        );
+        tasks.push(task);
+    }
+    if let Some(addr) = admin {
+        match Listener::bind(addr) {
+            Ok(listener) => {
+                tracing::info!(address = %addr, "Admin listening: /metrics, /_status, /health/live, /health/ready");
+                let health = Health::new(StatusInfo {
+                    git_commit: GIT_COMMIT.to_owned(),
+                    build_time: BUILD_TIME.to_owned(),
+                    environment: if development {
+                        "development"
+                    } else {
+                        "production"
+                    }
+                    .to_owned(),
+                });
+                let (current, tls) = (Arc::clone(&current), tls.clone());
+                let app = tower::service_fn(move |request| {
+                    std::future::ready(Ok::<_, Infallible>(app::admin(
+                        &current,
+                        tls.as_ref(),
+                        &request,
+                    )))
+                });
+                let shutdown = stopped(stop_rx.clone());
+                tasks.push(tokio::spawn(async move {
+                    Server::new(ServerConfig {
+                        access_log: false,
+                        graceful_timeout: Duration::from_secs(1),
+                        ..ServerConfig::default()
+                    })
+                    .with_health(health)
+                    .serve(vec![listener], app, shutdown)
+                    .await
+                }));
+            }
+            Err(error) => {
+                tracing::error!(%error, "Cannot start the admin listener");
+                return ExitCode::from(EXIT_UNAVAILABLE);
+            }
+        }
+    }
+
+    signals(path, &plans, &current, tls.as_ref()).await;
+    let _ = stop_tx.send(true);
+    let mut forced = 0;
+    for task in tasks {
+        if let Ok(Ok(report)) = task.await {
+            forced += report.forced;
+        }
+    }
+    tracing::info!(forced_connections = forced, "Stopped");
+    ExitCode::SUCCESS
+}
+
+type ServeTask = tokio::task::JoinHandle<Result<wharf_http::DrainReport, wharf_http::ServeError>>;
+
+#[allow(clippy::too_many_arguments)] // one listener's whole wiring
+fn spawn_listener(
+    plan: &ListenPlan,
+    listener: Listener,
+    server: Server,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    current: &Arc<Current>,
+    limits: &Arc<ConnLimits>,
+    tls: Option<&TlsConfig>,
+    trusted: &wharf_proxy::TrustedProxies,
+    config: &EdgeConfig,
+) -> ServeTask {
+    let handshake_timeout = config.tls.handshake_timeout;
+    let app = EdgeApp {
+        current: Arc::clone(current),
+    };
+    let gzip = config.http.gzip;
+    let min = config.http.gzip_min_length;
+    let enabled = move |_: StatusCode, _: Version, _: &HeaderMap, _: &http::Extensions| gzip;
+    let compressing = ServiceBuilder::new()
+        .map_response(|r: http::Response<_>| r.map(wharf_http::body::boxed))
+        .layer(
+            CompressionLayer::new()
+                .compress_when(SizeAbove::new(min).and(compressible).and(enabled)),
+        )
+        .service(app);
+    let listeners = vec![listener];
+    if let Some(port) = plan.redirect_https_port {
+        let app = RedirectApp { https_port: port };
+        let acceptor = edge_acceptor(PlainAcceptor, current, limits);
+        return tokio::spawn(server.serve_with(listeners, acceptor, app, shutdown));
+    }
+    match (plan.tls, plan.proxy_protocol, tls) {
+        (true, false, Some(tls)) => {
+            let acceptor = edge_acceptor(tls.acceptor(), current, limits);
+            tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
+        }
+        (true, true, Some(tls)) => {
+            let inner =
+                ProxyProtocolAcceptor::new(tls.acceptor(), trusted.clone(), handshake_timeout);
+            let acceptor = edge_acceptor(inner, current, limits);
+            tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
+        }
+        (false, true, _) => {
+            let inner =
+                ProxyProtocolAcceptor::new(PlainAcceptor, trusted.clone(), handshake_timeout);
+            let acceptor = edge_acceptor(inner, current, limits);
+            tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
+        }
+        _ => {
+            let acceptor = edge_acceptor(PlainAcceptor, current, limits);
+            tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
+        }
+    }
+}
+
+fn edge_acceptor<A>(inner: A, current: &Arc<Current>, limits: &Arc<ConnLimits>) -> EdgeAcceptor<A> {
+    EdgeAcceptor {
+        inner,
+        current: Arc::clone(current),
+        limits: Arc::clone(limits),
+    }
+}
+
+use std::future::Future;
+
+/// Text types worth compressing (nginx `gzip_types` of the seeds, plus HTML).
+fn compressible(
+    _status: StatusCode,
+    _version: Version,
+    headers: &HeaderMap,
+    _ext: &http::Extensions,
+) -> bool {
+    let Some(content_type) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    if headers.contains_key(http::header::CONTENT_ENCODING) {
+        return false;
+    }
+    let mime = content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime.starts_with("text/")
+        || matches!(
+            mime.as_str(),
+            "application/json"
+                | "application/javascript"
+                | "application/xml"
+                | "application/rss+xml"
+                | "application/xml+rss"
+                | "image/svg+xml"
+        )
+}
+
+/// Waits for SIGTERM/SIGINT, reloading on every SIGHUP meanwhile.
+async fn signals(
+    path: Option<PathBuf>,
+    plans: &[ListenPlan],
+    current: &Arc<Current>,
+    tls: Option<&TlsConfig>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut hangup), Ok(mut terminate)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("Cannot listen for signals; only Ctrl-C stops edge");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    let mut generation = 1;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { tracing::info!(signal = "SIGINT", "Shutting down"); return; }
+            _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); return; }
+            _ = hangup.recv() => {
+                generation += 1;
+                reload(path.as_deref(), generation, plans, current, tls);
+            }
+        }
+    }
+}
+
+fn reload(
+    path: Option<&std::path::Path>,
+    generation: u64,
+    plans: &[ListenPlan],
+    current: &Arc<Current>,
+    tls: Option<&TlsConfig>,
+) {
+    tracing::info!(
+        signal = "SIGHUP",
+        generation,
+        "Reloading configuration and certificates"
+    );
+    let refuse = |error: &dyn std::fmt::Display| {
+        current.reloads_failed.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(error = %error, "Configuration reload refused; the previous configuration keeps serving");
+    };
+    let (_, _, built) = match load(path, generation) {
+        Ok(loaded) => loaded,
+        Err(error) => return refuse(&error),
+    };
+    if built.listeners != plans {
+        tracing::warn!("Listener changes need a restart; they are ignored until then");
+    }
+    if let Some(tls) = tls {
+        let certificates = if built.certificates.is_empty() && path.is_none() {
+            tls.certificates()
+        } else {
+            built.certificates.clone()
+        };
+        if let Err(error) = tls.set_certificates(certificates) {
+            return refuse(&error);
+        }
+    }
+    for proxy in &built.runtime.proxies {
+        let _ = proxy.spawn_health_checks();
+    }
+    current.set(built.runtime);
+    current.reloads_ok.fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        generation,
+        "Configuration reloaded; new connections use it, open ones finish on the previous one"
+    );
+}
+
+#[allow(dead_code)]
+fn _assert_infallible(_: Infallible) {}

@@ -1,0 +1,602 @@
+//! The configuration turned into something that serves: virtual hosts,
+//! locations, upstream proxies; validated with line numbers. A `Runtime` is
+//! immutable; a reload builds a new one and swaps it in for new connections.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, StatusCode};
+use tower_http::services::ServeDir;
+use wharf_proxy::{
+    Balance, HealthCheck, IpNet, Proxy, ProxySettings, TrustedProxies, Upstream, UpstreamConfig,
+    UpstreamServer,
+};
+use wharf_tls::CertificatePair;
+
+use crate::config::{BalanceName, ConfigError, EdgeConfig, LocationSection, Source};
+
+/// What a location does.
+pub(crate) enum Action {
+    Proxy(Proxy),
+    Static {
+        dir: ServeDir,
+        expires: Option<Duration>,
+        immutable: bool,
+    },
+    Return {
+        status: StatusCode,
+        body: String,
+        location: Option<HeaderValue>,
+    },
+}
+
+pub(crate) struct Location {
+    pub(crate) prefix: String,
+    pub(crate) action: Action,
+}
+
+pub(crate) struct VirtualHost {
+    pub(crate) names: Vec<String>,
+    /// Longest prefix first.
+    pub(crate) locations: Vec<Location>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// One configuration generation.
+pub(crate) struct Runtime {
+    pub(crate) vhosts: Vec<VirtualHost>,
+    pub(crate) default_vhost: usize,
+    pub(crate) proxies: Vec<Proxy>,
+    /// Headers on every response: HSTS (TLS only) and the security headers.
+    pub(crate) hsts: Option<HeaderValue>,
+    pub(crate) security: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) limit_conn: usize,
+    pub(crate) generation: u64,
+    /// `limit_req` zones, when any are configured.
+    pub(crate) limit_req: Option<wharf_ratelimit::RateLimitLayer>,
+}
+
+impl Runtime {
+    /// The virtual host for a `Host` (port stripped, case-insensitive):
+    /// exact names, then `*.suffix` wildcards, then the default.
+    pub(crate) fn vhost_index(&self, host: Option<&str>) -> usize {
+        let found = self.vhost(host);
+        self.vhosts
+            .iter()
+            .position(|v| std::ptr::eq(v, found))
+            .unwrap_or(self.default_vhost)
+    }
+
+    pub(crate) fn vhost(&self, host: Option<&str>) -> &VirtualHost {
+        if let Some(host) = host {
+            let host = host.to_ascii_lowercase();
+            let host = strip_port(&host);
+            if let Some(v) = self
+                .vhosts
+                .iter()
+                .find(|v| v.names.iter().any(|n| n == host))
+            {
+                return v;
+            }
+            let wildcard = self.vhosts.iter().find(|v| {
+                v.names.iter().any(|n| {
+                    n.strip_prefix("*.").is_some_and(|suffix| {
+                        host.ends_with(suffix)
+                            && host.len() > suffix.len() + 1
+                            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                    })
+                })
+            });
+            if let Some(v) = wildcard {
+                return v;
+            }
+        }
+        &self.vhosts[self.default_vhost]
+    }
+}
+
+pub(crate) fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// The current generation, swapped on reload.
+pub(crate) struct Current {
+    runtime: RwLock<Arc<Runtime>>,
+    pub(crate) reloads_ok: AtomicU64,
+    pub(crate) reloads_failed: AtomicU64,
+    pub(crate) connections_open: AtomicU64,
+    pub(crate) connections_refused: AtomicU64,
+}
+
+impl Current {
+    pub(crate) fn new(runtime: Runtime) -> Self {
+        Self {
+            runtime: RwLock::new(Arc::new(runtime)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            connections_refused: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn get(&self) -> Arc<Runtime> {
+        match self.runtime.read() {
+            Ok(r) => Arc::clone(&r),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    pub(crate) fn set(&self, runtime: Runtime) {
+        match self.runtime.write() {
+            Ok(mut r) => *r = Arc::new(runtime),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(runtime),
+        }
+    }
+}
+
+/// A listener to bind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ListenPlan {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: bool,
+    pub(crate) redirect_https_port: Option<u16>,
+    pub(crate) proxy_protocol: bool,
+}
+
+/// Everything a configuration yields.
+pub(crate) struct Built {
+    pub(crate) runtime: Runtime,
+    pub(crate) listeners: Vec<ListenPlan>,
+    pub(crate) certificates: Vec<CertificatePair>,
+    pub(crate) admin: Option<SocketAddr>,
+    pub(crate) trusted: TrustedProxies,
+}
+
+fn header_pair(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(name.as_bytes()).ok()?,
+        HeaderValue::from_str(value).ok()?,
+    ))
+}
+
+/// The `[[limit_req]]` zones as one limiter, counting the client address the
+/// trusted proxies (`set_real_ip_from`) report.
+fn limit_req(
+    config: &EdgeConfig,
+    source: &Source,
+) -> Result<Option<wharf_ratelimit::RateLimitLayer>, ConfigError> {
+    if config.limit_req.is_empty() {
+        return Ok(None);
+    }
+    let mut client_ip = wharf_ratelimit::ClientIp::new();
+    for net in &config.http.set_real_ip_from {
+        if let Ok(net) = net.get_ref().parse::<wharf_ratelimit::IpNet>() {
+            client_ip = client_ip.trust(net);
+        }
+    }
+    let mut builder = wharf_ratelimit::Limiter::builder().client_ip(client_ip);
+    let mut names = HashSet::new();
+    for zone in &config.limit_req {
+        if !names.insert(zone.zone.clone()) {
+            return Err(source.error(
+                None,
+                format!("limit_req: zone {:?} is defined twice", zone.zone),
+            ));
+        }
+        builder = builder.zone(zone.to_zone());
+    }
+    let limiter = builder
+        .build()
+        .map_err(|e| source.error(None, format!("limit_req: {e}")))?;
+    let status = StatusCode::from_u16(config.limit_req_status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .ok_or_else(|| {
+            source.error(
+                None,
+                format!(
+                    "limit_req_status: {} is not a 4xx or 5xx status",
+                    config.limit_req_status
+                ),
+            )
+        })?;
+    Ok(Some(
+        wharf_ratelimit::RateLimitLayer::new(limiter).with_settings(
+            wharf_ratelimit::ResponseSettings {
+                status,
+                ..wharf_ratelimit::ResponseSettings::default()
+            },
+        ),
+    ))
+}
+
+fn parse_addr(
+    source: &Source,
+    text: &toml::Spanned<String>,
+    what: &str,
+) -> Result<SocketAddr, ConfigError> {
+    let value = text.get_ref();
+    value
+        .parse::<SocketAddr>()
+        .or_else(|_| {
+            // `localhost:7001` and friends: resolve once, at load.
+            std::net::ToSocketAddrs::to_socket_addrs(value.as_str())
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or(())
+        })
+        .map_err(|()| {
+            source.error(
+                Some(text.span()),
+                format!("invalid {what} {value:?}: expected host:port"),
+            )
+        })
+}
+
+/// Builds and validates; `generation` numbers it for logs.
+#[allow(clippy::too_many_lines)] // one pass over the file, in file order
+pub(crate) fn build(
+    config: &EdgeConfig,
+    source: &Source,
+    generation: u64,
+) -> Result<Built, ConfigError> {
+    let err = |span: Option<std::ops::Range<usize>>, msg: String| source.error(span, msg);
+
+    let mut trusted = Vec::new();
+    for net in &config.http.set_real_ip_from {
+        trusted.push(
+            net.get_ref()
+                .parse::<IpNet>()
+                .map_err(|e| err(Some(net.span()), format!("set_real_ip_from: {e}")))?,
+        );
+    }
+    let trusted = TrustedProxies::new(trusted);
+
+    let mut listeners = Vec::new();
+    for l in &config.listen {
+        let addr = parse_addr(source, &l.address, "listen address")?;
+        if l.ssl && l.redirect_to_https {
+            return Err(err(
+                Some(l.address.span()),
+                "a listener cannot both terminate TLS and redirect to HTTPS".to_owned(),
+            ));
+        }
+        listeners.push(ListenPlan {
+            addr,
+            tls: l.ssl,
+            redirect_https_port: l.redirect_to_https.then_some(l.https_port),
+            proxy_protocol: l.proxy_protocol,
+        });
+    }
+    if listeners.is_empty() {
+        return Err(err(None, "no listener: add a [[listen]] block".to_owned()));
+    }
+    let admin = if config.admin.enabled {
+        Some(config.admin.address.parse::<SocketAddr>().map_err(|_| {
+            err(
+                None,
+                format!("admin.address {:?}: expected ip:port", config.admin.address),
+            )
+        })?)
+    } else {
+        None
+    };
+
+    let settings = ProxySettings {
+        connect_timeout: config.proxy.connect_timeout,
+        send_timeout: config.proxy.send_timeout,
+        read_timeout: config.proxy.read_timeout,
+        buffer_request_body: config.proxy.request_buffering,
+        max_body_bytes: usize::try_from(config.http.client_max_body_size).unwrap_or(usize::MAX),
+        client_body_timeout: config.http.client_body_timeout,
+        next_upstream_tries: config.proxy.next_upstream_tries,
+        trusted_proxies: trusted.clone(),
+        ..ProxySettings::default()
+    };
+
+    let mut upstreams: Vec<(String, Proxy)> = Vec::new();
+    for u in &config.upstreams {
+        let name = u.name.get_ref().clone();
+        if upstreams.iter().any(|(n, _)| *n == name) {
+            return Err(err(
+                Some(u.name.span()),
+                format!("upstream {name:?} is defined twice"),
+            ));
+        }
+        let mut servers = Vec::new();
+        for s in &u.servers {
+            let addr = parse_addr(source, &s.address, "upstream server address")?;
+            servers.push(UpstreamServer {
+                addr,
+                weight: s.weight,
+                backup: s.backup,
+                max_fails: s.max_fails,
+                fail_timeout: s.fail_timeout,
+            });
+        }
+        if servers.iter().all(|s| s.backup || s.weight == 0) {
+            return Err(err(
+                Some(u.name.span()),
+                format!("upstream {name:?} has no usable (non-backup, weight > 0) server"),
+            ));
+        }
+        let upstream = Upstream::new(UpstreamConfig {
+            name: name.clone(),
+            servers,
+            balance: match u.balance {
+                BalanceName::RoundRobin => Balance::RoundRobin,
+                BalanceName::LeastConn => Balance::LeastConn,
+            },
+            keepalive: u.keepalive,
+            health_check: u.health_check.as_ref().map(|h| HealthCheck {
+                path: h.path.clone(),
+                interval: h.interval,
+                timeout: h.timeout,
+                rise: h.rise.max(1),
+                fall: h.fall.max(1),
+            }),
+        })
+        .ok_or_else(|| {
+            err(
+                Some(u.name.span()),
+                format!("upstream {name:?} has no server"),
+            )
+        })?;
+        upstreams.push((name, Proxy::new(upstream, settings.clone())));
+    }
+
+    let mut proxies: Vec<Proxy> = upstreams.iter().map(|(_, p)| p.clone()).collect();
+    let mut certificates = Vec::new();
+    let mut vhosts = Vec::new();
+    let mut default_vhost = None;
+    let mut seen_names = HashSet::new();
+    for (index, server) in config.servers.iter().enumerate() {
+        for name in &server.server_name {
+            if !seen_names.insert(name.to_ascii_lowercase()) {
+                return Err(err(
+                    None,
+                    format!("server_name {name:?} is in two server blocks"),
+                ));
+            }
+        }
+        if server.default_server {
+            if default_vhost.is_some() {
+                return Err(err(None, "two server blocks are default_server".to_owned()));
+            }
+            default_vhost = Some(index);
+        }
+        certificates.extend(server_certificates(server, source)?);
+        let mut locations = Vec::new();
+        for location in &server.locations {
+            locations.push(build_location(
+                location,
+                source,
+                &upstreams,
+                &settings,
+                &mut proxies,
+            )?);
+        }
+        locations.sort_by_key(|l| std::cmp::Reverse(l.prefix.len()));
+        let mut headers = Vec::new();
+        for (name, value) in &server.add_header {
+            headers.push(header_pair(name, value).ok_or_else(|| {
+                err(
+                    None,
+                    format!("add_header {name:?} = {value:?}: not a valid header"),
+                )
+            })?);
+        }
+        vhosts.push(VirtualHost {
+            names: server
+                .server_name
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
+            locations,
+            headers,
+        });
+    }
+    if vhosts.is_empty() {
+        return Err(err(
+            None,
+            "no server block: add a [[server]] with a [[server.location]]".to_owned(),
+        ));
+    }
+    if listeners.iter().any(|l| l.tls) && certificates.is_empty() && source.path.is_some() {
+        return Err(err(
+            None,
+            "a TLS listener needs ssl_certificate and ssl_certificate_key in a server block"
+                .to_owned(),
+        ));
+    }
+
+    let http = &config.http;
+    let mut security = Vec::new();
+    for (name, value) in [
+        ("x-frame-options", http.x_frame_options.as_str()),
+        ("x-content-type-options", "nosniff"),
+        ("referrer-policy", http.referrer_policy.as_str()),
+    ] {
+        if !value.is_empty() {
+            security.push(
+                header_pair(name, value)
+                    .ok_or_else(|| err(None, format!("{name}: invalid value {value:?}")))?,
+            );
+        }
+    }
+    let hsts = if http.hsts.is_empty() {
+        None
+    } else {
+        Some(
+            HeaderValue::from_str(&http.hsts)
+                .map_err(|_| err(None, format!("hsts: invalid value {:?}", http.hsts)))?,
+        )
+    };
+    let limit_req = limit_req(config, source)?;
+    Ok(Built {
+        runtime: Runtime {
+            limit_req,
+            vhosts,
+            default_vhost: default_vhost.unwrap_or(0),
+            proxies,
+            hsts,
+            security,
+            limit_conn: http.limit_conn,
+            generation,
+        },
+        listeners,
+        certificates,
+        admin,
+        trusted,
+    })
+}
+
+fn server_certificates(
+    server: &crate::config::ServerSection,
+    source: &Source,
+) -> Result<Vec<CertificatePair>, ConfigError> {
+    let (Some(certs), keys) = (&server.ssl_certificate, &server.ssl_certificate_key) else {
+        if let Some(keys) = &server.ssl_certificate_key {
+            return Err(source.error(
+                Some(keys.span()),
+                "ssl_certificate_key without ssl_certificate",
+            ));
+        }
+        return Ok(Vec::new());
+    };
+    let Some(keys) = keys else {
+        return Err(source.error(
+            Some(certs.span()),
+            "ssl_certificate without ssl_certificate_key",
+        ));
+    };
+    let cert_files = certs.get_ref().to_vec();
+    let key_files = keys.get_ref().to_vec();
+    if cert_files.len() != key_files.len() {
+        return Err(source.error(
+            Some(keys.span()),
+            format!(
+                "{} certificate(s) but {} key(s)",
+                cert_files.len(),
+                key_files.len()
+            ),
+        ));
+    }
+    let staples = server
+        .ssl_stapling_file
+        .as_ref()
+        .map(|s| s.get_ref().to_vec())
+        .unwrap_or_default();
+    if !staples.is_empty() && staples.len() != cert_files.len() {
+        return Err(source.error(
+            server.ssl_stapling_file.as_ref().map(toml::Spanned::span),
+            "ssl_stapling_file needs one file per certificate",
+        ));
+    }
+    Ok(cert_files
+        .into_iter()
+        .zip(key_files)
+        .enumerate()
+        .map(|(i, (cert, key))| CertificatePair {
+            cert: PathBuf::from(cert),
+            key: PathBuf::from(key),
+            ocsp: staples.get(i).map(PathBuf::from),
+            default: server.default_server,
+        })
+        .collect())
+}
+
+fn build_location(
+    location: &LocationSection,
+    source: &Source,
+    upstreams: &[(String, Proxy)],
+    settings: &ProxySettings,
+    proxies: &mut Vec<Proxy>,
+) -> Result<Location, ConfigError> {
+    let prefix = location.path.get_ref().clone();
+    if !prefix.starts_with('/') {
+        return Err(source.error(
+            Some(location.path.span()),
+            format!("location path {prefix:?} must start with /"),
+        ));
+    }
+    let actions = usize::from(location.proxy_pass.is_some())
+        + usize::from(location.alias.is_some())
+        + usize::from(location.fixed.is_some());
+    if actions != 1 {
+        return Err(source.error(
+            Some(location.path.span()),
+            format!("location {prefix:?} needs exactly one of proxy_pass, alias, return"),
+        ));
+    }
+    let action = if let Some(target) = &location.proxy_pass {
+        let name = target.get_ref();
+        if let Some((_, proxy)) = upstreams.iter().find(|(n, _)| n == name) {
+            Action::Proxy(proxy.clone())
+        } else if let Some(direct) = name.strip_prefix("http://") {
+            let spanned =
+                toml::Spanned::new(target.span(), direct.trim_end_matches('/').to_owned());
+            let addr = parse_addr(source, &spanned, "proxy_pass address")?;
+            let upstream = Upstream::new(UpstreamConfig::new(
+                name.clone(),
+                vec![UpstreamServer::new(addr)],
+            ))
+            .ok_or_else(|| source.error(Some(target.span()), "no server"))?;
+            let proxy = Proxy::new(upstream, settings.clone());
+            proxies.push(proxy.clone());
+            Action::Proxy(proxy)
+        } else {
+            return Err(source.error(
+                Some(target.span()),
+                format!("proxy_pass {name:?}: no upstream of that name (and not http://host:port)"),
+            ));
+        }
+    } else if let Some(alias) = &location.alias {
+        let dir = PathBuf::from(alias.get_ref());
+        if !dir.is_dir() {
+            return Err(source.error(
+                Some(alias.span()),
+                format!("alias {}: not a directory", dir.display()),
+            ));
+        }
+        Action::Static {
+            dir: ServeDir::new(dir).append_index_html_on_directories(true),
+            expires: location.expires,
+            immutable: location.immutable,
+        }
+    } else if let Some(fixed) = &location.fixed {
+        let status = StatusCode::from_u16(fixed.status).map_err(|_| {
+            source.error(
+                Some(location.path.span()),
+                format!("return status {} is not an HTTP status", fixed.status),
+            )
+        })?;
+        let target = match &fixed.location {
+            Some(l) => Some(HeaderValue::from_str(l).map_err(|_| {
+                source.error(
+                    Some(location.path.span()),
+                    "return location is not a valid header value",
+                )
+            })?),
+            None => None,
+        };
+        Action::Return {
+            status,
+            body: fixed.body.clone(),
+            location: target,
+        }
+    } else {
+        return Err(source.error(Some(location.path.span()), "location has no action"));
+    };
+    Ok(Location { prefix, action })
+}

@@ -1,0 +1,284 @@
+//! Loader behaviour: layering, sources, production strictness, error listing.
+
+use std::io::Write;
+
+use serde::{Deserialize, Serialize};
+
+use super::*;
+
+#[derive(Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+struct AppConfig {
+    server: ServerSection,
+    redis: RedisSection,
+    log: LogSection,
+    api_host_name: Option<String>,
+    secret_key: Option<Secret<String>>,
+    dangerous_salt: Option<Secret<String>>,
+    web_concurrency: Option<u64>,
+}
+
+fn vars() -> Vec<Var> {
+    let mut vars = ServerSection::vars("server");
+    vars.extend(RedisSection::vars("redis"));
+    vars.extend(LogSection::vars("log"));
+    vars.push(
+        Var::new(
+            "API_HOST_NAME",
+            "api_host_name",
+            parse::url(&["http", "https"]),
+        )
+        .required_when_deployed(),
+    );
+    vars.push(
+        Var::new("SECRET_KEY", "secret_key", parse::text())
+            .secret()
+            .required_when_deployed(),
+    );
+    vars.push(
+        Var::new("DANGEROUS_SALT", "dangerous_salt", parse::text())
+            .secret()
+            .required_when_deployed(),
+    );
+    vars.push(Var::new(
+        "WEB_CONCURRENCY",
+        "web_concurrency",
+        parse::count(0, 1024),
+    ));
+    vars
+}
+
+fn load(pairs: &[(&str, &str)]) -> Result<Loaded<AppConfig>, ConfigError> {
+    Loader::new(vars())
+        .env(EnvMap::from_pairs(pairs.iter().copied()))
+        .dotenv(None)
+        .reserve_prefix("WHARF_")
+        .load()
+}
+
+const PRODUCTION: &[(&str, &str)] = &[
+    ("NOTIFY_ENVIRONMENT", "production"),
+    ("PORT", "7001"),
+    ("REDIS_ENABLED", "true"),
+    ("REDIS_URL", "redis://:pw@redis:6379/0"),
+    ("API_HOST_NAME", "https://download.example"),
+    ("SECRET_KEY", "sk"),
+    ("DANGEROUS_SALT", "salt"),
+];
+
+#[test]
+fn no_environment_means_development_defaults() {
+    let loaded = load(&[]).unwrap();
+    assert_eq!(loaded.environment, Environment::Development);
+    assert_eq!(loaded.config, AppConfig::default());
+    assert_eq!(loaded.config.server.port, 7001);
+    assert_eq!(loaded.config.server.keepalive_seconds, 90);
+    assert_eq!(loaded.config.server.max_body_bytes, 10 * 1024 * 1024);
+    assert_eq!(loaded.config.server.max_connections, 1000);
+}
+
+#[test]
+fn every_seed_variable_lands_in_its_field() {
+    let mut env = PRODUCTION.to_vec();
+    env.extend([
+        ("HTTP_SERVE_TIMEOUT_SECONDS", "45"),
+        ("WEB_CONCURRENCY", "4"),
+        ("WHARF_KEEPALIVE_SECONDS", "75"),
+        ("WHARF_HEADER_READ_TIMEOUT_SECONDS", "5"),
+        ("WHARF_GRACEFUL_TIMEOUT_SECONDS", "20"),
+        ("WHARF_MAX_HEADER_BYTES", "32KiB"),
+        ("WHARF_MAX_BODY_BYTES", "1M"),
+        ("WHARF_MAX_CONNECTIONS", "50"),
+        ("WHARF_BIND_ADDRESS", "::"),
+        ("WHARF_HSTS_MAX_AGE_SECONDS", "31536000"),
+        ("WHARF_LOG_FORMAT", "pretty"),
+        ("WHARF_ACCESS_LOG", "false"),
+        ("RUST_LOG", "debug"),
+    ]);
+    let c = load(&env).unwrap().config;
+    assert_eq!(c.server.port, 7001);
+    assert_eq!(c.server.request_timeout_seconds, 45);
+    assert_eq!(c.server.keepalive_seconds, 75);
+    assert_eq!(c.server.header_read_timeout_seconds, 5);
+    assert_eq!(c.server.graceful_timeout_seconds, 20);
+    assert_eq!(c.server.max_header_bytes, 32 * 1024);
+    assert_eq!(c.server.max_body_bytes, 1024 * 1024);
+    assert_eq!(c.server.max_connections, 50);
+    assert_eq!(c.server.bind.to_string(), "::");
+    assert_eq!(c.server.hsts_max_age_seconds, 31_536_000);
+    assert!(c.redis.enabled);
+    assert_eq!(c.redis.url.unwrap().expose(), "redis://:pw@redis:6379/0");
+    assert_eq!(c.api_host_name.as_deref(), Some("https://download.example"));
+    assert_eq!(c.secret_key.unwrap().expose(), "sk");
+    assert_eq!(c.dangerous_salt.unwrap().expose(), "salt");
+    assert_eq!(c.web_concurrency, Some(4));
+    assert_eq!(c.log.format, LogFormat::Pretty);
+    assert!(!c.log.access_log);
+    assert_eq!(c.log.filter, "debug");
+}
+
+#[test]
+fn production_with_nothing_set_lists_every_missing_variable_once() {
+    let err = load(&[("NOTIFY_ENVIRONMENT", "production")]).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration for NOTIFY_ENVIRONMENT=production (6 problems):\n  \
+         PORT: required in production, not set\n  \
+         REDIS_ENABLED: required in production, not set\n  \
+         REDIS_URL: required in production, not set\n  \
+         API_HOST_NAME: required in production, not set\n  \
+         SECRET_KEY: required in production, not set\n  \
+         DANGEROUS_SALT: required in production, not set"
+    );
+}
+
+#[test]
+fn bad_values_are_all_reported_with_what_was_expected() {
+    let mut env = PRODUCTION.to_vec();
+    env.retain(|(k, _)| *k != "PORT" && *k != "SECRET_KEY");
+    env.extend([
+        ("PORT", "seventy"),
+        ("HTTP_SERVE_TIMEOUT_SECONDS", "3o"),
+        ("REDIS_ENABLED", "yes please"),
+        ("WHARF_MAX_BODY_BYTES", "lots"),
+        ("SECRET_KEY", "   "),
+    ]);
+    let err = load(&env).unwrap_err();
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "PORT: expected a port number between 1 and 65535, got \"seventy\"",
+            "HTTP_SERVE_TIMEOUT_SECONDS: expected a whole number of seconds, got \"3o\"",
+            "WHARF_MAX_BODY_BYTES: expected a size in bytes of at least 0 (e.g. 10485760 or 10MiB), got \"lots\"",
+            "REDIS_ENABLED: expected true or false, got \"yes please\"",
+            "SECRET_KEY: expected a value that is not blank (value not shown: secret)",
+        ]
+    );
+}
+
+#[test]
+fn an_unknown_environment_is_reported_and_checked_strictly() {
+    let err = load(&[("NOTIFY_ENVIRONMENT", "prod")]).unwrap_err();
+    assert_eq!(
+        err.problems[0].to_string(),
+        "NOTIFY_ENVIRONMENT: expected one of development, test, preview, staging, production, got \"prod\""
+    );
+    assert!(err.problems.len() > 1, "{err}");
+}
+
+#[test]
+fn a_typo_in_a_wharf_variable_is_an_error() {
+    let err = load(&[("WHARF_KEEPALIVE_SECS", "5")]).unwrap_err();
+    assert_eq!(
+        err.problems[0].to_string(),
+        "WHARF_KEEPALIVE_SECS: unknown variable: no setting is called WHARF_KEEPALIVE_SECS"
+    );
+}
+
+#[test]
+fn secrets_never_appear_in_errors_or_reports() {
+    let mut env = PRODUCTION.to_vec();
+    env.push(("REDIS_URL", "not-a-url-with-password"));
+    env.retain(|(k, v)| *k != "REDIS_URL" || !v.starts_with("redis://"));
+    let err = load(&env).unwrap_err();
+    assert!(!err.to_string().contains("password"), "{err}");
+
+    let loaded = load(PRODUCTION).unwrap();
+    let report = serde_json::to_string(&loaded.report()).unwrap();
+    assert!(!report.contains("pw@redis"), "{report}");
+    assert!(!report.contains("\"sk\""), "{report}");
+    assert!(!format!("{:?}", loaded.config).contains("salt\""));
+}
+
+#[test]
+fn report_names_the_source_of_each_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let dotenv = dir.path().join(".env");
+    let mut f = std::fs::File::create(&dotenv).unwrap();
+    writeln!(
+        f,
+        "# local settings\nHTTP_SERVE_TIMEOUT_SECONDS=12\nPORT=9000"
+    )
+    .unwrap();
+    let loaded: Loaded<AppConfig> = Loader::new(vars())
+        .env(EnvMap::from_pairs([("PORT", "8000")]))
+        .dotenv(Some(&dotenv))
+        .load()
+        .unwrap();
+    assert_eq!(loaded.config.server.port, 8000, "environment beats .env");
+    assert_eq!(loaded.config.server.request_timeout_seconds, 12);
+    let report = loaded.report();
+    let find = |name: &str| report.iter().find(|e| e.variable == name).unwrap().clone();
+    assert_eq!(find("PORT").source, Source::Env("PORT"));
+    assert_eq!(find("PORT").value, "8000");
+    assert_eq!(
+        find("HTTP_SERVE_TIMEOUT_SECONDS").source,
+        Source::DotEnv("HTTP_SERVE_TIMEOUT_SECONDS")
+    );
+    assert_eq!(find("WHARF_KEEPALIVE_SECONDS").source, Source::Default);
+    assert_eq!(find("WHARF_KEEPALIVE_SECONDS").value, "90");
+    assert_eq!(find("SECRET_KEY").value, "null");
+}
+
+#[test]
+fn dotenv_is_ignored_in_production() {
+    let dir = tempfile::tempdir().unwrap();
+    let dotenv = dir.path().join(".env");
+    std::fs::write(
+        &dotenv,
+        "HTTP_SERVE_TIMEOUT_SECONDS=12\nSECRET_KEY=from-dotenv\n",
+    )
+    .unwrap();
+    let mut env = PRODUCTION.to_vec();
+    env.retain(|(k, _)| *k != "SECRET_KEY");
+    let err = Loader::new(vars())
+        .env(EnvMap::from_pairs(env.iter().copied()))
+        .dotenv(Some(&dotenv))
+        .load::<AppConfig>()
+        .unwrap_err();
+    assert_eq!(err.problems.len(), 1);
+    assert_eq!(
+        err.problems[0].to_string(),
+        "SECRET_KEY: required in production, not set"
+    );
+    let loaded: Loaded<AppConfig> = Loader::new(vars())
+        .env(EnvMap::from_pairs(PRODUCTION.iter().copied()))
+        .dotenv(Some(&dotenv))
+        .load()
+        .unwrap();
+    assert_eq!(loaded.config.server.request_timeout_seconds, 30);
+}
+
+#[test]
+fn dotenv_is_read_in_test_and_a_broken_one_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let dotenv = dir.path().join(".env");
+    std::fs::write(&dotenv, "PORT=9100\n").unwrap();
+    let loaded: Loaded<AppConfig> = Loader::new(vars())
+        .env(EnvMap::from_pairs([("NOTIFY_ENVIRONMENT", "test")]))
+        .dotenv(Some(&dotenv))
+        .load()
+        .unwrap();
+    assert_eq!(loaded.config.server.port, 9100);
+
+    std::fs::write(&dotenv, "PORT='unterminated\n").unwrap();
+    let err = Loader::new(vars())
+        .env(EnvMap::from_pairs([("NOTIFY_ENVIRONMENT", "test")]))
+        .dotenv(Some(&dotenv))
+        .load::<AppConfig>()
+        .unwrap_err();
+    assert_eq!(err.problems[0].variable, ".env");
+}
+
+#[test]
+fn empty_values_count_as_unset() {
+    let mut env = PRODUCTION.to_vec();
+    env.retain(|(k, _)| *k != "DANGEROUS_SALT");
+    env.push(("DANGEROUS_SALT", ""));
+    let err = load(&env).unwrap_err();
+    assert_eq!(
+        err.problems[0].to_string(),
+        "DANGEROUS_SALT: required in production, not set"
+    );
+}

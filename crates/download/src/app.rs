@@ -1,0 +1,870 @@
+//! [`DownloadApp`]: the routes, as one tower service.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use wharf_http::{Body, ResponseBody};
+
+use crate::api::{DocumentApi, NotifyApi, ServiceFailure, ServiceInfo};
+use crate::assets::{Assets, STATIC_PREFIX};
+use crate::csrf::{self, CSRF_COOKIE};
+use crate::html::{self, url_encode, Chrome, FileView, FormError, ServiceView};
+use crate::ids::Uuid;
+use crate::local::{cookie, json_content_type, LocalApi, LocalFile, ACCESS_COOKIE};
+use crate::present::{self, Clock, Contact, Date};
+use crate::security;
+use crate::upstream::{Answer, TraceHeaders, UpstreamError};
+
+/// Where `/security.txt` points (the GDS Way vulnerability disclosure policy).
+pub(crate) const SECURITY_TXT: &str = "https://vdp.cabinetoffice.gov.uk/.well-known/security.txt";
+
+/// The largest confirm-form body read.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+pub(crate) struct Inner {
+    pub(crate) notify: NotifyApi,
+    pub(crate) documents: DocumentApi,
+    pub(crate) local: Option<Arc<LocalApi>>,
+    /// `DOCUMENT_DOWNLOAD_API_HOST_NAME`, without a trailing slash.
+    pub(crate) document_api_public: Option<String>,
+    /// The access cookie's `Domain`, when it has one.
+    pub(crate) cookie_domain: Option<String>,
+    pub(crate) secure_cookies: bool,
+    pub(crate) secret_key: Vec<u8>,
+    pub(crate) assets: Assets,
+    pub(crate) clock: Clock,
+}
+
+/// The Document Download Frontend as a `tower::Service`: every page, redirect
+/// and error of the existing service, its static assets, and (in development)
+/// the local document API. Cheap to clone.
+#[derive(Clone)]
+pub struct DownloadApp {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for DownloadApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DownloadApp")
+            .field("local", &self.inner.local.is_some())
+            .field("assets", &self.inner.assets.len())
+            .finish_non_exhaustive()
+    }
+}
+
+type BoxFuture = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+impl tower::Service<Request<Body>> for DownloadApp {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        Box::pin(async move { Ok(inner.handle(request).await) })
+    }
+}
+
+/// A response under construction: status, body, extra headers.
+struct Reply {
+    status: StatusCode,
+    body: Bytes,
+    headers: HeaderMap,
+    cache_control: Option<&'static str>,
+}
+
+impl Reply {
+    fn html(status: StatusCode, html: String) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        Self {
+            status,
+            body: Bytes::from(html),
+            headers,
+            cache_control: None,
+        }
+    }
+
+    fn redirect(status: StatusCode, location: &str) -> Self {
+        let mut reply = Self {
+            status,
+            body: Bytes::new(),
+            headers: HeaderMap::new(),
+            cache_control: None,
+        };
+        if let Ok(value) = HeaderValue::from_str(location) {
+            reply.headers.insert(header::LOCATION, value);
+        }
+        reply
+    }
+
+    fn json(status: StatusCode, body: Bytes) -> Self {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, json_content_type());
+        Self {
+            status,
+            body,
+            headers,
+            cache_control: None,
+        }
+    }
+
+    fn with_cookie(mut self, cookie: &str) -> Self {
+        if let Ok(value) = HeaderValue::from_str(cookie) {
+            self.headers.append(header::SET_COOKIE, value);
+        }
+        self
+    }
+}
+
+/// A page that ends a request early.
+enum Stop {
+    NotFound,
+    Unavailable(ServiceInfo),
+    ServiceProblem(StatusCode),
+    Error(StatusCode),
+}
+
+impl From<UpstreamError> for Stop {
+    fn from(error: UpstreamError) -> Self {
+        if error.is_timeout() {
+            tracing::warn!(%error, "Upstream API timed out");
+            Self::Error(StatusCode::GATEWAY_TIMEOUT)
+        } else {
+            // Unreachable, reset, or not HTTP/JSON: the gateway failed.
+            tracing::error!(%error, "Upstream API call failed");
+            Self::Error(StatusCode::BAD_GATEWAY)
+        }
+    }
+}
+
+/// A document's metadata from `/check`.
+struct DocumentMeta {
+    direct_file_url: String,
+    confirm_email: bool,
+    size_in_bytes: u64,
+    file_extension: String,
+    available_until: Option<Date>,
+}
+
+/// The parts of a `/d/{service}/{document}[/…]` request.
+struct DocRequest {
+    service: Uuid,
+    document: Uuid,
+    key: String,
+    trace: TraceHeaders,
+}
+
+impl DocRequest {
+    fn path(&self, suffix: &str) -> String {
+        format!(
+            "/d/{}/{}{suffix}?key={}",
+            self.service.to_base64(),
+            self.document.to_base64(),
+            url_encode(&self.key)
+        )
+    }
+}
+
+/// The first value of `name` in a query string or form body, decoded.
+pub(crate) fn form_value(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(k) == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(mut body: Body, limit: usize) -> Option<Bytes> {
+    let mut out = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            if out.len() + data.len() > limit {
+                return None;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Some(Bytes::from(out))
+}
+
+fn is_hyphenated_uuid(text: &str) -> Option<Uuid> {
+    (text.len() == 36).then(|| text.parse().ok()).flatten()
+}
+
+impl Inner {
+    fn chrome<'a>(&'a self, nonce: &'a str) -> Chrome<'a> {
+        Chrome {
+            nonce,
+            assets: &self.assets,
+        }
+    }
+
+    async fn handle(self: Arc<Self>, request: Request<Body>) -> Response<ResponseBody> {
+        let nonce = security::new_nonce();
+        let reply = self.route(request, &nonce).await;
+        let mut response = Response::new(wharf_http::body::full(reply.body));
+        *response.status_mut() = reply.status;
+        *response.headers_mut() = reply.headers;
+        security::apply(response.headers_mut(), &nonce, reply.cache_control);
+        response
+    }
+
+    async fn route(&self, request: Request<Body>, nonce: &str) -> Reply {
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let method = request.method().clone();
+        let is_get = method == Method::GET || method == Method::HEAD;
+        let segments: Vec<&str> = path.split('/').skip(1).collect();
+        match segments.as_slice() {
+            ["_status"] if is_get => {
+                Reply::json(StatusCode::OK, Bytes::from_static(br#"{"status":"ok"}"#))
+            }
+            ["security.txt"] | [".well-known", "security.txt"] if is_get => {
+                Reply::redirect(StatusCode::FOUND, SECURITY_TXT)
+            }
+            ["_status" | "security.txt"] | [".well-known", "security.txt"] => {
+                self.not_allowed(nonce, "GET, HEAD")
+            }
+            ["static", ..] => self.static_asset(&path, is_get, nonce),
+            ["service", id] if is_get && matches!(self.notify, NotifyApi::Local(_)) => {
+                self.local_service(id)
+            }
+            ["services", ..] => self.services(request, &segments, &query, nonce).await,
+            ["d", service, document, rest @ ..] => {
+                let (Some(service), Some(document)) =
+                    (Uuid::from_base64(service), Uuid::from_base64(document))
+                else {
+                    return self.stop(Stop::NotFound, nonce);
+                };
+                let (allowed, page) = match rest {
+                    [] => ("GET, HEAD", Page::Landing),
+                    ["download"] => ("GET, HEAD", Page::Download),
+                    ["confirm-email-address"] => ("GET, HEAD, POST", Page::Confirm),
+                    _ => return self.stop(Stop::NotFound, nonce),
+                };
+                if !(is_get || (method == Method::POST && page == Page::Confirm)) {
+                    return self.not_allowed(nonce, allowed);
+                }
+                let key = form_value(&query, "key").filter(|k| !k.is_empty());
+                let Some(key) = key else {
+                    return self.stop(Stop::NotFound, nonce);
+                };
+                let doc = DocRequest {
+                    service,
+                    document,
+                    key,
+                    trace: TraceHeaders::onward(request.headers()),
+                };
+                let result = match page {
+                    Page::Landing => self.landing(&doc, nonce).await,
+                    Page::Download => self.download(&doc, nonce).await,
+                    Page::Confirm => self.confirm(request, &doc, nonce).await,
+                };
+                result.unwrap_or_else(|stop| self.stop(stop, nonce))
+            }
+            _ => self.stop(Stop::NotFound, nonce),
+        }
+    }
+
+    /// `GET /service/{id}` of the local service directory, shaped like the
+    /// Notify API's answer (so another app can use it as its `API_HOST_NAME`).
+    fn local_service(&self, id: &str) -> Reply {
+        let service = is_hyphenated_uuid(id)
+            .and_then(|id| self.local.as_ref().and_then(|local| local.service(id)));
+        match service {
+            Some(service) => Reply::json(
+                StatusCode::OK,
+                Bytes::from(
+                    serde_json::json!({"data": {"name": service.name, "contact_link": service.contact_link}})
+                        .to_string(),
+                ),
+            ),
+            None => Reply::json(
+                StatusCode::NOT_FOUND,
+                Bytes::from_static(br#"{"result":"error","message":"No result found"}"#),
+            ),
+        }
+    }
+
+    fn not_allowed(&self, nonce: &str, allow: &'static str) -> Reply {
+        let mut reply = Reply::html(
+            StatusCode::METHOD_NOT_ALLOWED,
+            html::not_found(&self.chrome(nonce)),
+        );
+        reply
+            .headers
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        reply
+    }
+
+    fn stop(&self, stop: Stop, nonce: &str) -> Reply {
+        let chrome = self.chrome(nonce);
+        match stop {
+            Stop::NotFound => Reply::html(StatusCode::NOT_FOUND, html::not_found(&chrome)),
+            Stop::Unavailable(service) => {
+                let contact = Contact::assess(service.contact_link.as_deref());
+                let view = ServiceView {
+                    name: &service.name,
+                    contact: &contact,
+                };
+                Reply::html(StatusCode::GONE, html::file_unavailable(&chrome, &view))
+            }
+            Stop::ServiceProblem(status) => Reply::html(status, html::service_problem(&chrome)),
+            Stop::Error(status) => Reply::html(status, html::server_error(&chrome)),
+        }
+    }
+
+    fn static_asset(&self, path: &str, is_get: bool, nonce: &str) -> Reply {
+        let Some(asset) = path
+            .strip_prefix(STATIC_PREFIX)
+            .and_then(|p| self.assets.get(p))
+        else {
+            return self.stop(Stop::NotFound, nonce);
+        };
+        if !is_get {
+            return self.not_allowed(nonce, "GET, HEAD");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(asset.content_type),
+        );
+        Reply {
+            status: StatusCode::OK,
+            body: asset.body.clone(),
+            headers,
+            cache_control: Some(if asset.immutable {
+                "public, max-age=31536000, immutable"
+            } else {
+                "public, max-age=86400"
+            }),
+        }
+    }
+
+    /// `/services/…`: the local document API in development; otherwise old API
+    /// links, redirected (301) to the document API with path and query.
+    async fn services(
+        &self,
+        request: Request<Body>,
+        segments: &[&str],
+        query: &str,
+        nonce: &str,
+    ) -> Reply {
+        let is_get = request.method() == Method::GET || request.method() == Method::HEAD;
+        let (service, document, tail) = match segments {
+            ["services", "_status"] => {
+                if !is_get {
+                    return self.not_allowed(nonce, "GET, HEAD");
+                }
+                return match (&self.local, &self.document_api_public) {
+                    (_, Some(public)) => Reply::redirect(
+                        StatusCode::MOVED_PERMANENTLY,
+                        &old_link(public, request.uri().path(), query),
+                    ),
+                    _ => Reply::json(StatusCode::OK, Bytes::from_static(b"\"ok\"")),
+                };
+            }
+            ["services", service, "documents", document, tail @ ..] => (*service, *document, tail),
+            _ => return self.stop(Stop::NotFound, nonce),
+        };
+        let Some(service) = is_hyphenated_uuid(service) else {
+            return self.stop(Stop::NotFound, nonce);
+        };
+        let (document, extension) = match document.split_once('.') {
+            Some((id, ext)) if tail.is_empty() => (id, Some(ext)),
+            _ => (document, None),
+        };
+        let Some(document) = is_hyphenated_uuid(document) else {
+            return self.stop(Stop::NotFound, nonce);
+        };
+        let kind = match (tail, extension) {
+            ([], _) => Route::File,
+            (["check"], None) => Route::Check,
+            (["authenticate"], None) => Route::Authenticate,
+            _ => return self.stop(Stop::NotFound, nonce),
+        };
+        let Some(local) = self.local.clone() else {
+            // The old service redirected its own GET routes only.
+            return match (&self.document_api_public, kind) {
+                (Some(public), Route::File | Route::Check) if is_get => Reply::redirect(
+                    StatusCode::MOVED_PERMANENTLY,
+                    &old_link(public, request.uri().path(), query),
+                ),
+                (Some(_), Route::File | Route::Check) => self.not_allowed(nonce, "GET, HEAD"),
+                _ => self.stop(Stop::NotFound, nonce),
+            };
+        };
+        let key = form_value(query, "key");
+        match kind {
+            Route::Check if is_get => {
+                let answer = local.check(service, document, key.as_deref());
+                Reply::json(answer.status, answer.body)
+            }
+            Route::Authenticate if request.method() == Method::POST => {
+                let Some(body) = read_body(request.into_body(), MAX_FORM_BYTES).await else {
+                    return Reply::json(
+                        StatusCode::BAD_REQUEST,
+                        Bytes::from_static(br#"{"error":"Invalid request body"}"#),
+                    );
+                };
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let answer = local.authenticate(service, document, &json);
+                Reply::json(answer.status, answer.body)
+            }
+            Route::File if is_get => match local
+                .file(service, document, key.as_deref(), request.headers())
+                .await
+            {
+                LocalFile::Answer(answer) => Reply::json(answer.status, answer.body),
+                LocalFile::Redirect(location) => Reply::redirect(StatusCode::FOUND, &location),
+                LocalFile::File {
+                    body,
+                    mimetype,
+                    attachment,
+                } => {
+                    let mut headers = HeaderMap::new();
+                    if let Ok(value) = HeaderValue::from_str(&mimetype) {
+                        headers.insert(header::CONTENT_TYPE, value);
+                    }
+                    if let Some(name) = attachment {
+                        if let Ok(value) =
+                            HeaderValue::from_str(&format!("attachment; filename={name}"))
+                        {
+                            headers.insert(header::CONTENT_DISPOSITION, value);
+                        }
+                    }
+                    Reply {
+                        status: StatusCode::OK,
+                        body,
+                        headers,
+                        cache_control: None,
+                    }
+                }
+            },
+            Route::Authenticate => self.not_allowed(nonce, "POST"),
+            Route::Check | Route::File => self.not_allowed(nonce, "GET, HEAD"),
+        }
+    }
+
+    async fn service(&self, doc: &DocRequest) -> Result<ServiceInfo, Stop> {
+        match self.notify.get_service(doc.service, &doc.trace).await {
+            Ok(service) => Ok(service),
+            Err(ServiceFailure::Status(status)) => Err(match status.as_u16() {
+                404 => Stop::NotFound,
+                401 | 403 => Stop::ServiceProblem(status),
+                _ => {
+                    tracing::error!(status = status.as_u16(), "Notify API answered an error");
+                    Stop::Error(StatusCode::INTERNAL_SERVER_ERROR)
+                }
+            }),
+            Err(ServiceFailure::Upstream(error)) => Err(error.into()),
+        }
+    }
+
+    /// Service first, then the document: its metadata, or the page that
+    /// ends the request (404, 410, 500, 504).
+    async fn service_and_document(
+        &self,
+        doc: &DocRequest,
+    ) -> Result<(ServiceInfo, DocumentMeta), Stop> {
+        let service = self.service(doc).await?;
+        let answer = self
+            .documents
+            .check(doc.service, doc.document, &doc.key, &doc.trace)
+            .await?;
+        match interpret_check(&answer) {
+            Check::Document(meta) => {
+                let today = self.clock.today();
+                if meta
+                    .available_until
+                    .is_some_and(|d| present::has_expired(d, today))
+                {
+                    Err(Stop::Unavailable(service))
+                } else {
+                    Ok((service, meta))
+                }
+            }
+            Check::Unavailable => Err(Stop::Unavailable(service)),
+            Check::NotFound => Err(Stop::NotFound),
+            Check::Error => {
+                tracing::error!(
+                    status = answer.status.as_u16(),
+                    "Document API answered an error"
+                );
+                Err(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR))
+            }
+        }
+    }
+
+    async fn landing(&self, doc: &DocRequest, nonce: &str) -> Result<Reply, Stop> {
+        let (service, meta) = self.service_and_document(doc).await?;
+        let next = doc.path(if meta.confirm_email {
+            "/confirm-email-address"
+        } else {
+            "/download"
+        });
+        let contact = Contact::assess(service.contact_link.as_deref());
+        let view = ServiceView {
+            name: &service.name,
+            contact: &contact,
+        };
+        Ok(Reply::html(
+            StatusCode::OK,
+            html::landing(&self.chrome(nonce), &view, &next),
+        ))
+    }
+
+    async fn download(&self, doc: &DocRequest, nonce: &str) -> Result<Reply, Stop> {
+        let (service, meta) = self.service_and_document(doc).await?;
+        let contact = Contact::assess(service.contact_link.as_deref());
+        let view = ServiceView {
+            name: &service.name,
+            contact: &contact,
+        };
+        let today = self.clock.today();
+        let expiry = meta
+            .available_until
+            .map(|date| present::format_expiry_date(date, today));
+        let size = present::pretty_file_size(meta.size_in_bytes);
+        let file = FileView {
+            url: &meta.direct_file_url,
+            type_name: present::file_type_name(&meta.file_extension).unwrap_or("file"),
+            size: &size,
+            expiry: expiry.as_deref(),
+        };
+        Ok(Reply::html(
+            StatusCode::OK,
+            html::download(&self.chrome(nonce), &view, &file),
+        ))
+    }
+
+    async fn confirm(
+        &self,
+        request: Request<Body>,
+        doc: &DocRequest,
+        nonce: &str,
+    ) -> Result<Reply, Stop> {
+        let (service, meta) = self.service_and_document(doc).await?;
+        if !meta.confirm_email {
+            return Ok(Reply::redirect(StatusCode::FOUND, &doc.path("/download")));
+        }
+        let existing_session = cookie(request.headers(), CSRF_COOKIE)
+            .filter(|s| !s.is_empty() && s.len() <= 64)
+            .map(str::to_owned);
+        let session = existing_session.clone().unwrap_or_else(csrf::new_session);
+        let contact = Contact::assess(service.contact_link.as_deref());
+        let view = ServiceView {
+            name: &service.name,
+            contact: &contact,
+        };
+        let action = doc.path("/confirm-email-address");
+        let render = |status: StatusCode, value: Option<&str>, error: Option<&FormError>| {
+            let token = csrf::token(&self.secret_key, &session);
+            let page =
+                html::confirm_email(&self.chrome(nonce), &view, &action, &token, value, error);
+            let reply = Reply::html(status, page);
+            if existing_session.is_some() {
+                reply
+            } else {
+                reply.with_cookie(&format!(
+                    "{CSRF_COOKIE}={session}; {}HttpOnly; Path=/; SameSite=Lax",
+                    if self.secure_cookies { "Secure; " } else { "" }
+                ))
+            }
+        };
+        if request.method() != Method::POST {
+            return Ok(render(StatusCode::OK, None, None));
+        }
+        let Some(body) = read_body(request.into_body(), MAX_FORM_BYTES).await else {
+            return Ok(render(
+                StatusCode::BAD_REQUEST,
+                None,
+                Some(&FormError::Field("Enter your email address".to_owned())),
+            ));
+        };
+        let form = String::from_utf8_lossy(&body).into_owned();
+        let email = form_value(&form, "email_address").unwrap_or_default();
+        let email = crate::email::strip_all_whitespace(&email).to_owned();
+        let token = form_value(&form, "csrf_token");
+        if !csrf::is_valid(
+            &self.secret_key,
+            existing_session.as_deref(),
+            token.as_deref(),
+        ) {
+            tracing::warn!("CSRF token missing or invalid on the confirm form");
+            let error = FormError::FormHtml(
+                "Your session has expired. Enter your email address again.".to_owned(),
+            );
+            return Ok(render(StatusCode::BAD_REQUEST, Some(&email), Some(&error)));
+        }
+        if email.is_empty() {
+            let error = FormError::Field("Enter your email address".to_owned());
+            return Ok(render(StatusCode::BAD_REQUEST, Some(&email), Some(&error)));
+        }
+        if !crate::email::is_valid_email_address(&email) {
+            let error = FormError::Field("Not a valid email address".to_owned());
+            return Ok(render(StatusCode::BAD_REQUEST, Some(&email), Some(&error)));
+        }
+        let answer = self
+            .documents
+            .authenticate(doc.service, doc.document, &doc.key, &email, &doc.trace)
+            .await?;
+        match answer.status.as_u16() {
+            429 => Ok(Reply::html(
+                StatusCode::TOO_MANY_REQUESTS,
+                html::too_many_requests(&self.chrome(nonce), &action),
+            )),
+            400 | 403 => {
+                let error = FormError::FormHtml(format!(
+                    "This is not the email address the file was sent to.<br><br>To confirm the file was meant for you, enter the email address {} sent the file to.",
+                    html::esc(&service.name)
+                ));
+                Ok(render(StatusCode::BAD_REQUEST, Some(&email), Some(&error)))
+            }
+            _ => self.authenticated(doc, &answer),
+        }
+    }
+
+    /// The authenticate answer was neither 429 nor 400/403: set the access
+    /// cookie and go to the download page, or fail.
+    fn authenticated(&self, doc: &DocRequest, answer: &Answer) -> Result<Reply, Stop> {
+        match answer.status.as_u16() {
+            200..=299 => {
+                let json = answer.json();
+                let (Some(signed), Some(file_url)) = (
+                    json["signed_data"].as_str(),
+                    json["direct_file_url"].as_str(),
+                ) else {
+                    tracing::error!(
+                        "Document API authenticate answer lacks signed_data or direct_file_url"
+                    );
+                    return Err(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR));
+                };
+                if !signed
+                    .bytes()
+                    .all(|b| b.is_ascii_graphic() && !matches!(b, b'"' | b',' | b';' | b'\\'))
+                {
+                    tracing::error!("Document API signed_data is not a valid cookie value");
+                    return Err(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR));
+                }
+                let mut cookie = format!("{ACCESS_COOKIE}={signed}");
+                if let Some(domain) = &self.cookie_domain {
+                    cookie.push_str("; Domain=");
+                    cookie.push_str(domain);
+                }
+                if self.secure_cookies {
+                    cookie.push_str("; Secure");
+                }
+                cookie.push_str("; HttpOnly; Path=");
+                cookie.push_str(&url_path(file_url));
+                Ok(Reply::redirect(StatusCode::FOUND, &doc.path("/download")).with_cookie(&cookie))
+            }
+            status => {
+                tracing::error!(status, "Document API authenticate answered an error");
+                Err(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Page {
+    Landing,
+    Download,
+    Confirm,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    File,
+    Check,
+    Authenticate,
+}
+
+enum Check {
+    Document(DocumentMeta),
+    Unavailable,
+    NotFound,
+    Error,
+}
+
+fn interpret_check(answer: &Answer) -> Check {
+    let json = answer.json();
+    match answer.status.as_u16() {
+        200 => {
+            // Gone only when the API says so: an object whose `document` is
+            // null. A body that is not that (a proxy's HTML page, `{}`) is a
+            // broken answer, not a missing document.
+            let Some(document) = json.as_object().and_then(|o| o.get("document")) else {
+                tracing::error!("Document API answered 200 without a document field");
+                return Check::Error;
+            };
+            if document.is_null() {
+                return Check::Unavailable;
+            }
+            let (Some(url), Some(size), Some(extension)) = (
+                document["direct_file_url"].as_str(),
+                document["size_in_bytes"].as_u64(),
+                document["file_extension"].as_str(),
+            ) else {
+                tracing::error!(
+                    "Document API metadata lacks direct_file_url, size_in_bytes or file_extension"
+                );
+                return Check::Error;
+            };
+            Check::Document(DocumentMeta {
+                direct_file_url: url.to_owned(),
+                confirm_email: document["confirm_email"].as_bool().unwrap_or(false),
+                size_in_bytes: size,
+                file_extension: extension.to_owned(),
+                available_until: document["available_until"]
+                    .as_str()
+                    .and_then(Date::parse_iso_prefix),
+            })
+        }
+        400 => {
+            let error = json["error"].as_str().unwrap_or_default();
+            if error.contains("decryption key") || error.contains("Forbidden") {
+                Check::NotFound
+            } else {
+                Check::Error
+            }
+        }
+        403 | 404 => Check::NotFound,
+        410 => Check::Unavailable,
+        _ => Check::Error,
+    }
+}
+
+/// The path of a URL (absolute or relative), without query or fragment.
+fn url_path(url: &str) -> String {
+    let without_scheme = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest.find('/').map_or("/", |i| &rest[i..]));
+    let end = without_scheme
+        .find(['?', '#'])
+        .unwrap_or(without_scheme.len());
+    let path = &without_scheme[..end];
+    if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path.to_owned()
+    }
+}
+
+fn old_link(public: &str, path: &str, query: &str) -> String {
+    if query.is_empty() {
+        format!("{public}{path}")
+    } else {
+        format!("{public}{path}?{query}")
+    }
+}
+
+/// The access cookie's domain for a document API base URL: its host, less a
+/// leading `download.` label (so the cookie reaches the API's sibling hosts);
+/// none for an IP address or a single-label host such as `localhost`.
+pub(crate) fn cookie_domain(document_api: &str) -> Option<String> {
+    let rest = document_api
+        .split_once("://")
+        .map_or(document_api, |(_, r)| r);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if host.starts_with('[') {
+        return None;
+    }
+    let host = host
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    if !host.contains('.') || host.parse::<std::net::Ipv4Addr>().is_ok() {
+        return None;
+    }
+    Some(host.strip_prefix("download.").unwrap_or(&host).to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_domains() {
+        assert_eq!(
+            cookie_domain("https://download.notifications.service.gov.uk").as_deref(),
+            Some("notifications.service.gov.uk")
+        );
+        assert_eq!(
+            cookie_domain("http://test-doc-download-api.com:8080/").as_deref(),
+            Some("test-doc-download-api.com")
+        );
+        assert_eq!(cookie_domain("http://localhost:7000"), None);
+        assert_eq!(cookie_domain("http://127.0.0.1:7000"), None);
+        assert_eq!(cookie_domain("http://[::1]:7000"), None);
+    }
+
+    #[test]
+    fn url_paths() {
+        assert_eq!(
+            url_path("http://test-doc-download-api.com/my/file/path?key=foo"),
+            "/my/file/path"
+        );
+        assert_eq!(
+            url_path("/services/a/documents/b.txt?key=x"),
+            "/services/a/documents/b.txt"
+        );
+        assert_eq!(url_path("https://host"), "/");
+    }
+
+    #[test]
+    fn form_values_are_decoded() {
+        assert_eq!(
+            form_value("a=1&key=ab%2Bc+d&key=2", "key").as_deref(),
+            Some("ab+c d")
+        );
+        assert_eq!(form_value("key=", "key").as_deref(), Some(""));
+        assert_eq!(form_value("keys=1", "key"), None);
+        assert_eq!(form_value("k=%zz%4", "k").as_deref(), Some("%zz%4"));
+        assert_eq!(
+            form_value("email_address=me%40example.com", "email_address").as_deref(),
+            Some("me@example.com")
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! UUIDs as the Document Download URLs carry them (URL-safe base64 without
+//! padding, 22 characters), and the small base64 codec behind them.
+
+use std::fmt;
+use std::str::FromStr;
+
+const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+/// URL-safe base64 without padding.
+pub(crate) fn encode_url_safe(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            let index = (n >> (18 - 6 * i)) & 0x3f;
+            out.push(char::from(ALPHABET[index as usize]));
+        }
+    }
+    out
+}
+
+fn sextet(c: u8) -> Option<u32> {
+    match c {
+        b'A'..=b'Z' => Some(u32::from(c - b'A')),
+        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
+        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
+    }
+}
+
+/// Decodes URL-safe base64 without padding (trailing `=` tolerated). Leftover
+/// bits in the last character are ignored, as Python's decoder ignores them.
+pub(crate) fn decode_url_safe(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    if text.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc: u32 = 0;
+    let mut bits = 0;
+    for &c in text.as_bytes() {
+        acc = (acc << 6) | sextet(c)?;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            // Truncation is the point: the low 8 bits are the next byte.
+            out.push(((acc >> bits) & 0xff) as u8);
+        }
+    }
+    Some(out)
+}
+
+/// A UUID, shown hyphenated in upstream API paths and as 22 characters of
+/// URL-safe base64 in the frontend's own URLs.
+///
+/// ```
+/// use wharf_download::Uuid;
+/// let id: Uuid = "5e3a2a1c-9f3c-4b1e-8a2c-1d3e5f7a9b0c".parse().unwrap();
+/// assert_eq!(id.to_base64(), "XjoqHJ88Sx6KLB0-X3qbDA");
+/// assert_eq!(Uuid::from_base64("XjoqHJ88Sx6KLB0-X3qbDA"), Some(id));
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Uuid([u8; 16]);
+
+impl Uuid {
+    /// A UUID from its 16 bytes.
+    pub const fn from_bytes(bytes: [u8; 16]) -> Self {
+        Self(bytes)
+    }
+
+    /// A random (version 4) UUID.
+    pub fn new_v4() -> Self {
+        let mut bytes = crate::random::bytes::<16>();
+        bytes[6] = (bytes[6] & 0x0f) | 0x40;
+        bytes[8] = (bytes[8] & 0x3f) | 0x80;
+        Self(bytes)
+    }
+
+    /// The 16 bytes.
+    pub const fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
+    }
+
+    /// Parses the frontend's URL form: exactly 22 URL-safe base64 characters.
+    pub fn from_base64(text: &str) -> Option<Self> {
+        if text.len() != 22 {
+            return None;
+        }
+        let bytes = decode_url_safe(text)?;
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The frontend's URL form.
+    pub fn to_base64(&self) -> String {
+        encode_url_safe(&self.0)
+    }
+}
+
+impl fmt::Display for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, b) in self.0.iter().enumerate() {
+            if matches!(i, 4 | 6 | 8 | 10) {
+                f.write_str("-")?;
+            }
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Uuid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// The error for text that is not a hyphenated UUID.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected a UUID such as 00000000-0000-4000-8000-000000000000")]
+pub struct InvalidUuid;
+
+impl FromStr for Uuid {
+    type Err = InvalidUuid;
+
+    /// Parses the hyphenated form (any case); plain 32 hex digits are accepted too.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let hex: Vec<u8> = s.bytes().filter(|b| *b != b'-').collect();
+        let hyphens = s.len() - hex.len();
+        if hex.len() != 32 || !(hyphens == 0 || hyphens == 4) {
+            return Err(InvalidUuid);
+        }
+        if hyphens == 4
+            && s.char_indices()
+                .any(|(i, c)| (c == '-') != matches!(i, 8 | 13 | 18 | 23))
+        {
+            return Err(InvalidUuid);
+        }
+        let mut bytes = [0u8; 16];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let text = std::str::from_utf8(pair).map_err(|_| InvalidUuid)?;
+            bytes[i] = u8::from_str_radix(text, 16).map_err(|_| InvalidUuid)?;
+        }
+        Ok(Self(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_round_trips_every_length() {
+        for len in 0..40u8 {
+            let bytes: Vec<u8> = (0..len)
+                .map(|i| i.wrapping_mul(37).wrapping_add(200))
+                .collect();
+            let text = encode_url_safe(&bytes);
+            assert!(!text.contains('='));
+            assert_eq!(decode_url_safe(&text).unwrap(), bytes, "length {len}");
+        }
+        assert_eq!(encode_url_safe(b"\xfb\xff"), "-_8");
+        assert_eq!(decode_url_safe("a"), None);
+        assert_eq!(decode_url_safe("ab+c"), None);
+    }
+
+    #[test]
+    fn uuid_base64_form_is_exactly_22_url_safe_characters() {
+        let id: Uuid = "00000000-0000-0000-0000-000000000000".parse().unwrap();
+        assert_eq!(id.to_base64(), "AAAAAAAAAAAAAAAAAAAAAA");
+        assert_eq!(Uuid::from_base64("AAAAAAAAAAAAAAAAAAAAAA"), Some(id));
+        assert_eq!(Uuid::from_base64("AAAAAAAAAAAAAAAAAAAAA"), None);
+        assert_eq!(Uuid::from_base64("AAAAAAAAAAAAAAAAAAAAAAA"), None);
+        assert_eq!(Uuid::from_base64("AAAAAAAAAAAAAAAAAAAAA+"), None);
+        assert_eq!(Uuid::from_base64("AAAAAAAAAAAAAAAAAAAAA/"), None);
+        // Python ignores the 4 leftover bits of the last character; so do we.
+        assert_eq!(Uuid::from_base64("AAAAAAAAAAAAAAAAAAAAAB"), Some(id));
+    }
+
+    #[test]
+    fn uuid_text_forms() {
+        let id = Uuid::new_v4();
+        let text = id.to_string();
+        assert_eq!(text.len(), 36);
+        assert_eq!(text.parse::<Uuid>().unwrap(), id);
+        assert_eq!(text.to_uppercase().parse::<Uuid>().unwrap(), id);
+        assert_eq!(text.replace('-', "").parse::<Uuid>().unwrap(), id);
+        assert_eq!(&text[14..15], "4");
+        assert!("not-a-uuid".parse::<Uuid>().is_err());
+        assert!("0000000-00000-0000-0000-000000000000"
+            .parse::<Uuid>()
+            .is_err());
+        assert!("g0000000-0000-0000-0000-000000000000"
+            .parse::<Uuid>()
+            .is_err());
+    }
+}

@@ -1,0 +1,1145 @@
+//! The existing service's test suite, case for case, against stub Notify and
+//! document APIs served over real HTTP by the test; plus the fixes listed in
+//! docs/compatibility.md, snapshots of each page, and the offline flow.
+
+mod support;
+
+use std::time::Duration;
+
+use http::Method;
+use serde_json::json;
+use support::{fixture, fixture_with, normalize, sample_service, send, today, Fixture, PUBLIC_API};
+use wharf_download::{verify_notify_api_token, Clock, DownloadApp};
+
+const VIEWS: [(&str, &str); 4] = [
+    ("", "GET"),
+    ("/download", "GET"),
+    ("/confirm-email-address", "GET"),
+    ("/confirm-email-address", "POST"),
+];
+
+#[allow(clippy::unwrap_used)] // a test helper: a bad method name is a failed test
+async fn open(f: &Fixture, suffix: &str, method: &str, key: Option<&str>) -> support::Page {
+    let method = Method::from_bytes(method.as_bytes()).unwrap();
+    let body = (method == Method::POST).then(|| "email_address=me%40example.com".to_owned());
+    send(&f.app, method, &f.url(suffix, key), body, &[]).await
+}
+
+#[tokio::test]
+async fn status_answers_without_calling_any_api() {
+    let f = fixture().await;
+    let page = f.get("/_status").await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&page.body).unwrap(),
+        json!({"status": "ok"})
+    );
+    assert!(f.stub.requests().is_empty());
+}
+
+#[tokio::test]
+async fn security_policy_redirects_to_policy() {
+    let f = fixture().await;
+    for url in ["/security.txt", "/.well-known/security.txt"] {
+        let page = f.get(url).await;
+        assert_eq!(page.status, 302, "{url}");
+        assert_eq!(
+            page.header("location"),
+            "https://vdp.cabinetoffice.gov.uk/.well-known/security.txt"
+        );
+        assert_eq!(page.header("x-frame-options"), "DENY");
+    }
+}
+
+#[tokio::test]
+async fn not_found_if_no_key_in_query_string() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    for (suffix, method) in VIEWS {
+        for key in [None, Some("")] {
+            let page = open(&f, suffix, method, key).await;
+            assert_eq!(page.status, 404, "{method} {suffix} {key:?}");
+            assert_eq!(page.title(), "Page not found – GOV.UK");
+            assert_eq!(page.h1(), "Page not found");
+        }
+    }
+    assert!(f.stub.requests().is_empty(), "no API call without a key");
+}
+
+#[tokio::test]
+async fn notifications_api_errors() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    for (api_status, page_status, heading) in [
+        (404, 404, "Page not found"),
+        (401, 401, "Sorry, there’s a problem with the service"),
+        (403, 403, "Sorry, there’s a problem with the service"),
+        (500, 500, "Sorry, there’s a problem with the service"),
+    ] {
+        f.service_answers(api_status, &json!({"result": "error"}));
+        for (suffix, method) in VIEWS {
+            let page = open(&f, suffix, method, Some(f.key)).await;
+            assert_eq!(page.status, page_status, "{api_status} {method} {suffix}");
+            assert_eq!(page.h1(), heading);
+        }
+    }
+    let service_problem = {
+        f.service_answers(403, &json!({}));
+        open(&f, "", "GET", Some(f.key)).await
+    };
+    assert!(service_problem
+        .body
+        .contains("mailto:notify-support@digital.cabinet-office.gov.uk"));
+}
+
+#[tokio::test]
+async fn when_document_is_unavailable() {
+    let f = fixture().await;
+    for answer in [
+        (200, json!({"document": null})),
+        (410, json!({"error": "gone"})),
+    ] {
+        f.check_answers(answer.0, &answer.1);
+        for (suffix, method) in VIEWS {
+            let page = open(&f, suffix, method, Some(f.key)).await;
+            assert_eq!(page.status, 410, "{method} {suffix}");
+            assert_eq!(page.h1(), "No longer available");
+            let (href, text) = &page.main_links()[0];
+            assert_eq!(text, "contact Sample Service");
+            assert_eq!(href, "https://sample-service.gov.uk");
+        }
+    }
+}
+
+#[tokio::test]
+async fn expired_documents_are_no_longer_available() {
+    let f = fixture().await;
+    f.document(false, "pdf", -1);
+    for (suffix, method) in VIEWS {
+        let page = open(&f, suffix, method, Some(f.key)).await;
+        assert_eq!(page.status, 410, "{method} {suffix}");
+        assert_eq!(page.title(), "No longer available – GOV.UK");
+    }
+    f.document(false, "pdf", 0);
+    assert_eq!(
+        open(&f, "", "GET", Some(f.key)).await.status,
+        200,
+        "expires today: still available"
+    );
+}
+
+#[tokio::test]
+async fn not_found_hides_incorrect_credentials() {
+    let f = fixture().await;
+    let answers = [
+        (400, json!({"error": "Missing decryption key"})),
+        (400, json!({"error": "Invalid decryption key"})),
+        (400, json!({"error": "Forbidden"})),
+        (403, json!({"error": "Forbidden"})),
+        (404, json!({"error": "Not found"})),
+    ];
+    for (status, body) in answers {
+        f.check_answers(status, &body);
+        for (suffix, method) in VIEWS {
+            let page = open(&f, suffix, method, Some(f.key)).await;
+            assert_eq!(page.status, 404, "{status} {body} {method} {suffix}");
+            assert_eq!(page.h1(), "Page not found");
+        }
+    }
+    f.check_answers(400, &json!({"error": "Something else"}));
+    assert_eq!(open(&f, "", "GET", Some(f.key)).await.status, 500);
+    f.check_answers(502, &json!({}));
+    assert_eq!(open(&f, "", "GET", Some(f.key)).await.status, 500);
+}
+
+#[tokio::test]
+async fn landing_page_creates_link_for_document() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.title(), "You have a file to download – GOV.UK");
+    assert_eq!(page.h1(), "You have a file to download");
+    assert_eq!(
+        page.paragraphs(),
+        [
+            "Sample Service sent you a file to download.",
+            "Continue",
+            "If you have any questions, contact Sample Service."
+        ]
+    );
+    let continue_link = page
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Continue")
+        .unwrap();
+    assert_eq!(continue_link.0, f.url("/download", Some("1234")));
+}
+
+#[tokio::test]
+async fn landing_page_creates_link_to_confirm_email_address() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    let continue_link = page
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Continue")
+        .unwrap();
+    assert_eq!(
+        continue_link.0,
+        f.url("/confirm-email-address", Some("1234"))
+    );
+}
+
+#[tokio::test]
+async fn the_key_is_kept_url_encoded_on_links_and_redirects() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    let key = "a+b/c=d&e";
+    let encoded = "a%2Bb%2Fc%3Dd%26e";
+    let page = f.get(&f.url("", Some(encoded))).await;
+    let continue_link = page
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Continue")
+        .unwrap();
+    assert_eq!(continue_link.0, f.url("/download", Some(encoded)));
+    let check = f
+        .stub
+        .requests()
+        .into_iter()
+        .find(|r| r.uri.contains("/check"))
+        .unwrap();
+    assert!(
+        check.uri.ends_with(&format!("/check?key={encoded}")),
+        "{}",
+        check.uri
+    );
+    let redirect = f.get(&f.url("/confirm-email-address", Some(encoded))).await;
+    assert_eq!(
+        redirect.header("location"),
+        f.url("/download", Some(encoded))
+    );
+    assert_eq!(support::form_encode(key), "a%2Bb%2Fc%3Dd%26e");
+}
+
+#[tokio::test]
+async fn confirm_email_address_page_shows_email_address_form() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    let page = f.get(&f.url("/confirm-email-address", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.title(), "Confirm your email address – GOV.UK");
+    assert_eq!(page.h1(), "Confirm your email address");
+    assert!(page.body.contains("<form method=\"post\""));
+    assert_eq!(
+        page.attribute_of("<form", "action").unwrap(),
+        f.url("/confirm-email-address", Some("1234"))
+    );
+    assert!(page.body.contains("novalidate"));
+    assert!(page
+        .attribute_of("name=\"email_address\"", "value")
+        .is_none());
+    assert!(!page.body.contains("govuk-error-summary"));
+    assert_eq!(
+        page.paragraphs(),
+        [
+            "For security, we need to confirm the email address the file was sent to before you can download it.",
+            "If you have any questions, contact Sample Service."
+        ]
+    );
+}
+
+#[tokio::test]
+async fn confirm_email_address_page_redirects_to_download_page_if_confirmation_not_required() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    for method in ["GET", "POST"] {
+        let page = open(&f, "/confirm-email-address", method, Some(f.key)).await;
+        assert_eq!(page.status, 302, "{method}");
+        assert_eq!(page.header("location"), f.url("/download", Some(f.key)));
+        assert_eq!(
+            page.header("cache-control"),
+            "no-store, no-cache, private, must-revalidate"
+        );
+    }
+}
+
+#[tokio::test]
+async fn confirm_email_address_page_shows_errors_for_empty_and_invalid_addresses() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    for (email, expected) in [
+        ("", "Enter your email address"),
+        ("   ", "Enter your email address"),
+        ("fake address", "Not a valid email address"),
+        ("testing", "Not a valid email address"),
+        ("me@example", "Not a valid email address"),
+    ] {
+        let page = f.submit_email(email).await;
+        assert_eq!(page.status, 400, "{email:?}");
+        assert_eq!(page.title(), "Error: Confirm your email address – GOV.UK");
+        assert_eq!(page.h1(), "Confirm your email address");
+        assert_eq!(
+            support::text(
+                &page
+                    .element("<h2 class=\"govuk-error-summary__title\"", "</h2>")
+                    .unwrap()
+            ),
+            "There is a problem"
+        );
+        assert_eq!(
+            support::text(
+                &page
+                    .element(
+                        "<ul class=\"govuk-list govuk-error-summary__list\"",
+                        "</ul>"
+                    )
+                    .unwrap()
+            ),
+            expected
+        );
+        assert_eq!(
+            support::text(
+                &page
+                    .element("<p id=\"email_address-error\"", "</p>")
+                    .unwrap()
+            ),
+            format!("Error: {expected}")
+        );
+    }
+    assert!(
+        !f.stub
+            .requests()
+            .iter()
+            .any(|r| r.uri.contains("/authenticate")),
+        "invalid addresses never reach the API"
+    );
+}
+
+#[tokio::test]
+async fn confirm_email_address_page_shows_error_if_wrong_email_address() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    for status in [400, 403] {
+        f.authenticate_answers(status, &json!({"error": "Authentication failure"}));
+        let page = f.submit_email("me@example.com").await;
+        assert_eq!(page.status, 400);
+        assert_eq!(page.title(), "Error: Confirm your email address – GOV.UK");
+        let summary = page
+            .element(
+                "<ul class=\"govuk-list govuk-error-summary__list\"",
+                "</ul>",
+            )
+            .unwrap();
+        assert_eq!(
+            support::text(&summary),
+            "This is not the email address the file was sent to.To confirm the file was meant for you, enter the email address Sample Service sent the file to."
+        );
+        assert!(page
+            .element("<p id=\"email_address-error\"", "</p>")
+            .is_none());
+        assert_eq!(
+            page.attribute_of("name=\"email_address\"", "value")
+                .as_deref(),
+            Some("me@example.com")
+        );
+    }
+}
+
+#[tokio::test]
+async fn confirm_email_address_page_shows_429_error_page_if_auth_rate_limited() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    f.authenticate_answers(429, &json!({"error": "Too many requests"}));
+    let page = f.submit_email("me@example.com").await;
+    assert_eq!(page.status, 429);
+    assert_eq!(page.title(), "Cannot access document – GOV.UK");
+    assert_eq!(page.h1(), "Cannot access document");
+    let back = page
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Go back to confirm your email address")
+        .unwrap();
+    assert_eq!(back.0, f.url("/confirm-email-address", Some("1234")));
+    assert!(page
+        .body
+        .contains("notify-support@digital.cabinet-office.gov.uk"));
+}
+
+#[tokio::test]
+async fn confirm_email_address_page_redirects_and_sets_cookie_on_success() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    f.authenticate_answers(
+        200,
+        &json!({"signed_data": "blah", "direct_file_url": "http://test-doc-download-api.com/my/file/path?key=foo"}),
+    );
+    let page = f.submit_email("  me@example.com\u{200B} ").await;
+    assert_eq!(page.status, 302, "{}", page.body);
+    assert_eq!(page.header("location"), f.url("/download", Some(f.key)));
+    assert_eq!(
+        page.set_cookies(),
+        ["document_access_signed_data=blah; Domain=test-doc-download-api.com; HttpOnly; Path=/my/file/path"]
+    );
+    let auth = f
+        .stub
+        .requests()
+        .into_iter()
+        .find(|r| r.uri.ends_with("/authenticate"))
+        .unwrap();
+    assert_eq!(auth.method, Method::POST);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&auth.body).unwrap(),
+        json!({"key": "1234", "email_address": "me@example.com"})
+    );
+    assert_eq!(auth.headers["content-type"], "application/json");
+}
+
+#[tokio::test]
+async fn the_access_cookie_is_secure_over_https_and_its_domain_drops_download() {
+    let f = fixture().await;
+    let app = DownloadApp::builder()
+        .notify_api(&f.stub.base(), support::ADMIN_SECRET)
+        .document_api(
+            "https://download.notifications.service.gov.uk",
+            &f.stub.base(),
+        )
+        .https(true)
+        .clock(Clock::fixed(today()))
+        .build()
+        .unwrap();
+    let f = Fixture { app, ..f };
+    f.document(true, "pdf", 5);
+    f.authenticate_answers(
+        200,
+        &json!({"signed_data": "abc.def-_", "direct_file_url": "https://download.notifications.service.gov.uk/services/x/documents/y.pdf?key=k"}),
+    );
+    let page = f.submit_email("me@example.com").await;
+    assert_eq!(page.status, 302);
+    assert_eq!(
+        page.set_cookies(),
+        ["document_access_signed_data=abc.def-_; Domain=notifications.service.gov.uk; Secure; HttpOnly; Path=/services/x/documents/y.pdf"]
+    );
+}
+
+#[tokio::test]
+async fn csrf_failure_is_a_form_error() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    let form_url = f.url("/confirm-email-address", Some(f.key));
+    let form = f.get(&form_url).await;
+    let token = form.attribute_of("name=\"csrf_token\"", "value").unwrap();
+    let cookie = form.set_cookies()[0].split(';').next().unwrap().to_owned();
+    assert!(form.set_cookies()[0].contains("HttpOnly; Path=/; SameSite=Lax"));
+    let cases = [
+        (
+            "no token, no cookie",
+            "email_address=me%40example.com".to_owned(),
+            None,
+        ),
+        (
+            "token without its cookie",
+            format!("csrf_token={token}&email_address=me%40example.com"),
+            None,
+        ),
+        (
+            "cookie without a token",
+            "email_address=me%40example.com".to_owned(),
+            Some(cookie.clone()),
+        ),
+        (
+            "a forged token",
+            "csrf_token=1.AAAA&email_address=me%40example.com".to_owned(),
+            Some(cookie.clone()),
+        ),
+        (
+            "another browser's cookie",
+            format!("csrf_token={token}&email_address=me%40example.com"),
+            Some("document_download_csrf=other".to_owned()),
+        ),
+    ];
+    for (case, body, cookie) in cases {
+        let headers: Vec<(&str, &str)> = cookie.iter().map(|c| ("cookie", c.as_str())).collect();
+        let page = send(&f.app, Method::POST, &form_url, Some(body), &headers).await;
+        assert_eq!(page.status, 400, "{case}");
+        assert_eq!(
+            page.title(),
+            "Error: Confirm your email address – GOV.UK",
+            "{case}"
+        );
+        assert!(page.body.contains("Your session has expired"), "{case}");
+    }
+    assert!(!f
+        .stub
+        .requests()
+        .iter()
+        .any(|r| r.uri.contains("/authenticate")));
+}
+
+#[tokio::test]
+async fn download_document_creates_link_to_actual_doc_from_api() {
+    let f = fixture().await;
+    f.document(false, "txt", 5);
+    let page = f.get(&f.url("/download", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.title(), "Download your file – GOV.UK");
+    assert_eq!(page.h1(), "Download your file");
+    let links = page.main_links();
+    assert_eq!(
+        links[0],
+        (
+            "url".to_owned(),
+            "Download this text file (0.7MB) to your device".to_owned()
+        )
+    );
+    assert_eq!(
+        links[1],
+        (
+            "https://sample-service.gov.uk".to_owned(),
+            "contact Sample Service".to_owned()
+        )
+    );
+}
+
+#[tokio::test]
+async fn download_document_shows_pretty_file_type() {
+    let f = fixture().await;
+    for (extension, expected) in [
+        ("pdf", "PDF"),
+        ("txt", "text file"),
+        ("docx", "Microsoft Word document"),
+        ("doc", "Microsoft Word document"),
+        ("csv", "CSV file"),
+        ("odt", "text file"),
+        ("rtf", "text file"),
+        ("xlsx", "Microsoft Excel spreadsheet"),
+        ("png", "PNG file"),
+        ("jpeg", "JPEG file"),
+        ("json", "JSON file"),
+        ("zip", "file"),
+    ] {
+        f.document(false, extension, 5);
+        let page = f.get(&f.url("/download", Some(f.key))).await;
+        assert_eq!(page.status, 200, "{extension}");
+        assert_eq!(
+            page.main_links()[0].1,
+            format!("Download this {expected} (0.7MB) to your device")
+        );
+    }
+}
+
+#[tokio::test]
+async fn download_document_shows_file_sizes() {
+    let f = fixture().await;
+    for (bytes, expected) in [
+        (10, "0.1KB"),
+        (2048, "2KB"),
+        (712_099, "0.7MB"),
+        (10 * 1024 * 1024, "10MB"),
+    ] {
+        f.check_answers(
+            200,
+            &json!({"document": {"direct_file_url": "url", "confirm_email": false, "size_in_bytes": bytes, "file_extension": "pdf", "available_until": "2022-10-20"}}),
+        );
+        let page = f.get(&f.url("/download", Some(f.key))).await;
+        assert_eq!(
+            page.main_links()[0].1,
+            format!("Download this PDF ({expected}) to your device")
+        );
+    }
+}
+
+#[tokio::test]
+async fn download_document_shows_expiry_date() {
+    let f = fixture().await;
+    for (days, expected) in [
+        (
+            30,
+            "This file is available to download until Friday 11 November 2022.",
+        ),
+        (
+            31,
+            "This file is available to download until 12 November 2022.",
+        ),
+        (
+            0,
+            "This file is available to download until Wednesday 12 October 2022.",
+        ),
+    ] {
+        f.document(false, "pdf", days);
+        let page = f.get(&f.url("/download", Some(f.key))).await;
+        assert_eq!(page.paragraphs()[0], expected, "{days} days");
+    }
+    for unknown in [json!(null), json!("soon")] {
+        f.check_answers(
+            200,
+            &json!({"document": {"direct_file_url": "url", "confirm_email": false, "size_in_bytes": 1, "file_extension": "pdf", "available_until": unknown}}),
+        );
+        let page = f.get(&f.url("/download", Some(f.key))).await;
+        assert_eq!(page.status, 200);
+        assert_eq!(
+            page.paragraphs()[0],
+            "File expiry information is temporarily unavailable."
+        );
+    }
+}
+
+#[tokio::test]
+async fn pages_contain_key_security_headers() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    let mut nonces = Vec::new();
+    for url in [
+        f.url("", Some(f.key)),
+        f.url("/download", Some(f.key)),
+        f.url("/confirm-email-address", Some(f.key)),
+        "/nowhere".to_owned(),
+        "/security.txt".to_owned(),
+    ] {
+        let page = f.get(&url).await;
+        for (name, value) in [
+            ("x-robots-tag", "noindex, nofollow"),
+            ("x-frame-options", "DENY"),
+            ("x-content-type-options", "nosniff"),
+            ("x-permitted-cross-domain-policies", "none"),
+            ("referrer-policy", "no-referrer"),
+            (
+                "cache-control",
+                "no-store, no-cache, private, must-revalidate",
+            ),
+            (
+                "strict-transport-security",
+                "max-age=31536000; includeSubDomains; preload",
+            ),
+            ("cross-origin-embedder-policy", "require-corp"),
+            ("cross-origin-opener-policy", "same-origin"),
+            ("cross-origin-resource-policy", "same-origin"),
+        ] {
+            assert_eq!(page.header(name), value, "{name} on {url}");
+        }
+        assert!(page.header("permissions-policy").contains("camera=()"));
+        let csp = page.header("content-security-policy");
+        let nonce = csp
+            .split("'nonce-")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap()
+            .to_owned();
+        assert_eq!(
+            csp,
+            format!(
+                "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}'; \
+                 img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; \
+                 base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+            )
+        );
+        if page.status != 302 {
+            assert!(
+                page.body.contains(&format!("<script nonce=\"{nonce}\">")),
+                "{url}"
+            );
+            assert!(
+                page.body.contains(&format!("<style nonce=\"{nonce}\">")),
+                "{url}"
+            );
+        }
+        nonces.push(nonce);
+    }
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 5, "a fresh nonce per response");
+}
+
+#[tokio::test]
+async fn landing_page_has_supplier_contact_info() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    for (contact, paragraph, href) in [
+        (
+            "https://sample-service.gov.uk",
+            "If you have any questions, contact Sample Service.",
+            Some("https://sample-service.gov.uk"),
+        ),
+        (
+            "info@sample-service.gov.uk",
+            "If you have any questions, email info@sample-service.gov.uk.",
+            Some("mailto:info@sample-service.gov.uk"),
+        ),
+        (
+            "07123456789",
+            "If you have any questions, call 07123456789.",
+            None,
+        ),
+        (
+            "0207 123 4567",
+            "If you have any questions, call 0207 123 4567.",
+            None,
+        ),
+    ] {
+        f.service_answers(200, &sample_service(contact));
+        let page = f.get(&f.url("", Some(f.key))).await;
+        assert_eq!(page.paragraphs().last().unwrap(), paragraph);
+        let links: Vec<String> = page.main_links().into_iter().map(|(h, _)| h).collect();
+        match href {
+            Some(href) => assert!(links.contains(&href.to_owned()), "{links:?}"),
+            None => assert_eq!(links.len(), 1, "only Continue: {links:?}"),
+        }
+    }
+    f.service_answers(
+        200,
+        &json!({"data": {"name": "Sample Service", "contact_link": null}}),
+    );
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.paragraphs(),
+        ["Sample Service sent you a file to download.", "Continue"]
+    );
+}
+
+#[tokio::test]
+async fn service_data_is_escaped() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    f.service_answers(200, &json!({"data": {"name": "<script>alert(1)</script>", "contact_link": "https://x\"><script>"}}));
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert!(!page.body.contains("<script>alert"));
+    assert!(page
+        .body
+        .contains("&lt;script&gt;alert(1)&lt;/script&gt; sent you a file"));
+}
+
+#[tokio::test]
+async fn footer_doesnt_link_to_national_archives() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    f.service_answers(200, &sample_service("blah blah blah"));
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    assert!(!page
+        .hrefs()
+        .iter()
+        .any(|h| h.contains("nationalarchives.gov.uk")));
+    assert!(page.body.contains("© Crown copyright"));
+}
+
+#[tokio::test]
+async fn old_api_links_redirect_permanently_to_the_document_api() {
+    let f = fixture().await;
+    let s = f.ids.service;
+    let d = f.ids.document;
+    for (path, location) in [
+        (
+            format!("/services/{s}/documents/{d}?key=abc"),
+            format!("{PUBLIC_API}/services/{s}/documents/{d}?key=abc"),
+        ),
+        (
+            format!("/services/{s}/documents/{d}.pdf?key=abc"),
+            format!("{PUBLIC_API}/services/{s}/documents/{d}.pdf?key=abc"),
+        ),
+        (
+            format!("/services/{s}/documents/{d}/check?key=abc"),
+            format!("{PUBLIC_API}/services/{s}/documents/{d}/check?key=abc"),
+        ),
+        (
+            format!("/services/{s}/documents/{d}"),
+            format!("{PUBLIC_API}/services/{s}/documents/{d}"),
+        ),
+        (
+            "/services/_status".to_owned(),
+            format!("{PUBLIC_API}/services/_status"),
+        ),
+    ] {
+        let page = f.get(&path).await;
+        assert_eq!(page.status, 301, "{path}");
+        assert_eq!(page.header("location"), location);
+    }
+    assert_eq!(f.get("/services/not-a-uuid/documents/x").await.status, 404);
+    assert!(f.stub.requests().is_empty());
+}
+
+#[tokio::test]
+async fn unknown_paths_and_malformed_ids_are_not_found() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    let s = f.ids.service.to_base64();
+    let d = f.ids.document.to_base64();
+    for path in [
+        "/".to_owned(),
+        "/nowhere".to_owned(),
+        format!("/d/{s}/{d}/?key=1234"),
+        format!("/d/{s}/{d}/other?key=1234"),
+        format!("/d/{s}?key=1234"),
+        format!("/d/{}/{d}?key=1234", f.ids.service),
+        format!("/d/{s}x/{d}?key=1234"),
+        format!("/d/{}/{d}?key=1234", &s[..21]),
+        "/static/nothing.css".to_owned(),
+    ] {
+        let page = f.get(&path).await;
+        assert_eq!(page.status, 404, "{path}");
+        assert_eq!(page.h1(), "Page not found");
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_method_is_405_not_500() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    for (method, url, allow) in [
+        ("POST", f.url("", Some(f.key)), "GET, HEAD"),
+        (
+            "PUT",
+            f.url("/confirm-email-address", Some(f.key)),
+            "GET, HEAD, POST",
+        ),
+        ("DELETE", f.url("/download", Some(f.key)), "GET, HEAD"),
+        ("POST", "/_status".to_owned(), "GET, HEAD"),
+    ] {
+        let page = send(
+            &f.app,
+            Method::from_bytes(method.as_bytes()).unwrap(),
+            &url,
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(page.status, 405, "{method} {url}");
+        assert_eq!(page.header("allow"), allow);
+        assert_eq!(page.header("x-frame-options"), "DENY");
+    }
+}
+
+#[tokio::test]
+async fn upstream_timeouts_are_504_and_unreachable_apis_502() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    f.stub.set_delayed(
+        "GET",
+        &f.service_path(),
+        200,
+        &sample_service("x"),
+        Duration::from_secs(3),
+    );
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 504);
+    assert_eq!(page.h1(), "Sorry, there’s a problem with the service");
+
+    f.service_answers(200, &sample_service("x"));
+    f.stub.set_delayed(
+        "GET",
+        &f.check_path(),
+        200,
+        &json!({"document": null}),
+        Duration::from_secs(3),
+    );
+    assert_eq!(f.get(&f.url("/download", Some(f.key))).await.status, 504);
+
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let app = DownloadApp::builder()
+        .notify_api(&format!("http://{closed}"), "x")
+        .document_api(PUBLIC_API, &format!("http://{closed}"))
+        .build()
+        .unwrap();
+    let page = send(&app, Method::GET, &f.url("", Some(f.key)), None, &[]).await;
+    // An unreachable API is a gateway failure (502), not our own (500).
+    assert_eq!(page.status, 502);
+    assert!(
+        page.body
+            .contains("Sorry, there’s a problem with the service")
+            || page.body.contains("problem with the service")
+    );
+}
+
+#[tokio::test]
+async fn the_notify_api_is_called_first_with_an_hs256_token_and_trace_headers() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    let page = send(
+        &f.app,
+        Method::GET,
+        &f.url("", Some(f.key)),
+        None,
+        &[
+            ("x-b3-traceid", "463ac35c9f6413ad48485a3953bb6124"),
+            ("x-b3-spanid", "a2fb4a1d1a96d312"),
+        ],
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    let requests = f.stub.requests();
+    assert_eq!(requests.len(), 2);
+    assert_eq!(requests[0].uri, f.service_path());
+    assert_eq!(requests[1].uri, format!("{}?key=1234", f.check_path()));
+    let token = requests[0].headers["authorization"]
+        .to_str()
+        .unwrap()
+        .strip_prefix("Bearer ")
+        .unwrap();
+    let claims = verify_notify_api_token(token, support::ADMIN_SECRET)
+        .expect("signed with ADMIN_CLIENT_SECRET");
+    assert_eq!(claims["iss"], "notify-admin");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(claims["iat"].as_u64().unwrap().abs_diff(now) < 60);
+    for request in &requests {
+        assert_eq!(
+            request.headers["x-b3-traceid"],
+            "463ac35c9f6413ad48485a3953bb6124"
+        );
+        assert_eq!(request.headers["x-b3-parentspanid"], "a2fb4a1d1a96d312");
+        let traceparent = request.headers["traceparent"].to_str().unwrap();
+        assert!(
+            traceparent.starts_with("00-463ac35c9f6413ad48485a3953bb6124-"),
+            "{traceparent}"
+        );
+    }
+    assert!(requests[1].headers.get("authorization").is_none());
+}
+
+#[tokio::test]
+async fn static_assets_are_fingerprinted_and_immutable() {
+    let mut assets = wharf_download::Assets::empty();
+    assets.insert(
+        "govuk-frontend.min.css",
+        bytes::Bytes::from_static(b"body { color: black }"),
+    );
+    assets.insert(
+        "govuk-frontend.min.js",
+        bytes::Bytes::from_static(b"export function initAll() {}"),
+    );
+    let f = fixture_with(|b| b.assets(assets)).await;
+    f.document(false, "pdf", 5);
+    let page = f.get(&f.url("", Some(f.key))).await;
+    let css = page.attribute_of("rel=\"stylesheet\"", "href").unwrap();
+    assert!(
+        css.starts_with("/static/govuk-frontend.") && css != "/static/govuk-frontend.min.css",
+        "{css}"
+    );
+    let asset = f.get(&css).await;
+    assert_eq!(asset.status, 200);
+    assert_eq!(asset.body, "body { color: black }");
+    assert_eq!(
+        asset.header("cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    assert_eq!(asset.header("content-type"), "text/css; charset=utf-8");
+    assert_eq!(asset.header("x-content-type-options"), "nosniff");
+    let js = page
+        .body
+        .split("import { initAll } from \"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    assert_eq!(f.get(js).await.status, 200);
+    assert_eq!(
+        f.get("/static/govuk-frontend.min.css")
+            .await
+            .header("cache-control"),
+        "public, max-age=86400"
+    );
+}
+
+/// Snapshots of each page; `UPDATE_SNAPSHOTS=1 cargo test -p wharf-download`
+/// rewrites them. The per-response nonce is replaced by `NONCE`.
+#[tokio::test]
+async fn snapshots_of_each_page() {
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/snapshots");
+    let f = fixture().await;
+    let mut pages = Vec::new();
+    f.document(true, "pdf", 5);
+    pages.push(("landing", f.get(&f.url("", Some(f.key))).await));
+    pages.push((
+        "confirm",
+        f.get(&f.url("/confirm-email-address", Some(f.key))).await,
+    ));
+    pages.push(("confirm_invalid", f.submit_email("fake address").await));
+    f.authenticate_answers(403, &json!({"error": "Authentication failure"}));
+    pages.push((
+        "confirm_wrong_address",
+        f.submit_email("me@example.com").await,
+    ));
+    f.authenticate_answers(429, &json!({}));
+    pages.push(("too_many_requests", f.submit_email("me@example.com").await));
+    f.document(false, "txt", 30);
+    pages.push(("download", f.get(&f.url("/download", Some(f.key))).await));
+    f.check_answers(200, &json!({"document": null}));
+    pages.push(("no_longer_available", f.get(&f.url("", Some(f.key))).await));
+    pages.push(("not_found", f.get("/nowhere").await));
+    f.service_answers(403, &json!({}));
+    pages.push(("service_problem", f.get(&f.url("", Some(f.key))).await));
+    f.service_answers(500, &json!({}));
+    pages.push(("server_error", f.get(&f.url("", Some(f.key))).await));
+    let mut failures = Vec::new();
+    for (name, page) in pages {
+        let csp = page.header("content-security-policy");
+        let nonce = csp
+            .split("'nonce-")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        let mut html = page.body.replace(nonce, "NONCE");
+        // The CSRF token carries the time it was issued.
+        if let Some(token) = page.attribute_of("name=\"csrf_token\"", "value") {
+            html = html.replace(&token, "CSRF_TOKEN");
+        }
+        let path = dir.join(format!("{name}.html"));
+        if update {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &html).unwrap();
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(expected) if expected == html => {}
+            Ok(_) => failures.push(format!("{name}: differs from {}", path.display())),
+            Err(_) => failures.push(format!("{name}: no snapshot at {}", path.display())),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures:#?}\n(UPDATE_SNAPSHOTS=1 to accept)"
+    );
+}
+
+#[tokio::test]
+async fn the_offline_default_serves_the_whole_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = DownloadApp::builder()
+        .local_api(dir.path())
+        .clock(Clock::fixed(today()))
+        .build()
+        .unwrap();
+    let samples = app.samples();
+    assert_eq!(samples.len(), 2);
+    let plain = &samples[0];
+    let confirm = &samples[1];
+    assert!(plain.confirm_email_address.is_none());
+
+    // No confirmation: landing → download page → the file.
+    let landing = send(&app, Method::GET, &plain.path, None, &[]).await;
+    assert_eq!(landing.status, 200);
+    assert!(landing
+        .body
+        .contains("Sample Service sent you a file to download."));
+    let next = landing
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Continue")
+        .unwrap()
+        .0;
+    assert!(next.contains("/download?key="));
+    let download = send(&app, Method::GET, &next, None, &[]).await;
+    assert_eq!(download.status, 200);
+    assert_eq!(
+        download.paragraphs()[0],
+        "This file is available to download until Wednesday 26 October 2022."
+    );
+    let (file_url, text) = download.main_links()[0].clone();
+    assert_eq!(text, "Download this CSV file (0.1KB) to your device");
+    let file = send(&app, Method::GET, &file_url, None, &[]).await;
+    assert_eq!(file.status, 200);
+    assert_eq!(file.body, "name,department\nSample Person,Cabinet Office\n");
+    assert!(file.header("content-disposition").starts_with("attachment"));
+
+    // Confirmation: landing → form → wrong address → right address → cookie → file.
+    let landing = send(&app, Method::GET, &confirm.path, None, &[]).await;
+    let form_url = landing
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Continue")
+        .unwrap()
+        .0;
+    assert!(form_url.contains("/confirm-email-address?key="));
+    let form = send(&app, Method::GET, &form_url, None, &[]).await;
+    let token = form.attribute_of("name=\"csrf_token\"", "value").unwrap();
+    let session = form.set_cookies()[0].split(';').next().unwrap().to_owned();
+    let post = |email: &str| {
+        format!(
+            "csrf_token={token}&email_address={}",
+            support::form_encode(email)
+        )
+    };
+    let wrong = send(
+        &app,
+        Method::POST,
+        &form_url,
+        Some(post("other@example.gov.uk")),
+        &[("cookie", &session)],
+    )
+    .await;
+    assert_eq!(wrong.status, 400);
+    let right = send(
+        &app,
+        Method::POST,
+        &form_url,
+        Some(post("TEST@example.gov.uk")),
+        &[("cookie", &session)],
+    )
+    .await;
+    assert_eq!(right.status, 302, "{}", right.body);
+    let cookie = right.set_cookies()[0].clone();
+    assert!(cookie.starts_with("document_access_signed_data="));
+    assert!(!cookie.contains("Domain="), "{cookie}");
+    let download = send(&app, Method::GET, right.header("location"), None, &[]).await;
+    let file_url = download.main_links()[0].0.clone();
+    assert!(
+        cookie.contains(&format!("Path={}", file_url.split('?').next().unwrap())),
+        "{cookie}"
+    );
+    let without_cookie = send(&app, Method::GET, &file_url, None, &[]).await;
+    assert_eq!(without_cookie.status, 302);
+    assert_eq!(without_cookie.header("location"), confirm.path);
+    let cookie_pair = cookie.split(';').next().unwrap();
+    let file = send(
+        &app,
+        Method::GET,
+        &file_url,
+        None,
+        &[("cookie", cookie_pair)],
+    )
+    .await;
+    assert_eq!(file.status, 200);
+    assert_eq!(file.body, wharf_download::SAMPLE_CONFIRM_CONTENT);
+    assert_eq!(file.header("content-type"), "text/plain");
+}
+
+#[tokio::test]
+async fn deployed_environments_refuse_the_local_api() {
+    use wharf_config::{Environment, Secret};
+    let section = wharf_download::DownloadSection::default();
+    let secret = Secret::new("k".to_owned());
+    let error = DownloadApp::from_section(
+        &section,
+        Some("https://api.example"),
+        Some(&secret),
+        Environment::Production,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        error.contains("DOCUMENT_DOWNLOAD_API_HOST_NAME must be set in production"),
+        "{error}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let section = wharf_download::DownloadSection {
+        local_dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let app = DownloadApp::from_section(&section, None, None, Environment::Development).unwrap();
+    assert_eq!(app.samples().len(), 2);
+    assert_eq!(normalize(" a \n b "), "a b");
+}

@@ -1,0 +1,397 @@
+//! One accepted connection: byte-level tracking for the header-read and idle
+//! timeouts, in-flight accounting, and the drain protocol.
+//!
+//! hyper's own `header_read_timeout` closes a slow HTTP/1 client without an
+//! answer and shares one timer between "idle between requests" and "slow to
+//! send headers", and hyper-util's protocol detection has no timer at all. So
+//! wharf tracks both itself: [`TrackedIo`] sees every byte read, the
+//! connection's service sees every request start and every response end, and a
+//! watchdog beside the hyper connection future acts on the deadlines.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, Version};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Instant;
+use tower::ServiceExt;
+
+use crate::body::{BoxError, ResponseBody};
+use crate::server::AppService;
+
+/// Peer and local addresses of the connection a request came in on, in the
+/// request's extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectInfo {
+    /// The client's address (the TCP peer: a proxy, when there is one).
+    pub peer: SocketAddr,
+    /// The local address it connected to.
+    pub local: SocketAddr,
+}
+
+const NONE: u64 = u64::MAX;
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+const RESPONSE_414: &[u8] = b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 17\r\n\r\n414 URI Too Long\n";
+const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\n\r\n408 Request Timeout\n";
+
+/// What the watchdog does when a deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Deadline {
+    /// The request head did not arrive in time.
+    HeaderRead,
+    /// The connection sat idle for the keep-alive timeout.
+    Idle,
+    /// Nothing is due; look again.
+    Recheck,
+}
+
+/// Shared state of one connection; updated from the IO wrapper, the service and
+/// response bodies (which HTTP/2 drives from other tasks, hence atomics).
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Requests started on this connection.
+    started: AtomicU64,
+    /// Milliseconds since `start` when the current request head began, or NONE.
+    head_started: AtomicU64,
+    /// Whether any byte of the current request head has arrived.
+    head_bytes: AtomicBool,
+    idle_since: AtomicU64,
+    first_read: AtomicBool,
+    http2: AtomicBool,
+    timed_out: AtomicBool,
+    draining: AtomicBool,
+    /// Bytes of the current HTTP/1 request head that have arrived, and
+    /// whether its request line has ended (a line feed arrived).
+    head_len: AtomicUsize,
+    line_ended: AtomicBool,
+    /// Longest request line (method, target, version) before answering 414.
+    max_request_line: usize,
+    uri_too_long: AtomicBool,
+}
+
+impl ConnState {
+    pub(crate) fn new(max_request_line: usize) -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            // The first request's head is due from the moment of connecting.
+            head_started: AtomicU64::new(0),
+            head_bytes: AtomicBool::new(false),
+            idle_since: AtomicU64::new(0),
+            first_read: AtomicBool::new(false),
+            http2: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            head_len: AtomicUsize::new(0),
+            line_ended: AtomicBool::new(false),
+            max_request_line,
+            uri_too_long: AtomicBool::new(false),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(NONE - 1)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.start + Duration::from_millis(ms)
+    }
+
+    fn on_read(&self, bytes: &[u8]) {
+        if !self.first_read.swap(true, Ordering::Relaxed) {
+            let probe = &bytes[..bytes.len().min(HTTP2_PREFACE.len())];
+            if HTTP2_PREFACE.starts_with(probe) {
+                self.http2.store(true, Ordering::Relaxed);
+            }
+        }
+        if self.http2.load(Ordering::Relaxed) || self.in_flight.load(Ordering::Acquire) > 0 {
+            return;
+        }
+        self.head_bytes.store(true, Ordering::Relaxed);
+        if !self.line_ended.load(Ordering::Relaxed) {
+            if bytes.contains(&b'\n') {
+                self.line_ended.store(true, Ordering::Relaxed);
+            } else if self.head_len.fetch_add(bytes.len(), Ordering::Relaxed) + bytes.len()
+                > self.max_request_line
+            {
+                self.uri_too_long.store(true, Ordering::Relaxed);
+            }
+        }
+        let now = self.now_ms();
+        let _ = self
+            .head_started
+            .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    fn request_started(self: &Arc<Self>) -> InFlight {
+        self.started.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.head_started.store(NONE, Ordering::Release);
+        self.head_bytes.store(false, Ordering::Relaxed);
+        self.head_len.store(0, Ordering::Relaxed);
+        self.line_ended.store(false, Ordering::Relaxed);
+        InFlight(Arc::clone(self))
+    }
+
+    /// Whether no request has started on this connection yet: a client that
+    /// just connected has its first request on the way, and closing the
+    /// connection now would lose it.
+    pub(crate) fn is_fresh(&self) -> bool {
+        self.started.load(Ordering::Relaxed) == 0
+    }
+
+    /// Requests started on this connection so far.
+    pub(crate) fn requests_started(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
+    }
+
+    /// An HTTP/1 connection with no request in flight: its client may be
+    /// sending the next request right now.
+    pub(crate) fn is_idle_http1(&self) -> bool {
+        !self.http2.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Acquire) == 0
+    }
+
+    pub(crate) fn set_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_timed_out(&self) {
+        self.timed_out.store(true, Ordering::Relaxed);
+    }
+
+    /// The next deadline and what to do at it.
+    pub(crate) fn next_deadline(
+        &self,
+        header_read_timeout: Duration,
+        keepalive_timeout: Duration,
+    ) -> (Instant, Deadline) {
+        let busy = self.in_flight.load(Ordering::Acquire) > 0;
+        let head = self.head_started.load(Ordering::Acquire);
+        if busy {
+            return (
+                Instant::now() + header_read_timeout.min(keepalive_timeout),
+                Deadline::Recheck,
+            );
+        }
+        // HTTP/2 connections are bound by it only until their first request
+        // (an idle HTTP/2 connection between requests is normal).
+        let fresh_h2 = self.http2.load(Ordering::Relaxed) && self.is_fresh();
+        if head != NONE && (!self.http2.load(Ordering::Relaxed) || fresh_h2) {
+            return (self.at(head) + header_read_timeout, Deadline::HeaderRead);
+        }
+        let idle = self.idle_since.load(Ordering::Acquire);
+        (self.at(idle) + keepalive_timeout, Deadline::Idle)
+    }
+}
+
+/// Held while a request is in flight; dropped with its response body.
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.now_ms();
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_since.store(now, Ordering::Release);
+        }
+    }
+}
+
+pin_project! {
+    /// The accepted stream, watched byte by byte.
+    #[derive(Debug)]
+    pub(crate) struct TrackedIo<T> {
+        #[pin]
+        inner: T,
+        state: Arc<ConnState>,
+        answered_timeout: bool,
+    }
+}
+
+impl<T> TrackedIo<T> {
+    pub(crate) fn new(inner: T, state: Arc<ConnState>) -> Self {
+        Self {
+            inner,
+            state,
+            answered_timeout: false,
+        }
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut this = self.project();
+        if this.state.timed_out.load(Ordering::Relaxed) {
+            // The head did not arrive in time. Where the client sent part of a
+            // request, answer 408 (best effort: one write into an idle socket
+            // buffer), then report end of stream so hyper closes.
+            if !*this.answered_timeout && this.state.head_bytes.load(Ordering::Relaxed) {
+                *this.answered_timeout = true;
+                let _ = this.inner.as_mut().poll_write(cx, RESPONSE_408);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        ready!(this.inner.as_mut().poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            this.state.on_read(read);
+        }
+        if this.state.uri_too_long.load(Ordering::Relaxed) {
+            // The request line is longer than any we serve: answer 414 (best
+            // effort, as for 408) and end the connection.
+            buf.set_filled(before);
+            if !*this.answered_timeout {
+                *this.answered_timeout = true;
+                let _ = this.inner.as_mut().poll_write(cx, RESPONSE_414);
+            }
+            this.state.set_timed_out();
+            return Poll::Ready(Ok(()));
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().inner.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Called as each request starts; the value it returns is dropped when the
+/// response has been sent (or abandoned). A supervisor uses it to count
+/// requests and requests in flight across every route, health checks included.
+pub type RequestHook = Arc<dyn Fn() -> Box<dyn Send + Sync> + Send + Sync>;
+
+pin_project! {
+    /// A response body that keeps its request counted as in flight until
+    /// hyper has finished with it.
+    pub struct TrackedBody {
+        #[pin]
+        inner: ResponseBody,
+        in_flight: InFlight,
+        hook_guard: Option<Box<dyn Send + Sync>>,
+    }
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The per-connection hyper service: counts requests, adds connection facts,
+/// asks HTTP/1 clients to go away while draining, and calls the app stack.
+#[derive(Clone)]
+pub(crate) struct ConnService {
+    pub(crate) app: AppService,
+    pub(crate) state: Arc<ConnState>,
+    pub(crate) info: ConnectInfo,
+    /// From the acceptor (e.g. TLS facts); copied into every request.
+    pub(crate) extensions: Arc<http::Extensions>,
+    pub(crate) hook: Option<RequestHook>,
+}
+
+impl hyper::service::Service<Request<Incoming>> for ConnService {
+    type Response = Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+        if req.version() == Version::HTTP_11
+            && req.headers().get_all(http::header::HOST).iter().count() != 1
+        {
+            // RFC 9112 §3.2: an HTTP/1.1 request without exactly one Host is 400.
+            let in_flight = self.state.request_started();
+            let mut response = Response::new(crate::body::full(
+                "400 Bad Request: exactly one Host header is required\n",
+            ));
+            *response.status_mut() = http::StatusCode::BAD_REQUEST;
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            return Box::pin(std::future::ready(Ok(response.map(|inner| TrackedBody {
+                inner,
+                in_flight,
+                hook_guard: None,
+            }))));
+        }
+        let in_flight = self.state.request_started();
+        let hook_guard = self.hook.as_ref().map(|hook| hook());
+        let http1 = req.version() < Version::HTTP_2;
+        req.extensions_mut().insert(self.info);
+        if !self.extensions.is_empty() {
+            req.extensions_mut().extend((*self.extensions).clone());
+        }
+        let response = self.app.clone().oneshot(req);
+        let state = Arc::clone(&self.state);
+        Box::pin(async move {
+            let Ok(mut response) = response.await;
+            if http1 && state.draining.load(Ordering::Relaxed) {
+                response
+                    .headers_mut()
+                    .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response.map(|inner| TrackedBody {
+                inner,
+                in_flight,
+                hook_guard,
+            }))
+        })
+    }
+}

@@ -1,0 +1,425 @@
+//! One JSON access-log line per request, written when the response body is
+//! finished (or abandoned), so `bytes` and `duration_ms` are what was sent.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
+
+use bytes::{Buf, Bytes};
+use http::{header, Method, Request, Response, StatusCode, Version};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
+use tower_http::request_id::RequestId;
+
+use crate::body::{BoxError, ResponseBody};
+use crate::conn::ConnectInfo;
+
+/// The tracing target access-log lines are written to.
+pub const ACCESS_LOG_TARGET: &str = "wharf_http::access";
+
+/// Query parameters whose values never reach a log.
+pub const REDACTED_QUERY_PARAMS: &[&str] = &["key"];
+
+/// A path's query string with the values of [`REDACTED_QUERY_PARAMS`] replaced.
+pub fn redact_query(query: &str) -> String {
+    query
+        .split('&')
+        .map(|pair| {
+            let name = pair.split_once('=').map_or(pair, |(n, _)| n);
+            // Compare the decoded name: `k%65y` is `key` to the application.
+            let decoded = percent_decode(name);
+            if REDACTED_QUERY_PARAMS
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(&decoded))
+            {
+                format!("{name}=[redacted]")
+            } else {
+                pair.to_owned()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// One finished exchange, as a [`RequestObserver`] sees it (the same facts
+/// as the access-log line).
+#[derive(Debug, Clone, Copy)]
+pub struct Exchange<'a> {
+    /// The request method.
+    pub method: &'a Method,
+    /// The request path, without the query.
+    pub path: &'a str,
+    /// The `Host` header (or HTTP/2 `:authority`), when present.
+    pub host: Option<&'a str>,
+    /// The response status.
+    pub status: StatusCode,
+    /// From the request to the end (or abandonment) of the response body.
+    pub duration: std::time::Duration,
+    /// Response body bytes sent.
+    pub bytes: u64,
+}
+
+/// Called once per finished request: the seam for request metrics.
+pub type RequestObserver = std::sync::Arc<dyn Fn(&Exchange<'_>) + Send + Sync>;
+
+/// Decodes `%XX` escapes and `+` (lossy on invalid UTF-8).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+                if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    out.push(value);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            other => out.push(other),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Adds access logging; see the [module docs](self).
+#[derive(Clone)]
+pub struct AccessLogLayer {
+    enabled: bool,
+    observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for AccessLogLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogLayer")
+            .field("enabled", &self.enabled)
+            .field("observer", &self.observer.is_some())
+            .finish()
+    }
+}
+
+impl AccessLogLayer {
+    /// A layer that logs when `enabled` (and passes requests through untouched
+    /// otherwise, so the pipeline's type does not depend on configuration).
+    pub fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            observer: None,
+        }
+    }
+
+    /// Also reports every finished request to `observer` (whether or not
+    /// lines are logged).
+    #[must_use]
+    pub fn with_observer(mut self, observer: Option<RequestObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+}
+
+impl Default for AccessLogLayer {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            enabled: self.enabled,
+            observer: self.observer.clone(),
+        }
+    }
+}
+
+/// The service made by [`AccessLogLayer`].
+#[derive(Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    enabled: bool,
+    observer: Option<RequestObserver>,
+}
+
+/// What is known of a request when its response starts.
+struct Record {
+    start: Instant,
+    method: Method,
+    path: String,
+    query: Option<String>,
+    version: Version,
+    request_id: Option<String>,
+    peer: Option<String>,
+    user_agent: Option<String>,
+    host: Option<String>,
+    trace_id: Option<String>,
+    status: StatusCode,
+    log: bool,
+    observer: Option<RequestObserver>,
+}
+
+impl std::fmt::Debug for Record {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Record")
+            .field("method", &self.method)
+            .field("path", &self.path)
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<Request<B>> for AccessLog<S>
+where
+    S: Service<Request<B>, Response = Response<ResponseBody>>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = S::Error;
+    type Future = AccessLogFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // Skip the record (a handful of allocations) when nothing would use it.
+        let log =
+            self.enabled && tracing::enabled!(target: ACCESS_LOG_TARGET, tracing::Level::INFO);
+        if !log && self.observer.is_none() {
+            return AccessLogFuture {
+                inner: self.inner.call(request),
+                record: None,
+            };
+        }
+        // Fields only the log line uses are left out when only the observer
+        // (metrics) needs the record: it is on every request.
+        let record = Record {
+            start: Instant::now(),
+            method: request.method().clone(),
+            path: request.uri().path().to_owned(),
+            query: if log {
+                request.uri().query().map(redact_query)
+            } else {
+                None
+            },
+            version: request.version(),
+            request_id: log
+                .then(|| {
+                    request
+                        .extensions()
+                        .get::<RequestId>()
+                        .and_then(|id| id.header_value().to_str().ok())
+                        .map(str::to_owned)
+                })
+                .flatten(),
+            peer: log
+                .then(|| {
+                    request
+                        .extensions()
+                        .get::<ConnectInfo>()
+                        .map(|info| info.peer.to_string())
+                })
+                .flatten(),
+            user_agent: log
+                .then(|| {
+                    request
+                        .headers()
+                        .get(header::USER_AGENT)
+                        .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned())
+                })
+                .flatten(),
+            host: request
+                .uri()
+                .authority()
+                .map(|a| a.as_str().to_owned())
+                .or_else(|| {
+                    request
+                        .headers()
+                        .get(header::HOST)
+                        .and_then(|h| h.to_str().ok())
+                        .map(str::to_owned)
+                }),
+            trace_id: log
+                .then(|| {
+                    request
+                        .headers()
+                        .get("traceparent")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(trace_id)
+                        .map(str::to_owned)
+                })
+                .flatten(),
+            status: StatusCode::OK,
+            log,
+            observer: self.observer.clone(),
+        };
+        AccessLogFuture {
+            inner: self.inner.call(request),
+            record: Some(record),
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`AccessLog`].
+    pub struct AccessLogFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+    }
+}
+
+impl<F, E> Future for AccessLogFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, E>>,
+{
+    type Output = Result<Response<ResponseBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        Poll::Ready(result.map(|response| {
+            let Some(mut record) = this.record.take() else {
+                return response;
+            };
+            record.status = response.status();
+            response.map(|inner| {
+                crate::body::boxed(LoggedBody {
+                    inner,
+                    bytes: 0,
+                    record: Some(record),
+                })
+            })
+        }))
+    }
+}
+
+pin_project! {
+    struct LoggedBody {
+        #[pin]
+        inner: ResponseBody,
+        bytes: u64,
+        record: Option<Record>,
+    }
+
+    impl PinnedDrop for LoggedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(record) = this.record.take() {
+                log(&record, *this.bytes);
+            }
+        }
+    }
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let frame = ready!(this.inner.poll_frame(cx));
+        if let Some(Ok(frame)) = &frame {
+            if let Some(data) = frame.data_ref() {
+                *this.bytes += data.remaining() as u64;
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), when
+/// it is well formed, so logs can be joined with traces.
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.trim().split('-');
+    let (version, trace, span, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (hex(version, 2)
+        && hex(trace, 32)
+        && hex(span, 16)
+        && hex(flags, 2)
+        && trace.bytes().any(|b| b != b'0'))
+    .then_some(trace)
+}
+
+fn log(record: &Record, bytes: u64) {
+    let elapsed = record.start.elapsed();
+    if let Some(observer) = &record.observer {
+        observer(&Exchange {
+            method: &record.method,
+            path: &record.path,
+            host: record.host.as_deref(),
+            status: record.status,
+            duration: elapsed,
+            bytes,
+        });
+    }
+    if !record.log {
+        return;
+    }
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    tracing::info!(
+        target: ACCESS_LOG_TARGET,
+        method = %record.method,
+        path = %record.path,
+        query = record.query.as_deref(),
+        protocol = ?record.version,
+        status = record.status.as_u16(),
+        bytes,
+        duration_ms = (duration_ms * 1000.0).round() / 1000.0,
+        request_id = record.request_id.as_deref(),
+        trace_id = record.trace_id.as_deref(),
+        peer = record.peer.as_deref(),
+        user_agent = record.user_agent.as_deref(),
+        "Served request"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_query;
+
+    #[test]
+    fn trace_ids_come_only_from_well_formed_traceparents() {
+        use super::trace_id;
+        assert_eq!(
+            trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            trace_id("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
+        assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn the_key_parameter_is_redacted_and_the_rest_kept() {
+        assert_eq!(redact_query("key=s3cret&x=1"), "key=[redacted]&x=1");
+        assert_eq!(redact_query("a=b&KEY=s3cret"), "a=b&KEY=[redacted]");
+        assert_eq!(redact_query("keyboard=1"), "keyboard=1");
+        assert_eq!(redact_query("key"), "key=[redacted]");
+        assert_eq!(redact_query("k%65y=SECRET&x=1"), "k%65y=[redacted]&x=1");
+        assert_eq!(redact_query("%4B%45%59=SECRET"), "%4B%45%59=[redacted]");
+        assert_eq!(redact_query("a=%"), "a=%");
+    }
+}

@@ -1,0 +1,125 @@
+//! Request ids: keep a sane incoming `X-Request-Id`, else make one.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use http::{HeaderValue, Request};
+use tower_http::request_id::{MakeRequestId, RequestId};
+
+/// The header carrying the request id.
+pub const X_REQUEST_ID: &str = "x-request-id";
+
+/// Longest incoming request id kept.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Makes unique, opaque request ids: 32 hex digits from a per-process random
+/// seed and a counter. Cheap (no system call per request); unique within a
+/// process and, with overwhelming probability, across processes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MakeWharfRequestId;
+
+fn process_seed() -> u64 {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    *SEED.get_or_init(|| {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u32(std::process::id());
+        hasher.finish()
+    })
+}
+
+impl MakeWharfRequestId {
+    /// A fresh id.
+    pub fn next_id() -> String {
+        static COUNTER: AtomicU64 = AtomicU64::new(1);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        // Multiplying by an odd constant is a bijection on u64: ids stay unique
+        // while not looking sequential.
+        format!(
+            "{:016x}{:016x}",
+            process_seed(),
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        )
+    }
+}
+
+impl MakeRequestId for MakeWharfRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        HeaderValue::from_str(&Self::next_id())
+            .ok()
+            .map(RequestId::new)
+    }
+}
+
+/// Whether an incoming request id is safe to keep and log: 1–128 characters
+/// of letters, digits and `-_.:`.
+pub fn is_sane_request_id(value: &HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_REQUEST_ID_LEN
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// Drops an incoming request id that is not sane, so one is generated instead.
+pub(crate) fn drop_insane_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let insane = request
+        .headers()
+        .get_all(X_REQUEST_ID)
+        .iter()
+        .enumerate()
+        .any(|(i, v)| i > 0 || !is_sane_request_id(v));
+    if insane {
+        request.headers_mut().remove(X_REQUEST_ID);
+    }
+    request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_sane() {
+        let a = MakeWharfRequestId::next_id();
+        let b = MakeWharfRequestId::next_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(is_sane_request_id(&HeaderValue::from_str(&a).unwrap()));
+    }
+
+    #[test]
+    fn insane_incoming_ids_are_dropped() {
+        for bad in ["", "has space", "<script>", &"x".repeat(129)] {
+            let req = Request::builder()
+                .header(X_REQUEST_ID, bad)
+                .body(())
+                .unwrap();
+            assert!(
+                drop_insane_request_id(req)
+                    .headers()
+                    .get(X_REQUEST_ID)
+                    .is_none(),
+                "{bad:?}"
+            );
+        }
+        let req = Request::builder()
+            .header(X_REQUEST_ID, "abc-123:4.5_6")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            drop_insane_request_id(req).headers()[X_REQUEST_ID],
+            "abc-123:4.5_6"
+        );
+        let req = Request::builder()
+            .header(X_REQUEST_ID, "a")
+            .header(X_REQUEST_ID, "b")
+            .body(())
+            .unwrap();
+        assert!(drop_insane_request_id(req)
+            .headers()
+            .get(X_REQUEST_ID)
+            .is_none());
+    }
+}

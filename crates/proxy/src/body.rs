@@ -1,0 +1,113 @@
+//! Response bodies streamed from an upstream: counted as in flight on their
+//! server until finished, and cut off when the upstream stalls longer than the
+//! read timeout between two reads.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use wharf_http::BoxError;
+
+use crate::upstream::Upstream;
+
+/// Counts one request in flight on a server until dropped.
+#[derive(Debug)]
+pub(crate) struct ActiveGuard {
+    upstream: Arc<Upstream>,
+    index: usize,
+}
+
+impl ActiveGuard {
+    pub(crate) fn new(upstream: &Arc<Upstream>, index: usize) -> Self {
+        upstream.peers[index].active.fetch_add(1, Ordering::Relaxed);
+        Self {
+            upstream: Arc::clone(upstream),
+            index,
+        }
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.upstream.peers[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The upstream stopped sending for longer than the read timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream sent nothing for {0:?}")]
+pub struct UpstreamStalled(Duration);
+
+pin_project! {
+    /// An upstream response body with its guard and read timeout.
+    pub(crate) struct UpstreamBody<B> {
+        #[pin]
+        inner: B,
+        #[pin]
+        stall: Sleep,
+        read_timeout: Duration,
+        guard: Option<ActiveGuard>,
+    }
+}
+
+impl<B> UpstreamBody<B> {
+    pub(crate) fn new(inner: B, read_timeout: Duration, guard: ActiveGuard) -> Self {
+        Self {
+            inner,
+            stall: tokio::time::sleep(read_timeout),
+            read_timeout,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B> Body for UpstreamBody<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(None) => {
+                this.guard.take();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(frame)) => {
+                this.stall
+                    .as_mut()
+                    .reset(Instant::now() + *this.read_timeout);
+                Poll::Ready(Some(frame.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                if std::future::Future::poll(this.stall, cx).is_ready() {
+                    this.guard.take();
+                    return Poll::Ready(Some(Err(Box::new(UpstreamStalled(*this.read_timeout)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,517 @@
+//! [`Proxy`]: the reverse-proxy tower service.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use wharf_http::{body as wbody, BoxError, ConnectInfo, ResponseBody, TlsInfo};
+
+use crate::body::{ActiveGuard, UpstreamBody};
+use crate::forwarded::{remove_hop_by_hop, set_forwarded, TrustedProxies};
+use crate::upstream::Upstream;
+
+/// The body type sent upstream.
+pub(crate) type UpstreamRequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+/// How requests are passed upstream. `Default` gives the documented defaults
+/// (nginx's, with the seeds' body limit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxySettings {
+    /// Time to establish a TCP connection to a server (`proxy_connect_timeout`).
+    /// Default 60 s.
+    pub connect_timeout: Duration,
+    /// Time to transmit the request to the server (`proxy_send_timeout`);
+    /// added to the read timeout for the wait on the response head.
+    /// Default 60 s.
+    pub send_timeout: Duration,
+    /// Time to wait for the response head after sending, and the longest
+    /// pause between two reads of the response body (`proxy_read_timeout`).
+    /// Default 60 s.
+    pub read_timeout: Duration,
+    /// Read the whole request body before contacting an upstream
+    /// (`proxy_request_buffering on`), so a slow client never holds an upstream
+    /// connection and a retry can resend the body. Default on.
+    pub buffer_request_body: bool,
+    /// Largest request body (`client_max_body_size`): `413` beyond it.
+    /// Default 10 MiB.
+    pub max_body_bytes: usize,
+    /// Longest pause between two reads of the client's body while buffering
+    /// (`client_body_timeout`): `408` past it. Default 60 s.
+    pub client_body_timeout: Duration,
+    /// Servers tried per request (`proxy_next_upstream_tries`); 0 tries every
+    /// server once. Default 0.
+    pub next_upstream_tries: usize,
+    /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are believed
+    /// (`set_real_ip_from`). Default none.
+    pub trusted_proxies: TrustedProxies,
+    /// Idle upstream connections are closed after this. Default 60 s.
+    pub pool_idle_timeout: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+            read_timeout: Duration::from_secs(60),
+            buffer_request_body: true,
+            max_body_bytes: 10 * 1024 * 1024,
+            client_body_timeout: Duration::from_secs(60),
+            next_upstream_tries: 0,
+            trusted_proxies: TrustedProxies::default(),
+            pool_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A reverse proxy to one upstream group, as a tower service. Cheap to clone;
+/// clones share the connection pool and the servers' state.
+///
+/// Per request: forwarding headers are set (`Host` kept, `X-Forwarded-For`
+/// appended, `X-Forwarded-Proto`/`-Host`, `X-Real-IP`), hop-by-hop headers
+/// removed, the body buffered (by default), a server chosen, and the answer
+/// streamed back. A connection error moves on to the next server for any
+/// method; for idempotent methods so do timeouts, other errors and
+/// 502/503/504 answers. A non-idempotent request is never sent twice.
+/// Nothing left to try gives `502` (`504` after a timeout).
+#[derive(Clone)]
+pub struct Proxy {
+    pub(crate) inner: Arc<ProxyInner>,
+}
+
+pub(crate) struct ProxyInner {
+    pub(crate) upstream: Arc<Upstream>,
+    pub(crate) settings: ProxySettings,
+    pub(crate) client: Client<HttpConnector, UpstreamRequestBody>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("upstream", &self.inner.upstream.name())
+            .field("settings", &self.inner.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Proxy {
+    /// A proxy to `upstream`. Must be created inside a tokio runtime only if
+    /// [`spawn_health_checks`](Self::spawn_health_checks) is called.
+    pub fn new(upstream: Arc<Upstream>, settings: ProxySettings) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.connect_timeout));
+        connector.set_nodelay(true);
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(upstream.keepalive)
+            .pool_idle_timeout(settings.pool_idle_timeout)
+            .pool_timer(TokioTimer::new())
+            .set_host(false)
+            .build(connector);
+        Self {
+            inner: Arc::new(ProxyInner {
+                upstream,
+                settings,
+                client,
+            }),
+        }
+    }
+
+    /// The upstream group (for its [`stats`](Upstream::stats)).
+    pub fn upstream(&self) -> &Arc<Upstream> {
+        &self.inner.upstream
+    }
+
+    /// Starts the group's active health checks, if it has any; they stop
+    /// when every clone of this proxy is dropped. Needs a tokio runtime.
+    pub fn spawn_health_checks(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let check = self.inner.upstream.health_check.clone()?;
+        let weak = Arc::downgrade(&self.inner);
+        Some(tokio::spawn(health_loop(weak, check)))
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let inner = Arc::clone(&self.inner);
+        let request = request.map(|b| b.map_err(Into::into).boxed_unsync());
+        Box::pin(async move { Ok(inner.handle(request).await) })
+    }
+}
+
+/// A short error page, like nginx's.
+pub fn error_page(status: StatusCode) -> Response<ResponseBody> {
+    let reason = status.canonical_reason().unwrap_or("Error");
+    let code = status.as_u16();
+    let html = format!(
+        "<html>\n<head><title>{code} {reason}</title></head>\n<body>\n<h1>{code} {reason}</h1>\n</body>\n</html>\n"
+    );
+    let mut response = Response::new(wbody::full(html));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    response
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::PUT | Method::DELETE | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The protocol a client asks to switch to (`Connection: upgrade` +
+/// `Upgrade: …`), HTTP/1.1 only.
+fn requested_upgrade<B>(request: &Request<B>) -> Option<HeaderValue> {
+    if request.version() != Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = request
+        .headers()
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    if !connection_upgrade {
+        return None;
+    }
+    request.headers().get(header::UPGRADE).cloned()
+}
+
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<UpstreamRequestBody>),
+}
+
+impl RequestBody {
+    fn take(&mut self) -> Option<UpstreamRequestBody> {
+        match self {
+            Self::Buffered(bytes) => Some(
+                Full::new(bytes.clone())
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            ),
+            Self::Streaming(body) => body.take(),
+        }
+    }
+
+    fn can_resend(&self) -> bool {
+        matches!(self, Self::Buffered(_))
+    }
+}
+
+/// Reads the whole body, within the limit and the per-read timeout.
+async fn buffer_body(
+    mut body: UpstreamRequestBody,
+    settings: &ProxySettings,
+) -> Result<Bytes, Response<ResponseBody>> {
+    let mut buffered = BytesMut::new();
+    loop {
+        match tokio::time::timeout(settings.client_body_timeout, body.frame()).await {
+            Err(_) => return Err(error_page(StatusCode::REQUEST_TIMEOUT)),
+            Ok(None) => return Ok(buffered.freeze()),
+            Ok(Some(Err(error))) => {
+                if wharf_http::is_body_too_large(error.as_ref()) {
+                    return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
+                }
+                tracing::debug!(%error, "Client body could not be read");
+                return Err(error_page(StatusCode::BAD_REQUEST));
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    if buffered.len() + data.len() > settings.max_body_bytes {
+                        return Err(error_page(StatusCode::PAYLOAD_TOO_LARGE));
+                    }
+                    buffered.extend_from_slice(data);
+                }
+            }
+        }
+    }
+}
+
+/// Why the last attempt failed.
+enum Failure {
+    NoServer,
+    Error,
+    Timeout,
+}
+
+impl ProxyInner {
+    async fn handle(
+        self: Arc<Self>,
+        mut request: Request<UpstreamRequestBody>,
+    ) -> Response<ResponseBody> {
+        let settings = &self.settings;
+        if request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|len| len > settings.max_body_bytes as u64)
+        {
+            return error_page(StatusCode::PAYLOAD_TOO_LARGE);
+        }
+        let upgrade = requested_upgrade(&request);
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut request));
+        let (mut parts, body) = request.into_parts();
+
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo>()
+            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |info| info.peer.ip());
+        let scheme = if parts.extensions.get::<TlsInfo>().is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let trusted = settings.trusted_proxies.contains(peer);
+        let client_ip = settings.trusted_proxies.client_ip(peer, &parts.headers);
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        remove_hop_by_hop(&mut parts.headers);
+        set_forwarded(
+            &mut parts.headers,
+            peer,
+            trusted,
+            client_ip,
+            scheme,
+            host.as_ref(),
+        );
+        if let Some(host) = &host {
+            parts.headers.insert(header::HOST, host.clone());
+        }
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or("/", http::uri::PathAndQuery::as_str)
+            .to_owned();
+
+        if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
+            return crate::websocket::proxy_upgrade(&self, &parts, &path, protocol, client_upgrade)
+                .await;
+        }
+
+        let body = if settings.buffer_request_body || body.is_end_stream() {
+            match buffer_body(body, settings).await {
+                Ok(bytes) => RequestBody::Buffered(bytes),
+                Err(response) => return response,
+            }
+        } else {
+            RequestBody::Streaming(Some(body))
+        };
+        self.forward(&parts, &path, body).await
+    }
+
+    /// Sends the request to servers until one answers or none is left.
+    async fn forward(
+        &self,
+        parts: &http::request::Parts,
+        path: &str,
+        mut body: RequestBody,
+    ) -> Response<ResponseBody> {
+        let settings = &self.settings;
+        let idempotent = is_idempotent(&parts.method);
+        let upstream = &self.upstream;
+        let max_tries = match settings.next_upstream_tries {
+            0 => upstream.peers.len(),
+            n => n,
+        };
+        let mut tried = Vec::with_capacity(2);
+        let mut failure = Failure::NoServer;
+        let mut last_response = None;
+        while tried.len() < max_tries {
+            let Some(index) = upstream.pick(&tried) else {
+                break;
+            };
+            let Some(attempt_body) = body.take() else {
+                break;
+            };
+            tried.push(index);
+            let peer = &upstream.peers[index];
+            peer.requests.fetch_add(1, Ordering::Relaxed);
+            let Ok(uri) = Uri::try_from(format!("http://{}{path}", peer.config.addr)) else {
+                return error_page(StatusCode::BAD_REQUEST);
+            };
+            let mut attempt = Request::new(attempt_body);
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = uri;
+            *attempt.version_mut() = Version::HTTP_11;
+            *attempt.headers_mut() = parts.headers.clone();
+            let guard = ActiveGuard::new(upstream, index);
+            let wait = settings.connect_timeout + settings.send_timeout + settings.read_timeout;
+            let result = tokio::time::timeout(wait, self.client.request(attempt)).await;
+            let retryable = idempotent && body.can_resend();
+            match result {
+                Ok(Ok(response)) => {
+                    let status = response.status();
+                    let gateway_error = matches!(
+                        status,
+                        StatusCode::BAD_GATEWAY
+                            | StatusCode::SERVICE_UNAVAILABLE
+                            | StatusCode::GATEWAY_TIMEOUT
+                    );
+                    if gateway_error {
+                        peer.failed(&upstream.name);
+                        if retryable && tried.len() < max_tries {
+                            tracing::info!(upstream = %upstream.name, server = %peer.config.addr, status = status.as_u16(), "Upstream answered with a gateway error; trying the next server");
+                            last_response = Some(self.respond(response, guard));
+                            continue;
+                        }
+                    } else {
+                        peer.succeeded();
+                    }
+                    return self.respond(response, guard);
+                }
+                Ok(Err(error)) => {
+                    peer.failed(&upstream.name);
+                    // A connect timeout is a timeout (504, as nginx), not a refusal.
+                    failure = if wharf_http::is_timeout(&error) {
+                        Failure::Timeout
+                    } else {
+                        Failure::Error
+                    };
+                    let connect = error.is_connect();
+                    tracing::warn!(upstream = %upstream.name, server = %peer.config.addr, error = %error_chain(&error), "Upstream request failed");
+                    if !(connect || retryable) {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    peer.failed(&upstream.name);
+                    failure = Failure::Timeout;
+                    tracing::warn!(upstream = %upstream.name, server = %peer.config.addr, timeout_s = wait.as_secs_f64(), "Upstream timed out");
+                    if !retryable {
+                        break;
+                    }
+                }
+            }
+            last_response = None;
+        }
+        if let Some(response) = last_response {
+            return response;
+        }
+        match failure {
+            Failure::Timeout => error_page(StatusCode::GATEWAY_TIMEOUT),
+            Failure::NoServer => {
+                tracing::warn!(upstream = %upstream.name, "No live upstream server");
+                error_page(StatusCode::BAD_GATEWAY)
+            }
+            Failure::Error => error_page(StatusCode::BAD_GATEWAY),
+        }
+    }
+
+    fn respond(
+        &self,
+        response: Response<hyper::body::Incoming>,
+        guard: ActiveGuard,
+    ) -> Response<ResponseBody> {
+        let (mut parts, body) = response.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        let body = UpstreamBody::new(body, self.settings.read_timeout, guard);
+        Response::from_parts(parts, wbody::boxed(body))
+    }
+}
+
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+async fn health_loop(weak: Weak<ProxyInner>, check: crate::upstream::HealthCheck) {
+    loop {
+        tokio::time::sleep(check.interval).await;
+        let Some(inner) = weak.upgrade() else { return };
+        let probes = (0..inner.upstream.peers.len()).map(|i| {
+            let inner = Arc::clone(&inner);
+            let check = check.clone();
+            async move {
+                let peer = &inner.upstream.peers[i];
+                let ok = probe(&inner, peer.config.addr, &check).await;
+                record_check(&inner.upstream, i, ok, &check);
+            }
+        });
+        futures_util::future::join_all(probes).await;
+    }
+}
+
+async fn probe(
+    inner: &ProxyInner,
+    addr: std::net::SocketAddr,
+    check: &crate::upstream::HealthCheck,
+) -> bool {
+    let Ok(uri) = Uri::try_from(format!("http://{addr}{}", check.path)) else {
+        return false;
+    };
+    let mut request = Request::new(
+        Empty::<Bytes>::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *request.uri_mut() = uri;
+    if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    match tokio::time::timeout(check.timeout, inner.client.request(request)).await {
+        Ok(Ok(response)) => {
+            let ok = response.status().is_success() || response.status().is_redirection();
+            // Drain so the connection goes back to the pool.
+            let _ = tokio::time::timeout(check.timeout, response.into_body().collect()).await;
+            ok
+        }
+        _ => false,
+    }
+}
+
+fn record_check(upstream: &Upstream, index: usize, ok: bool, check: &crate::upstream::HealthCheck) {
+    let peer = &upstream.peers[index];
+    if ok {
+        peer.check_fails.store(0, Ordering::Relaxed);
+        let passes = peer.check_passes.fetch_add(1, Ordering::Relaxed) + 1;
+        if passes >= check.rise && !peer.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!(upstream = %upstream.name, server = %peer.config.addr, "Health check passing; server back in");
+        }
+    } else {
+        peer.check_passes.store(0, Ordering::Relaxed);
+        let fails = peer.check_fails.fetch_add(1, Ordering::Relaxed) + 1;
+        if fails >= check.fall && peer.healthy.swap(false, Ordering::Relaxed) {
+            tracing::warn!(upstream = %upstream.name, server = %peer.config.addr, path = %check.path, "Health check failing; server taken out");
+        }
+    }
+}

@@ -1,0 +1,366 @@
+//! What a zone counts requests by: [`KeySource`], and the real client address
+//! behind trusted proxies ([`ClientIp`]).
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use http::request::Parts;
+use http::HeaderName;
+
+/// A function computing a key from the request head; `None` means "do not
+/// limit this request in this zone" (as nginx does for an empty key).
+pub type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+
+/// What a zone counts requests by.
+#[derive(Clone)]
+pub enum KeySource {
+    /// The real client IP (see [`ClientIp`]), IPv6 grouped by prefix.
+    ClientIp,
+    /// The value of a request header; requests without it are not limited.
+    Header(HeaderName),
+    /// The method and path (without the query): one budget per route for all clients.
+    Route,
+    /// One key for every request: a global limit.
+    Global,
+    /// Your function.
+    Custom(KeyFn),
+}
+
+impl KeySource {
+    /// A [`KeySource::Custom`] from a closure.
+    pub fn custom(f: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        Self::Custom(Arc::new(f))
+    }
+
+    pub(crate) fn extract(&self, parts: &Parts, client_ip: &ClientIp) -> Option<String> {
+        match self {
+            Self::ClientIp => client_ip.key(parts),
+            Self::Header(name) => parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
+                .map(str::to_owned),
+            Self::Route => Some(format!("{} {}", parts.method, parts.uri.path())),
+            Self::Global => Some(String::new()),
+            Self::Custom(f) => f(parts),
+        }
+    }
+}
+
+impl fmt::Debug for KeySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::ClientIp => f.write_str("ClientIp"),
+            Self::Header(name) => f.debug_tuple("Header").field(name).finish(),
+            Self::Route => f.write_str("Route"),
+            Self::Global => f.write_str("Global"),
+            Self::Custom(_) => f.write_str("Custom(..)"),
+        }
+    }
+}
+
+/// An address range such as `10.0.0.0/8`, `2001:db8::/32` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// The range of `addr` with `prefix` bits fixed (capped at 32 or 128).
+    pub fn new(addr: IpAddr, prefix: u8) -> Self {
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.min(max);
+        Self {
+            addr: mask(addr, prefix),
+            prefix,
+        }
+    }
+
+    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Why an address range did not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("expected an IP address or range like 10.0.0.0/8 or 2001:db8::/32, got {0:?}")]
+pub struct IpNetError(String);
+
+impl FromStr for IpNet {
+    type Err = IpNetError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || IpNetError(text.to_owned());
+        let (addr, prefix) = match text.trim().split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text.trim(), None),
+        };
+        let addr = canonical(addr.parse::<IpAddr>().map_err(|_| bad())?);
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(Self::new(addr, prefix))
+    }
+}
+
+/// A function finding the TCP peer of a request.
+pub type PeerFn = Arc<dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync>;
+
+/// Which header a trusted proxy puts the client address in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=client, for="[2001:db8::1]:4711"`.
+    Forwarded,
+}
+
+/// Finds the real client address of a request, so it cannot be spoofed.
+///
+/// The TCP peer comes from request extensions: [`wharf_http::ConnectInfo`]
+/// (with the default `wharf-http` feature), else a [`SocketAddr`] or an
+/// [`IpAddr`] extension (insert one from axum's `ConnectInfo` with a one-line
+/// middleware), else the function given to [`ClientIp::peer_from`]. The
+/// forwarded header is believed **only when the peer is a trusted proxy**;
+/// then its addresses are walked right to left, skipping trusted proxies, and
+/// the first untrusted one is the client (nginx `real_ip_recursive on`). An
+/// unparsable entry stops the walk at the last trusted hop.
+///
+/// Keys group IPv6 clients by prefix (default /64: one household or one VM
+/// usually owns a whole /64) and IPv4 clients by address.
+///
+/// ```
+/// use wharf_ratelimit::ClientIp;
+/// let client_ip = ClientIp::new().trust("10.0.0.0/8".parse().unwrap());
+/// let mut req = http::Request::get("/").header("x-forwarded-for", "203.0.113.9, 10.1.1.1").body(()).unwrap();
+/// req.extensions_mut().insert(std::net::SocketAddr::from(([10, 0, 0, 1], 4000)));
+/// let (parts, ()) = req.into_parts();
+/// assert_eq!(client_ip.resolve(&parts), Some("203.0.113.9".parse().unwrap()));
+/// ```
+#[derive(Clone)]
+pub struct ClientIp {
+    trusted: Vec<IpNet>,
+    header: ForwardedHeader,
+    ipv6_prefix: u8,
+    peer_from: Option<PeerFn>,
+}
+
+impl fmt::Debug for ClientIp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientIp")
+            .field("trusted", &self.trusted)
+            .field("header", &self.header)
+            .field("ipv6_prefix", &self.ipv6_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ClientIp {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ClientIp {
+    /// No trusted proxies (the peer is the client), `X-Forwarded-For`, IPv6 /64.
+    pub fn new() -> Self {
+        Self {
+            trusted: Vec::new(),
+            header: ForwardedHeader::XForwardedFor,
+            ipv6_prefix: 64,
+            peer_from: None,
+        }
+    }
+
+    /// Trusts `net` as a proxy whose forwarded header is believed. Default: none.
+    #[must_use]
+    pub fn trust(mut self, net: IpNet) -> Self {
+        self.trusted.push(net);
+        self
+    }
+
+    /// Trusts every range in `nets`.
+    #[must_use]
+    pub fn trust_all(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
+        self.trusted.extend(nets);
+        self
+    }
+
+    /// The header trusted proxies set. Default `X-Forwarded-For`.
+    #[must_use]
+    pub fn header(mut self, header: ForwardedHeader) -> Self {
+        self.header = header;
+        self
+    }
+
+    /// IPv6 clients are grouped by this many leading bits (1–128). Default 64.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, bits: u8) -> Self {
+        self.ipv6_prefix = bits.clamp(1, 128);
+        self
+    }
+
+    /// Where to find the TCP peer when it is not in a known extension.
+    #[must_use]
+    pub fn peer_from(
+        mut self,
+        f: impl Fn(&Parts) -> Option<IpAddr> + Send + Sync + 'static,
+    ) -> Self {
+        self.peer_from = Some(Arc::new(f));
+        self
+    }
+
+    fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted.iter().any(|net| net.contains(ip))
+    }
+
+    /// The TCP peer of the request, if known.
+    pub fn peer(&self, parts: &Parts) -> Option<IpAddr> {
+        #[cfg(feature = "wharf-http")]
+        if let Some(info) = parts.extensions.get::<wharf_http::ConnectInfo>() {
+            return Some(canonical(info.peer.ip()));
+        }
+        if let Some(addr) = parts.extensions.get::<SocketAddr>() {
+            return Some(canonical(addr.ip()));
+        }
+        if let Some(ip) = parts.extensions.get::<IpAddr>() {
+            return Some(canonical(*ip));
+        }
+        self.peer_from
+            .as_ref()
+            .and_then(|f| f(parts))
+            .map(canonical)
+    }
+
+    /// The real client address of the request.
+    pub fn resolve(&self, parts: &Parts) -> Option<IpAddr> {
+        let peer = self.peer(parts)?;
+        if !self.is_trusted(peer) {
+            return Some(peer);
+        }
+        let mut client = peer;
+        let hops = self.forwarded_hops(parts);
+        for hop in hops.iter().rev() {
+            match hop {
+                Some(ip) => {
+                    client = *ip;
+                    if !self.is_trusted(*ip) {
+                        break;
+                    }
+                }
+                None => break,
+            }
+        }
+        Some(client)
+    }
+
+    /// The client's key: its address, or its IPv6 prefix as `2001:db8::/64`.
+    pub fn key(&self, parts: &Parts) -> Option<String> {
+        Some(self.group(self.resolve(parts)?))
+    }
+
+    /// The key of a client address: IPv4 as is, IPv6 masked to the prefix.
+    pub fn group(&self, ip: IpAddr) -> String {
+        match canonical(ip) {
+            IpAddr::V4(v4) => v4.to_string(),
+            v6 @ IpAddr::V6(_) if self.ipv6_prefix >= 128 => v6.to_string(),
+            v6 @ IpAddr::V6(_) => format!("{}/{}", mask(v6, self.ipv6_prefix), self.ipv6_prefix),
+        }
+    }
+
+    /// Every hop of the forwarded header(s), in order; `None` for one that
+    /// does not parse (or is `unknown`/obfuscated).
+    fn forwarded_hops(&self, parts: &Parts) -> Vec<Option<IpAddr>> {
+        let mut hops = Vec::new();
+        match self.header {
+            ForwardedHeader::XForwardedFor => {
+                for value in parts.headers.get_all("x-forwarded-for") {
+                    let Ok(text) = value.to_str() else {
+                        hops.push(None);
+                        continue;
+                    };
+                    hops.extend(text.split(',').map(|s| parse_node(s.trim())));
+                }
+            }
+            ForwardedHeader::Forwarded => {
+                for value in parts.headers.get_all(http::header::FORWARDED) {
+                    let Ok(text) = value.to_str() else {
+                        hops.push(None);
+                        continue;
+                    };
+                    for element in text.split(',') {
+                        let node = element.split(';').find_map(|pair| {
+                            let (name, value) = pair.trim().split_once('=')?;
+                            name.trim()
+                                .eq_ignore_ascii_case("for")
+                                .then(|| value.trim().trim_matches('"'))
+                        });
+                        hops.push(node.and_then(parse_node));
+                    }
+                }
+            }
+        }
+        hops
+    }
+}
+
+/// Parses `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:80`.
+fn parse_node(text: &str) -> Option<IpAddr> {
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Ok(addr) = text.parse::<SocketAddr>() {
+        return Some(canonical(addr.ip()));
+    }
+    let inner = text.strip_prefix('[')?.split(']').next()?;
+    inner
+        .parse::<Ipv6Addr>()
+        .ok()
+        .map(|v6| canonical(IpAddr::V6(v6)))
+}
+
+/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 @ IpAddr::V4(_) => v4,
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = u32::from(v4);
+            let keep = if prefix == 0 {
+                0
+            } else {
+                u32::MAX << (32 - u32::from(prefix.min(32)))
+            };
+            IpAddr::V4(Ipv4Addr::from(bits & keep))
+        }
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let keep = if prefix == 0 {
+                0
+            } else {
+                u128::MAX << (128 - u32::from(prefix.min(128)))
+            };
+            IpAddr::V6(Ipv6Addr::from(bits & keep))
+        }
+    }
+}

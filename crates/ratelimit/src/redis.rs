@@ -1,0 +1,430 @@
+//! The Redis store: one atomic Lua script per check on the Redis clock, a
+//! circuit breaker, and a local deny cache.
+
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use fred::prelude::{ClientLike, LuaInterface};
+use fred::types::config::{Options, ReconnectPolicy};
+use fred::types::scripts::Script;
+
+use crate::breaker::{Breaker, BreakerState, Permit};
+use crate::error::BuildError;
+use crate::gcra::Policy;
+use crate::metrics::Metrics;
+
+/// Checks and charges every key of a group, all or nothing, on the Redis
+/// clock. KEYS: one per zone, all with the same hash tag (one Cluster slot).
+/// ARGV: per key, the interval and the limit `(burst + 1)·T`, in µs.
+/// Reply: `{allowed, now, tat_1, ..., tat_n}` where `tat_i` is the TAT the
+/// request would give key `i` (stored only when `allowed` is 1). Numbers stay
+/// below 2^53, so Lua's doubles hold them exactly; they are written with
+/// `%.0f` because Lua's default `%.14g` would round them.
+pub const CHECK_SCRIPT: &str = r"-- wharf-ratelimit GCRA check v1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = #KEYS
+local tats = {}
+local ok = 1
+for i = 1, n do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local limit = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i])) or 0
+  if tat < now then tat = now end
+  local new = tat + interval
+  tats[i] = new
+  if new - now > limit then ok = 0 end
+end
+if ok == 1 then
+  for i = 1, n do
+    redis.call('SET', KEYS[i], string.format('%.0f', tats[i]), 'PX', math.ceil((tats[i] - now) / 1000))
+  end
+end
+local reply = {ok, now}
+for i = 1, n do reply[i + 2] = tats[i] end
+return reply
+";
+
+/// Gives back one request per key charged at the given TAT, unless the key
+/// was charged again since (then ours is lost, erring strict). ARGV: per key,
+/// the interval and the charged TAT.
+pub const REFUND_SCRIPT: &str = r"-- wharf-ratelimit GCRA refund v1
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local charged = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]))
+  if tat and tat == charged then
+    local new = tat - interval
+    if new <= now then
+      redis.call('DEL', KEYS[i])
+    else
+      redis.call('SET', KEYS[i], string.format('%.0f', new), 'PX', math.ceil((new - now) / 1000))
+    end
+  end
+end
+return 1
+";
+
+/// How the Redis store connects and behaves. Every field has a default.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// `redis://`, `rediss://`, `redis-cluster://` (etc., as fred accepts) URL.
+    pub url: String,
+    /// Treat the URL's host as a Redis Cluster node (as if `redis-cluster://`). Default false.
+    pub cluster: bool,
+    /// The most a check waits for Redis before its zone's failure mode
+    /// decides. Default 50 ms.
+    pub timeout: Duration,
+    /// Consecutive failures that open the circuit breaker. Default 5.
+    pub breaker_failures: u32,
+    /// How long an open breaker skips Redis before one request probes it. Default 1 s.
+    pub breaker_cooldown: Duration,
+    /// Prefix of every key (must not contain `{` or `}`). Default `wharf:rl`.
+    pub key_prefix: String,
+    /// Most keys held in the local deny cache (0 disables it). Default 100 000.
+    pub deny_cache_keys: usize,
+    /// Reconnect delays: exponential from this (ms)... Default 50 ms.
+    pub reconnect_min_delay: Duration,
+    /// ... up to this. Default 500 ms, so a restarted Redis is found within it.
+    pub reconnect_max_delay: Duration,
+}
+
+impl RedisOptions {
+    /// Defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            cluster: false,
+            timeout: Duration::from_millis(50),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            key_prefix: "wharf:rl".to_owned(),
+            deny_cache_keys: 100_000,
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The shared store: a fred client and everything around it.
+pub struct RedisStore {
+    client: fred::clients::Client,
+    check: Script,
+    refund: Script,
+    options: Options,
+    timeout: Duration,
+    pub(crate) breaker: Breaker,
+    prefix: String,
+    deny: DenyCache,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("timeout", &self.timeout)
+            .field("breaker", &self.breaker.state())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a Redis check gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// The breaker is open: Redis was not asked.
+    Skipped,
+    /// Redis failed or did not answer in time.
+    Failed(String),
+}
+
+/// What Redis answered for a group.
+#[derive(Debug, Clone)]
+pub(crate) struct GroupAnswer {
+    pub(crate) allowed: bool,
+    pub(crate) now: u64,
+    pub(crate) tats: Vec<u64>,
+}
+
+impl RedisStore {
+    /// Builds the client and starts connecting in the background (call from
+    /// inside a tokio runtime). It does not wait for Redis: until Redis
+    /// answers, checks fail fast and each zone's failure mode decides.
+    pub fn connect(options: &RedisOptions) -> Result<Self, BuildError> {
+        if options.key_prefix.contains(['{', '}']) {
+            return Err(BuildError::KeyPrefix(options.key_prefix.clone()));
+        }
+        let config = if options.cluster {
+            let url = options
+                .url
+                .replacen("rediss://", "rediss-cluster://", 1)
+                .replacen("redis://", "redis-cluster://", 1);
+            fred::types::config::Config::from_url(&url)
+        } else {
+            fred::types::config::Config::from_url(&options.url)
+        }
+        .map_err(|e| BuildError::RedisUrl(e.details().to_owned()))?;
+        let mut config = config;
+        // Retry the first connection with the reconnect policy instead of
+        // failing: a replica must start (failing open) while Redis is down.
+        config.fail_fast = false;
+        let min = u32::try_from(options.reconnect_min_delay.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(1);
+        let max = u32::try_from(options.reconnect_max_delay.as_millis())
+            .unwrap_or(u32::MAX)
+            .max(min);
+        // fred has no reconnect policy unless given one: reconnect forever (0).
+        let mut policy = ReconnectPolicy::new_exponential(0, min, max, 2);
+        policy.set_jitter(min.min(50));
+        let timeout = options.timeout;
+        let client = fred::types::Builder::from_config(config)
+            .with_connection_config(|c| {
+                // One attempt: a check resent after a dropped connection could
+                // be charged twice. Failures go to the failure mode instead.
+                c.max_command_attempts = 1;
+                c.connection_timeout = Duration::from_secs(2).max(timeout);
+                c.internal_command_timeout = Duration::from_secs(2).max(timeout);
+                c.tcp.nodelay = Some(true);
+            })
+            .with_performance_config(|p| {
+                // fred applies no timeout by default; every command gets the budget.
+                p.default_command_timeout = timeout;
+            })
+            .set_policy(policy)
+            .build()
+            .map_err(|e| BuildError::RedisUrl(e.details().to_owned()))?;
+        let _connection_task = client.connect();
+        Ok(Self {
+            client,
+            check: Script::from_lua(CHECK_SCRIPT),
+            refund: Script::from_lua(REFUND_SCRIPT),
+            options: Options {
+                max_attempts: Some(1),
+                timeout: Some(timeout),
+                // While reconnecting, fail at once rather than queue.
+                fail_fast: true,
+                ..Options::default()
+            },
+            timeout,
+            breaker: Breaker::new(options.breaker_failures, options.breaker_cooldown),
+            prefix: options.key_prefix.clone(),
+            deny: DenyCache::new(options.deny_cache_keys),
+        })
+    }
+
+    /// Waits until the client is connected, at most `timeout`. Returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        matches!(
+            tokio::time::timeout(timeout, self.client.wait_for_connect()).await,
+            Ok(Ok(()))
+        )
+    }
+
+    /// The underlying fred client (for tests and health checks).
+    pub fn client(&self) -> &fred::clients::Client {
+        &self.client
+    }
+
+    /// The circuit breaker's state.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.breaker.state()
+    }
+
+    /// The Redis key of `key` in `zone`: `<prefix>:{k:<key>}:<zone>`, the hash
+    /// tag making every zone of one client key share a Cluster slot.
+    pub fn redis_key(&self, zone: &str, key: &str) -> String {
+        format!("{}:{{k:{key}}}:{zone}", self.prefix)
+    }
+
+    /// PINGs Redis within the timeout budget (readiness).
+    pub async fn ping(&self) -> Result<(), String> {
+        let client = self.client.with_options(&self.options);
+        let ping = client.ping::<String>(None);
+        match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(format!("redis: {e}")),
+            Err(_) => Err("redis: no answer in time".to_owned()),
+        }
+    }
+
+    /// The local deny cache: if any key is denied until later than now, the
+    /// longest remaining wait.
+    pub(crate) fn denied(&self, keys: &[String]) -> Option<Duration> {
+        let now = Instant::now();
+        keys.iter()
+            .filter_map(|k| self.deny.until(k, now))
+            .max()
+            .map(|until| until - now)
+    }
+
+    pub(crate) fn deny_until(&self, key: &str, wait: Duration) {
+        self.deny.insert(key, Instant::now() + wait);
+    }
+
+    /// One round trip: runs the check script for `keys` (one hash tag).
+    pub(crate) async fn check_group(
+        &self,
+        keys: Vec<String>,
+        policies: &[Policy],
+        metrics: &Metrics,
+    ) -> Result<GroupAnswer, Unavailable> {
+        if self.breaker.permit() == Permit::Skip {
+            metrics.redis_skip();
+            return Err(Unavailable::Skipped);
+        }
+        let args: Vec<i64> = policies
+            .iter()
+            .flat_map(|p| [p.interval_micros(), p.limit_micros()])
+            .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+            .collect();
+        let started = Instant::now();
+        let reply = self.run(&self.check, keys, args).await;
+        let elapsed = started.elapsed();
+        let parsed = reply.and_then(|values| parse_answer(&values, policies.len()));
+        metrics.redis_call(elapsed, parsed.is_ok());
+        match parsed {
+            Ok(answer) => {
+                self.breaker.success();
+                metrics
+                    .fallback_active
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
+                Ok(answer)
+            }
+            Err(error) => {
+                if self.breaker.failure(&error) {
+                    metrics
+                        .fallback_active
+                        .store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(Unavailable::Failed(error))
+            }
+        }
+    }
+
+    /// Refunds a charged group (best effort, errors ignored).
+    pub(crate) async fn refund_group(&self, keys: Vec<String>, intervals_and_tats: Vec<i64>) {
+        if let Err(error) = self.run(&self.refund, keys, intervals_and_tats).await {
+            tracing::debug!(error, "Could not refund a rate-limit charge");
+        }
+    }
+
+    /// EVALSHA, and on NOSCRIPT (Redis restarted or flushed its scripts) EVAL
+    /// with the body, which also caches it again: still one attempt each.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<i64>,
+    ) -> Result<Vec<i64>, String> {
+        let client = self.client.with_options(&self.options);
+        let first = tokio::time::timeout(
+            self.timeout,
+            client.evalsha::<Vec<i64>, _, _, _>(script.sha1().clone(), keys.clone(), args.clone()),
+        )
+        .await;
+        match first {
+            Ok(Ok(values)) => Ok(values),
+            Ok(Err(e)) if e.details().starts_with("NOSCRIPT") => {
+                let body = script.lua().cloned().unwrap_or_default();
+                match tokio::time::timeout(
+                    self.timeout,
+                    client.eval::<Vec<i64>, _, _, _>(body, keys, args),
+                )
+                .await
+                {
+                    Ok(Ok(values)) => Ok(values),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+                }
+            }
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+        }
+    }
+}
+
+fn parse_answer(values: &[i64], n: usize) -> Result<GroupAnswer, String> {
+    if values.len() != n + 2 {
+        return Err(format!(
+            "unexpected script reply of {} values",
+            values.len()
+        ));
+    }
+    let as_u64 = |v: i64| u64::try_from(v).map_err(|_| "negative value in script reply".to_owned());
+    Ok(GroupAnswer {
+        allowed: values[0] == 1,
+        now: as_u64(values[1])?,
+        tats: values[2..]
+            .iter()
+            .map(|v| as_u64(*v))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+const DENY_SHARDS: usize = 16;
+
+/// Keys denied until an instant, so repeated requests from a denied client
+/// are rejected without a Redis round trip. Sound because a rejected request
+/// is not charged: nothing but time can make the key pass earlier.
+struct DenyCache {
+    shards: Vec<Mutex<HashMap<String, Instant>>>,
+    hasher: RandomState,
+    per_shard: usize,
+}
+
+impl DenyCache {
+    fn new(max_keys: usize) -> Self {
+        Self {
+            shards: (0..DENY_SHARDS)
+                .map(|_| Mutex::new(HashMap::new()))
+                .collect(),
+            hasher: RandomState::new(),
+            per_shard: max_keys.div_ceil(DENY_SHARDS),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Mutex<HashMap<String, Instant>> {
+        let i = usize::try_from(self.hasher.hash_one(key) >> 60).unwrap_or(0) % DENY_SHARDS;
+        &self.shards[i]
+    }
+
+    fn until(&self, key: &str, now: Instant) -> Option<Instant> {
+        if self.per_shard == 0 {
+            return None;
+        }
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match shard.get(key) {
+            Some(until) if *until > now => Some(*until),
+            Some(_) => {
+                shard.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn insert(&self, key: &str, until: Instant) {
+        if self.per_shard == 0 {
+            return;
+        }
+        let mut shard = self
+            .shard(key)
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= self.per_shard && !shard.contains_key(key) {
+            let now = Instant::now();
+            shard.retain(|_, t| *t > now);
+            if shard.len() >= self.per_shard {
+                shard.clear();
+            }
+        }
+        shard.insert(key.to_owned(), until);
+    }
+}

@@ -1,0 +1,235 @@
+//! Master/worker process supervision for Rust services — what gunicorn's
+//! arbiter and PM2's cluster mode do, without their dropped requests.
+//!
+//! **What it is for:** running a network service as several worker
+//! processes. The master binds each listener once (or adopts systemd's
+//! `LISTEN_FDS`), then starts every worker by **re-executing the current
+//! binary** with the listeners and a control channel inherited — it never
+//! forks a process that has a runtime. Workers report readiness and
+//! heartbeats from inside their tokio runtime; the master
+//!
+//! - starts replacements **before** draining the workers they replace, and only
+//!   once the new one reports ready (reload on SIGHUP, recycling after
+//!   `max_requests` or above a memory limit): no capacity dip, no dropped request;
+//! - kills a worker whose runtime stops sending heartbeats (blocked runtime),
+//!   saying so plainly, and starts another;
+//! - restarts crashed workers with exponential back-off (×1.5 up to 15 s,
+//!   reset after 30 s of stable uptime), and fails fast if the first workers
+//!   never become ready;
+//! - handles TERM (graceful), INT/QUIT (fast), HUP (rolling reload), USR2
+//!   (binary upgrade: a new master inherits the sockets, and the old one drains
+//!   only once the new workers are ready), TTIN/TTOU (one worker more/fewer), reaps every child (it can be PID 1), makes
+//!   workers die with it (`PR_SET_PDEATHSIG`), speaks systemd's notify protocol,
+//!   and serves one `/metrics` for the whole instance on an admin listener.
+//!
+//! With `workers = 0` the service runs in this one process with no master.
+//!
+//! **What it is not for:** what happens on the sockets — bring an HTTP server
+//! (e.g. `wharf-http`) and run it in the function you hand over.
+//!
+//! ```no_run
+//! use wharf_supervisor::{Supervisor, SupervisorSection};
+//!
+//! fn main() -> Result<(), wharf_supervisor::SupervisorError> {
+//!     let config = SupervisorSection { workers: Some(2), ..SupervisorSection::default() };
+//!     Supervisor::new(config)
+//!         .listen("127.0.0.1:8080".parse().unwrap())
+//!         .run(|mut ctx| async move {
+//!             let listeners = ctx.take_listeners();
+//!             // … start serving on `listeners` …
+//!             ctx.ready();
+//!             ctx.shutdown_signal().await;
+//!             // … drain …
+//!             Ok::<(), std::io::Error>(())
+//!         })
+//! }
+//! ```
+#![deny(unsafe_code)]
+
+mod config;
+mod master;
+mod notify;
+mod stats;
+mod sys;
+mod upgrade;
+mod worker;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+pub use config::SupervisorSection;
+pub use notify::sd_notify;
+pub use stats::{InFlightGuard, WorkerStats};
+pub use worker::{InstanceMetrics, MetricsSource, WorkerContext};
+
+/// The accept backlog of sockets the master binds.
+pub const BACKLOG: i32 = 1024;
+
+/// Why supervision failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SupervisorError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// systemd passed sockets that are not usable TCP listeners.
+    #[error("LISTEN_FDS: {0}")]
+    SystemdSockets(String),
+    /// The path of the running binary is unknown, so it cannot re-execute itself.
+    #[error("cannot find this program's path to start workers: {0}")]
+    Exe(std::io::Error),
+    /// A worker process could not be started.
+    #[error("cannot start a worker: {0}")]
+    Spawn(std::io::Error),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+    /// The first workers never became ready.
+    #[error("workers failed to start: {0}")]
+    Boot(String),
+    /// The runtime could not be built or the worker's setup failed.
+    #[error("worker setup failed: {0}")]
+    Io(#[from] std::io::Error),
+    /// The service function returned an error.
+    #[error("{0}")]
+    Service(String),
+}
+
+/// Configures and runs supervision. See the [crate docs](crate).
+#[derive(Debug, Clone)]
+pub struct Supervisor {
+    config: SupervisorSection,
+    graceful_timeout: Duration,
+    addrs: Vec<SocketAddr>,
+}
+
+impl Supervisor {
+    /// A supervisor with this configuration. Graceful timeout 30 s.
+    pub fn new(config: SupervisorSection) -> Self {
+        Self {
+            config,
+            graceful_timeout: Duration::from_secs(30),
+            addrs: Vec::new(),
+        }
+    }
+
+    /// How long a draining worker gets before it is killed (match the HTTP
+    /// server's own graceful timeout). Default 30 s.
+    #[must_use]
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.graceful_timeout = timeout;
+        self
+    }
+
+    /// Adds a TCP address to listen on (ignored when systemd passes sockets).
+    #[must_use]
+    pub fn listen(mut self, addr: SocketAddr) -> Self {
+        self.addrs.push(addr);
+        self
+    }
+
+    /// Whether this process was started by a master as a worker.
+    pub fn is_worker() -> bool {
+        worker::WorkerEnv::detect().is_some()
+    }
+
+    /// Runs the service. In a worker process: adopt the inherited listeners
+    /// and run `service` on a runtime of `threads_per_worker` threads. With
+    /// `workers = 0`: bind and run `service` in this process. Otherwise: be
+    /// the master until a stop signal. Call it from `main`, before any async
+    /// runtime exists.
+    pub fn run<F, Fut, E>(self, service: F) -> Result<(), SupervisorError>
+    where
+        F: FnOnce(WorkerContext) -> Fut,
+        Fut: Future<Output = Result<(), E>>,
+        E: std::fmt::Display,
+    {
+        let threads = self.config.threads_per_worker();
+        if let Some(env) = worker::WorkerEnv::detect() {
+            return worker::run_worker(env, threads, service);
+        }
+        let listeners = self.listeners()?;
+        if self.config.workers == Some(0) {
+            let threads = self.config.worker_threads.map_or_else(
+                || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+                |n| usize::try_from(n).unwrap_or(1),
+            );
+            return worker::run_single(listeners, threads, service);
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let master = master::Master::new(self.config, self.graceful_timeout, listeners)?;
+        runtime.block_on(master.run())
+    }
+
+    fn listeners(&self) -> Result<Vec<TcpListener>, SupervisorError> {
+        if let Some(listeners) = upgrade::inherited_listeners()? {
+            tracing::info!(
+                count = listeners.len(),
+                "Binary upgrade: using the old master's sockets"
+            );
+            return Ok(listeners);
+        }
+        if let Some(listeners) = systemd_listeners()? {
+            tracing::info!(count = listeners.len(), "Using sockets passed by systemd");
+            return Ok(listeners);
+        }
+        self.addrs.iter().map(|addr| bind(*addr)).collect()
+    }
+}
+
+fn bind(addr: SocketAddr) -> Result<TcpListener, SupervisorError> {
+    let bind = || -> std::io::Result<TcpListener> {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        if addr.is_ipv6() {
+            socket.set_only_v6(false)?;
+        }
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        Ok(socket.into())
+    };
+    bind().map_err(|source| SupervisorError::Bind { addr, source })
+}
+
+/// Adopts `LISTEN_FDS` when systemd passed them to this process.
+fn systemd_listeners() -> Result<Option<Vec<TcpListener>>, SupervisorError> {
+    let for_us = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        == Some(std::process::id());
+    if !for_us {
+        return Ok(None);
+    }
+    let count: usize = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| {
+            SupervisorError::SystemdSockets(
+                "LISTEN_PID is ours but LISTEN_FDS is not a number".into(),
+            )
+        })?;
+    let mut listeners = Vec::with_capacity(count);
+    for i in 0..count {
+        let fd = sys::FIRST_INHERITED_FD + i32::try_from(i).unwrap_or(0);
+        let owned = sys::adopt_fd(fd)
+            .ok_or_else(|| SupervisorError::SystemdSockets(format!("fd {fd} is not open")))?;
+        let socket = Socket::from(owned);
+        if !socket.is_listener().unwrap_or(false) {
+            return Err(SupervisorError::SystemdSockets(format!(
+                "fd {fd} is not a listening socket"
+            )));
+        }
+        listeners.push(TcpListener::from(socket));
+    }
+    Ok(Some(listeners))
+}

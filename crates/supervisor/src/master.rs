@@ -1,0 +1,920 @@
+//! The master process: starts workers by re-executing this binary, watches
+//! them, replaces them through the readiness gate, and handles signals.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::config::SupervisorSection;
+use crate::sys::{self, ExitKind};
+use crate::worker::{
+    Report, DRAIN, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT, INSTANCE_METRICS_TAG, METRICS_TAG,
+};
+use crate::SupervisorError;
+use wharf_telemetry::metrics::Aggregator;
+
+const TICK: Duration = Duration::from_millis(200);
+/// How often subscribed workers get the instance's metrics.
+const BROADCAST_EVERY: Duration = Duration::from_secs(1);
+const MEMORY_SAMPLE_EVERY: Duration = Duration::from_secs(2);
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
+const STABLE_UPTIME: Duration = Duration::from_secs(30);
+/// Extra time a draining worker gets beyond the graceful timeout before SIGKILL.
+const KILL_MARGIN: Duration = Duration::from_secs(2);
+
+/// Why a worker was replaced or restarted (a metric label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Reason {
+    Crash,
+    Blocked,
+    Reload,
+    MaxRequests,
+    Memory,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Crash => "crash",
+            Self::Blocked => "blocked",
+            Self::Reload => "reload",
+            Self::MaxRequests => "max_requests",
+            Self::Memory => "memory",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Worker {
+    slot: usize,
+    started: Instant,
+    ready: bool,
+    draining_since: Option<Instant>,
+    last_heartbeat: Instant,
+    requests: u64,
+    in_flight: u64,
+    rss: u64,
+    recycle_at: Option<u64>,
+    replacement_queued: bool,
+    killed_for: Option<Reason>,
+    wants_metrics: bool,
+    control: mpsc::UnboundedSender<String>,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    backoff: Option<Duration>,
+    respawn_at: Option<Instant>,
+    /// Requests served by this slot's previous workers: keeps the per-slot
+    /// counter monotonic across replacements.
+    base_requests: u64,
+}
+
+#[derive(Debug)]
+struct Replacement {
+    slot: usize,
+    old: Option<u32>,
+    new: u32,
+    deadline: Instant,
+    reason: Reason,
+}
+
+#[derive(Debug)]
+enum Event {
+    Report(u32, Report),
+    Metrics(u32, String),
+    Closed(u32),
+}
+
+pub(crate) struct Master {
+    config: SupervisorSection,
+    graceful_timeout: Duration,
+    listeners: Vec<TcpListener>,
+    program: PathBuf,
+    args: Vec<OsString>,
+    pid: u32,
+    target: usize,
+    workers: HashMap<u32, Worker>,
+    slots: Vec<Slot>,
+    queue: VecDeque<(usize, Reason)>,
+    replacing: Option<Replacement>,
+    restarts: HashMap<Reason, u64>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    metrics: Arc<Mutex<String>>,
+    aggregator: Aggregator,
+    last_broadcast: Instant,
+    reloading: bool,
+    jitter_seed: u64,
+    /// The new master started by SIGUSR2, until it takes over.
+    upgrading: Option<u32>,
+    /// systemd's `WatchdogSec`: pinged at half the interval from the main
+    /// loop, so a master that stops looping is restarted by systemd.
+    watchdog: Option<Duration>,
+    last_watchdog: Instant,
+}
+
+impl Master {
+    pub(crate) fn new(
+        config: SupervisorSection,
+        graceful_timeout: Duration,
+        listeners: Vec<TcpListener>,
+    ) -> Result<Self, SupervisorError> {
+        let program = std::env::current_exe().map_err(SupervisorError::Exe)?;
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let target = config.worker_count().max(1);
+        Ok(Self {
+            graceful_timeout,
+            listeners,
+            program,
+            args: std::env::args_os().skip(1).collect(),
+            pid: std::process::id(),
+            target,
+            workers: HashMap::new(),
+            slots: (0..target).map(|_| Slot::default()).collect(),
+            queue: VecDeque::new(),
+            replacing: None,
+            restarts: HashMap::new(),
+            events_tx,
+            events_rx,
+            metrics: Arc::new(Mutex::new(String::new())),
+            aggregator: Aggregator::new(),
+            last_broadcast: Instant::now(),
+            reloading: false,
+            upgrading: None,
+            watchdog: crate::notify::watchdog_interval(),
+            last_watchdog: Instant::now(),
+            jitter_seed: u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            config,
+        })
+    }
+
+    fn next_jitter(&mut self) -> u64 {
+        // xorshift: cheap, good enough to spread recycling points.
+        let mut x = self.jitter_seed;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter_seed = x;
+        if self.config.max_requests_jitter == 0 {
+            0
+        } else {
+            x % (self.config.max_requests_jitter + 1)
+        }
+    }
+
+    fn spawn(&mut self, slot: usize) -> Result<u32, SupervisorError> {
+        let (ours, theirs) = StdUnixStream::pair().map_err(SupervisorError::Spawn)?;
+        let mut fds: Vec<i32> = self.listeners.iter().map(sys::raw).collect();
+        fds.push(sys::raw(&theirs));
+        let env = vec![
+            (ENV_SLOT.to_owned(), slot.to_string()),
+            (ENV_LISTENERS.to_owned(), self.listeners.len().to_string()),
+            (ENV_MASTER_PID.to_owned(), self.pid.to_string()),
+        ];
+        let pid = sys::spawn_with_fds(&self.program, &self.args, &env, &fds, self.pid, true)
+            .map_err(SupervisorError::Spawn)?;
+        drop(theirs);
+        ours.set_nonblocking(true).map_err(SupervisorError::Spawn)?;
+        let ours = UnixStream::from_std(ours).map_err(SupervisorError::Spawn)?;
+        let (read_half, mut write_half) = ours.into_split();
+        let (control_tx, mut control_rx) = mpsc::unbounded_channel::<String>();
+        let events = self.events_tx.clone();
+        tokio::spawn(async move {
+            read_reports(pid, read_half, &events).await;
+            let _ = events.send(Event::Closed(pid));
+        });
+        tokio::spawn(async move {
+            while let Some(message) = control_rx.recv().await {
+                if write_half.write_all(message.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let recycle_at =
+            (self.config.max_requests > 0).then(|| self.config.max_requests + self.next_jitter());
+        let now = Instant::now();
+        self.workers.insert(
+            pid,
+            Worker {
+                slot,
+                started: now,
+                ready: false,
+                draining_since: None,
+                last_heartbeat: now,
+                requests: 0,
+                in_flight: 0,
+                rss: 0,
+                recycle_at,
+                replacement_queued: false,
+                killed_for: None,
+                wants_metrics: false,
+                control: control_tx,
+            },
+        );
+        tracing::info!(slot, pid, "Started worker");
+        Ok(pid)
+    }
+
+    fn drain(&mut self, pid: u32) {
+        if let Some(worker) = self.workers.get_mut(&pid) {
+            if worker.draining_since.is_none() {
+                worker.draining_since = Some(Instant::now());
+                let _ = worker.control.send(DRAIN.to_owned());
+            }
+        }
+    }
+
+    /// Starts every worker and waits until all are ready; a worker that exits
+    /// or does not become ready in time fails the start.
+    async fn boot(
+        &mut self,
+        sigchld: &mut tokio::signal::unix::Signal,
+    ) -> Result<(), SupervisorError> {
+        let started = Instant::now();
+        for slot in 0..self.target {
+            self.spawn(slot)?;
+        }
+        let deadline = started + self.config.ready_timeout();
+        loop {
+            self.render_metrics();
+            if self.workers.values().all(|w| w.ready) {
+                tracing::info!(
+                    workers = self.target,
+                    threads_per_worker = self.config.threads_per_worker(),
+                    ready_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    "All workers ready"
+                );
+                return Ok(());
+            }
+            tokio::select! {
+                _ = sigchld.recv() => {
+                    if let Some((pid, kind)) = sys::reap().into_iter().find(|(pid, _)| self.workers.contains_key(pid)) {
+                        let slot = self.workers.get(&pid).map_or(0, |w| w.slot);
+                        self.stop_all_now().await;
+                        return Err(SupervisorError::Boot(format!(
+                            "worker {slot} (pid {pid}) exited with {kind} before it was ready; its error is in the log above"
+                        )));
+                    }
+                }
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                () = tokio::time::sleep_until(deadline) => {
+                    self.stop_all_now().await;
+                    return Err(SupervisorError::Boot(format!(
+                        "workers not ready within {} s",
+                        self.config.ready_timeout().as_secs()
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn stop_all_now(&mut self) {
+        for pid in self.workers.keys() {
+            sys::kill(*pid, libc::SIGKILL);
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while !self.workers.is_empty() && Instant::now() < deadline {
+            for (pid, _) in sys::reap() {
+                self.workers.remove(&pid);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Report(pid, Report::Ready) => {
+                if let Some(worker) = self.workers.get_mut(&pid) {
+                    worker.ready = true;
+                    worker.last_heartbeat = Instant::now();
+                    tracing::info!(
+                        slot = worker.slot,
+                        pid,
+                        start_ms =
+                            u64::try_from(worker.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "Worker ready"
+                    );
+                }
+                if let Some(replacement) = self.replacing.take() {
+                    if replacement.new == pid {
+                        if let Some(old) = replacement.old {
+                            self.drain(old);
+                        }
+                        *self.restarts.entry(replacement.reason).or_default() += 1;
+                        tracing::info!(
+                            slot = replacement.slot,
+                            old_pid = replacement.old,
+                            new_pid = pid,
+                            reason = replacement.reason.as_str(),
+                            "Replaced worker: new one ready, old one draining"
+                        );
+                    } else {
+                        self.replacing = Some(replacement);
+                    }
+                }
+            }
+            Event::Report(
+                pid,
+                Report::Heartbeat {
+                    requests,
+                    in_flight,
+                },
+            ) => {
+                if let Some(worker) = self.workers.get_mut(&pid) {
+                    worker.last_heartbeat = Instant::now();
+                    worker.requests = requests;
+                    worker.in_flight = in_flight;
+                }
+            }
+            Event::Report(pid, Report::WantMetrics) => {
+                if let Some(worker) = self.workers.get_mut(&pid) {
+                    worker.wants_metrics = true;
+                }
+            }
+            Event::Metrics(pid, text) => {
+                if let Some(worker) = self.workers.get(&pid) {
+                    self.aggregator.update(u64::from(pid), worker.slot, &text);
+                }
+            }
+            Event::Closed(pid) => tracing::debug!(pid, "Worker closed its control channel"),
+        }
+    }
+
+    fn on_exit(&mut self, pid: u32, kind: ExitKind) {
+        let Some(worker) = self.workers.remove(&pid) else {
+            if self.upgrading == Some(pid) {
+                self.upgrading = None;
+                tracing::error!(pid, %kind, "Binary upgrade failed: the new master exited before taking over; this master keeps serving");
+            } else {
+                tracing::debug!(pid, %kind, "Reaped a process that was not a worker");
+            }
+            return;
+        };
+        self.aggregator.retire(u64::from(pid));
+        let slot = worker.slot;
+        if let Some(state) = self.slots.get_mut(slot) {
+            state.base_requests += worker.requests;
+        }
+        if let Some(replacement) = &self.replacing {
+            if replacement.new == pid {
+                tracing::error!(slot, pid, %kind, "New worker exited before it was ready; keeping the old one");
+                self.replacing = None;
+                return;
+            }
+        }
+        if worker.draining_since.is_some() {
+            tracing::info!(slot, pid, %kind, "Worker exited after draining");
+            return;
+        }
+        let reason = worker.killed_for.unwrap_or(Reason::Crash);
+        if reason == Reason::Crash {
+            tracing::warn!(slot, pid, %kind, uptime_s = worker.started.elapsed().as_secs(), "Worker exited unexpectedly");
+        }
+        *self.restarts.entry(reason).or_default() += 1;
+        let has_successor = self
+            .workers
+            .values()
+            .any(|w| w.slot == slot && w.draining_since.is_none())
+            || self.replacing.as_ref().is_some_and(|r| r.slot == slot);
+        if slot < self.target && !has_successor {
+            let state = &mut self.slots[slot];
+            // The first crash after a stable spell restarts at once; each
+            // further one within it waits 1.5× longer (0.5 s, 0.75 s, … 15 s).
+            let backoff = if worker.started.elapsed() >= STABLE_UPTIME {
+                None
+            } else {
+                state.backoff
+            };
+            state.backoff =
+                Some(backoff.map_or(FIRST_BACKOFF, |b| b.mul_f64(1.5).min(MAX_BACKOFF)));
+            let backoff = backoff.unwrap_or(Duration::ZERO);
+            state.respawn_at = Some(Instant::now() + backoff);
+            if !backoff.is_zero() {
+                tracing::warn!(
+                    slot,
+                    delay_ms = u64::try_from(backoff.as_millis()).unwrap_or(0),
+                    "Restarting worker after back-off"
+                );
+            }
+        }
+    }
+
+    fn check(&mut self, now: Instant, sample_memory: bool) {
+        if let Some(every) = self.watchdog {
+            if now.saturating_duration_since(self.last_watchdog) >= every {
+                self.last_watchdog = now;
+                crate::notify::sd_notify("WATCHDOG=1");
+            }
+        }
+        let heartbeat_timeout = self.config.heartbeat_timeout();
+        let kill_after = self.graceful_timeout + KILL_MARGIN;
+        let max_memory = self.config.max_memory_bytes;
+        let mut recycle = Vec::new();
+        for (pid, worker) in &mut self.workers {
+            if worker.killed_for.is_some() {
+                continue;
+            }
+            let silent = now.saturating_duration_since(worker.last_heartbeat);
+            if silent > heartbeat_timeout {
+                tracing::error!(
+                    slot = worker.slot,
+                    pid = *pid,
+                    silent_s = silent.as_secs(),
+                    "Worker runtime blocked: no heartbeat from its async runtime for {} s; killing it (SIGKILL) and starting a new one",
+                    silent.as_secs()
+                );
+                worker.killed_for = Some(Reason::Blocked);
+                sys::kill(*pid, libc::SIGKILL);
+                continue;
+            }
+            if let Some(since) = worker.draining_since {
+                if now.saturating_duration_since(since) > kill_after {
+                    tracing::warn!(
+                        slot = worker.slot,
+                        pid = *pid,
+                        "Worker still draining after the graceful timeout; killing it"
+                    );
+                    sys::kill(*pid, libc::SIGKILL);
+                    worker.killed_for = Some(Reason::Crash);
+                }
+                continue;
+            }
+            if sample_memory {
+                worker.rss = sys::rss_bytes(*pid).unwrap_or(0);
+            }
+            if !worker.ready || worker.replacement_queued {
+                continue;
+            }
+            if worker
+                .recycle_at
+                .is_some_and(|limit| worker.requests >= limit)
+            {
+                worker.replacement_queued = true;
+                recycle.push((worker.slot, Reason::MaxRequests));
+            } else if max_memory > 0 && worker.rss > max_memory {
+                tracing::warn!(
+                    slot = worker.slot,
+                    pid = *pid,
+                    rss = worker.rss,
+                    limit = max_memory,
+                    "Worker over its memory limit; replacing it"
+                );
+                worker.replacement_queued = true;
+                recycle.push((worker.slot, Reason::Memory));
+            }
+        }
+        self.queue.extend(recycle);
+        self.check_replacement(now);
+        self.respawn_due(now);
+        self.start_next_replacement(now);
+        if self.reloading && self.replacing.is_none() && self.queue.is_empty() {
+            self.reloading = false;
+            crate::notify::sd_notify("READY=1");
+            tracing::info!("Reload complete");
+        }
+        self.render_metrics();
+    }
+
+    /// Gives up on a replacement whose new worker missed the ready deadline.
+    fn check_replacement(&mut self, now: Instant) {
+        if let Some(replacement) = &self.replacing {
+            if now >= replacement.deadline {
+                tracing::error!(
+                    slot = replacement.slot,
+                    new_pid = replacement.new,
+                    timeout_s = self.config.ready_timeout().as_secs(),
+                    "New worker not ready in time; stopping it and keeping the old one"
+                );
+                sys::kill(replacement.new, libc::SIGKILL);
+                if let Some(worker) = self.workers.get_mut(&replacement.new) {
+                    worker.draining_since = Some(now);
+                }
+                if let Some(old) = replacement.old.and_then(|pid| self.workers.get_mut(&pid)) {
+                    old.replacement_queued = false;
+                }
+                self.replacing = None;
+            }
+        }
+    }
+
+    /// Starts crashed workers whose back-off is over; resets back-off for
+    /// slots that have been stable.
+    fn respawn_due(&mut self, now: Instant) {
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].respawn_at.is_some_and(|at| now >= at) && slot < self.target {
+                self.slots[slot].respawn_at = None;
+                if let Err(error) = self.spawn(slot) {
+                    tracing::error!(slot, %error, "Cannot start worker; retrying");
+                    self.slots[slot].respawn_at = Some(now + MAX_BACKOFF);
+                }
+            }
+        }
+        for slot in 0..self.slots.len() {
+            let stable = self
+                .workers
+                .values()
+                .any(|w| w.slot == slot && w.ready && w.started.elapsed() >= STABLE_UPTIME);
+            if stable {
+                self.slots[slot].backoff = None;
+            }
+        }
+    }
+
+    /// Starts the next queued replacement when none is in progress.
+    fn start_next_replacement(&mut self, now: Instant) {
+        if self.replacing.is_none() {
+            while let Some((slot, reason)) = self.queue.pop_front() {
+                let old = self
+                    .workers
+                    .iter()
+                    .find(|(_, w)| {
+                        w.slot == slot && w.draining_since.is_none() && w.killed_for.is_none()
+                    })
+                    .map(|(pid, _)| *pid);
+                match self.spawn(slot) {
+                    Ok(new) => {
+                        self.replacing = Some(Replacement {
+                            slot,
+                            old,
+                            new,
+                            deadline: now + self.config.ready_timeout(),
+                            reason,
+                        });
+                        break;
+                    }
+                    Err(error) => tracing::error!(slot, %error, "Cannot start replacement worker"),
+                }
+            }
+        }
+    }
+
+    fn render_metrics(&mut self) {
+        let mut out = String::new();
+        let ready = self
+            .workers
+            .values()
+            .filter(|w| w.ready && w.draining_since.is_none())
+            .count();
+        let busy = self.workers.values().filter(|w| w.in_flight > 0).count();
+        let _ = writeln!(
+            out,
+            "# HELP wharf_workers Worker processes by state.\n# TYPE wharf_workers gauge"
+        );
+        let _ = writeln!(out, "wharf_workers{{state=\"ready\"}} {ready}");
+        let _ = writeln!(out, "wharf_workers{{state=\"busy\"}} {busy}");
+        let _ = writeln!(
+            out,
+            "wharf_workers{{state=\"idle\"}} {}",
+            ready.saturating_sub(busy)
+        );
+        let _ = writeln!(
+            out,
+            "wharf_workers{{state=\"total\"}} {}",
+            self.workers.len()
+        );
+        let _ = writeln!(out, "# HELP wharf_worker_restarts_total Worker restarts and replacements by reason.\n# TYPE wharf_worker_restarts_total counter");
+        for reason in [
+            Reason::Crash,
+            Reason::Blocked,
+            Reason::Reload,
+            Reason::MaxRequests,
+            Reason::Memory,
+        ] {
+            let n = self.restarts.get(&reason).copied().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "wharf_worker_restarts_total{{reason=\"{}\"}} {n}",
+                reason.as_str()
+            );
+        }
+        let _ = writeln!(out, "# HELP wharf_worker_requests_total Requests started, per worker slot (monotonic across replacements).\n# TYPE wharf_worker_requests_total counter");
+        let mut total = 0;
+        for (slot, state) in self.slots.iter().enumerate() {
+            let live: u64 = self
+                .workers
+                .values()
+                .filter(|w| w.slot == slot)
+                .map(|w| w.requests)
+                .sum();
+            let n = state.base_requests + live;
+            total += n;
+            let _ = writeln!(out, "wharf_worker_requests_total{{slot=\"{slot}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP wharf_requests_total Requests started by all workers.\n# TYPE wharf_requests_total counter\nwharf_requests_total {total}");
+        let _ = writeln!(out, "# HELP wharf_worker_in_flight Requests in flight per worker slot.\n# TYPE wharf_worker_in_flight gauge");
+        let _ = writeln!(out, "# HELP wharf_worker_rss_bytes Resident memory per worker slot.\n# TYPE wharf_worker_rss_bytes gauge");
+        let mut rss_total = 0;
+        let mut by_slot: Vec<(usize, u64, u64)> = self
+            .workers
+            .values()
+            .map(|w| (w.slot, w.in_flight, w.rss))
+            .collect();
+        by_slot.sort_unstable();
+        for (slot, in_flight, rss) in by_slot {
+            rss_total += rss;
+            let _ = writeln!(out, "wharf_worker_in_flight{{slot=\"{slot}\"}} {in_flight}");
+            let _ = writeln!(out, "wharf_worker_rss_bytes{{slot=\"{slot}\"}} {rss}");
+        }
+        let _ = writeln!(out, "# HELP wharf_workers_rss_bytes Resident memory of all workers.\n# TYPE wharf_workers_rss_bytes gauge\nwharf_workers_rss_bytes {rss_total}");
+        out.push_str(&self.aggregator.render());
+        if self.last_broadcast.elapsed() >= BROADCAST_EVERY {
+            self.last_broadcast = Instant::now();
+            let block = format!("{INSTANCE_METRICS_TAG} {}\n{out}", out.len());
+            for worker in self.workers.values().filter(|w| w.wants_metrics) {
+                let _ = worker.control.send(block.clone());
+            }
+        }
+        if let Ok(mut metrics) = self.metrics.lock() {
+            *metrics = out;
+        }
+    }
+
+    /// Runs until a stop signal; returns after every worker has exited.
+    pub(crate) async fn run(mut self) -> Result<(), SupervisorError> {
+        let mut sigchld = signal(SignalKind::child()).map_err(SupervisorError::Signals)?;
+        let mut term = signal(SignalKind::terminate()).map_err(SupervisorError::Signals)?;
+        let mut int = signal(SignalKind::interrupt()).map_err(SupervisorError::Signals)?;
+        let mut quit = signal(SignalKind::quit()).map_err(SupervisorError::Signals)?;
+        let mut hup = signal(SignalKind::hangup()).map_err(SupervisorError::Signals)?;
+        let mut ttin =
+            signal(SignalKind::from_raw(libc::SIGTTIN)).map_err(SupervisorError::Signals)?;
+        let mut ttou =
+            signal(SignalKind::from_raw(libc::SIGTTOU)).map_err(SupervisorError::Signals)?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(SupervisorError::Signals)?;
+        if let Some(addr) = self.config.admin_address.clone() {
+            self.start_admin(&addr);
+        }
+        self.boot(&mut sigchld).await?;
+        crate::notify::sd_notify(&format!("READY=1\nMAINPID={}", self.pid));
+        if let Some(old) = crate::upgrade::taking_over_from() {
+            tracing::info!(
+                old_master = old,
+                pid = self.pid,
+                "Binary upgrade: new workers ready; asking the old master to drain"
+            );
+            sys::kill(old, libc::SIGTERM);
+        }
+        let mut tick = tokio::time::interval(TICK);
+
+        let mut last_memory_sample = Instant::now() - MEMORY_SAMPLE_EVERY;
+        let fast = loop {
+            tokio::select! {
+                _ = sigchld.recv() => {
+                    for (pid, kind) in sys::reap() {
+                        self.on_exit(pid, kind);
+                    }
+                }
+                Some(event) = self.events_rx.recv() => self.on_event(event),
+                _ = tick.tick() => {
+                    let now = Instant::now();
+
+                    let sample = now.saturating_duration_since(last_memory_sample) >= MEMORY_SAMPLE_EVERY;
+                    if sample {
+                        last_memory_sample = now;
+                    }
+                    self.check(now, sample);
+                }
+                _ = hup.recv() => {
+                    tracing::info!(signal = "SIGHUP", "Reloading: replacing workers one by one");
+                    crate::notify::sd_notify(&format!("RELOADING=1\n{}", crate::notify::monotonic_usec()));
+                    self.reloading = true;
+                    let mut slots: Vec<usize> = self.workers.values().filter(|w| w.draining_since.is_none()).map(|w| w.slot).collect();
+                    slots.sort_unstable();
+                    slots.dedup();
+                    for slot in slots {
+                        if !self.queue.contains(&(slot, Reason::Reload)) {
+                            self.queue.push_back((slot, Reason::Reload));
+                        }
+                    }
+                }
+                _ = ttin.recv() => {
+                    self.target += 1;
+                    if self.slots.len() < self.target {
+                        self.slots.push(Slot::default());
+                    }
+                    let slot = self.target - 1;
+                    tracing::info!(workers = self.target, "SIGTTIN: one worker more");
+                    if let Err(error) = self.spawn(slot) {
+                        tracing::error!(slot, %error, "Cannot start worker");
+                    }
+                }
+                _ = usr2.recv() => self.upgrade(),
+                _ = ttou.recv() => {
+                    if self.target > 1 {
+                        self.target -= 1;
+                        let slot = self.target;
+                        tracing::info!(workers = self.target, "SIGTTOU: one worker fewer");
+                        let pids: Vec<u32> = self.workers.iter().filter(|(_, w)| w.slot == slot).map(|(p, _)| *p).collect();
+                        for pid in pids {
+                            self.drain(pid);
+                        }
+                    }
+                }
+                _ = term.recv() => {
+                    tracing::info!(signal = "SIGTERM", "Shutting down");
+                    break false;
+                }
+                _ = int.recv() => {
+                    tracing::info!(signal = "SIGINT", "Shutting down");
+                    break true;
+                }
+                _ = quit.recv() => {
+                    tracing::info!(signal = "SIGQUIT", "Shutting down");
+                    break true;
+                }
+            }
+        };
+        self.shutdown(fast).await;
+        Ok(())
+    }
+
+    /// SIGUSR2: starts a new master from the binary on disk, handing it the
+    /// listening sockets. It boots its own workers and, once they are all
+    /// ready, sends this master SIGTERM; until then this one keeps serving,
+    /// and if the new one fails, nothing changes.
+    fn upgrade(&mut self) {
+        if self.upgrading.is_some() {
+            tracing::warn!("SIGUSR2: an upgrade is already in progress");
+            return;
+        }
+        let fds: Vec<i32> = self.listeners.iter().map(sys::raw).collect();
+        let env = crate::upgrade::env(self.listeners.len(), self.pid);
+        match sys::spawn_with_fds(&self.program, &self.args, &env, &fds, self.pid, false) {
+            Ok(pid) => {
+                tracing::info!(
+                    new_master = pid,
+                    "SIGUSR2: started a new master from the binary on disk"
+                );
+                self.upgrading = Some(pid);
+            }
+            Err(error) => tracing::error!(%error, "SIGUSR2: cannot start a new master"),
+        }
+    }
+
+    async fn shutdown(&mut self, fast: bool) {
+        crate::notify::sd_notify("STOPPING=1");
+        let grace = if fast {
+            Duration::from_secs(1)
+        } else {
+            self.graceful_timeout + KILL_MARGIN
+        };
+        tracing::info!(
+            fast,
+            workers = self.workers.len(),
+            grace_s = grace.as_secs_f64(),
+            "Stopping: draining workers"
+        );
+        // The workers hold their own copies; once they close them the socket
+        // is gone and clients are refused instead of queueing for nobody.
+        // A new master from a binary upgrade shares these sockets and serves
+        // on: only a real stop refuses new connections.
+        if self.upgrading.is_none() {
+            for listener in &self.listeners {
+                if let Err(error) = sys::refuse_new_connections(sys::raw(listener)) {
+                    tracing::debug!(%error, "Cannot stop new connections before closing");
+                }
+            }
+            // Let handshakes already under way complete into the backlog
+            // before the workers take it and close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        } else {
+            tracing::info!("Handing over to the new master");
+        }
+        self.listeners.clear();
+        let pids: Vec<u32> = self.workers.keys().copied().collect();
+        for pid in pids {
+            self.drain(pid);
+        }
+        let deadline = Instant::now() + grace;
+        while !self.workers.is_empty() && Instant::now() < deadline {
+            for (pid, kind) in sys::reap() {
+                if let Some(worker) = self.workers.remove(&pid) {
+                    tracing::info!(slot = worker.slot, pid, %kind, "Worker stopped");
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !self.workers.is_empty() {
+            tracing::warn!(
+                workers = self.workers.len(),
+                "Workers still running after the grace period; killing them"
+            );
+            self.stop_all_now().await;
+        }
+        tracing::info!("Stopped");
+    }
+
+    fn start_admin(&self, addr: &str) {
+        let metrics = Arc::clone(&self.metrics);
+        let addr = addr.to_owned();
+        tokio::spawn(async move {
+            // After a binary upgrade the old master holds the address until it
+            // has drained: keep trying for a while.
+            let mut attempts = 0;
+            let listener = loop {
+                match tokio::net::TcpListener::bind(&addr).await {
+                    Ok(listener) => break listener,
+                    Err(error)
+                        if attempts < 120 && crate::upgrade::taking_over_from().is_some() =>
+                    {
+                        attempts += 1;
+                        tracing::debug!(address = %addr, %error, "Admin address busy; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(error) => {
+                        tracing::warn!(address = %addr, %error, "Cannot start the admin listener; /metrics unavailable");
+                        return;
+                    }
+                }
+            };
+            tracing::info!(address = %addr, "Admin listener: /metrics, /health/live");
+            serve_admin(listener, metrics).await;
+        });
+    }
+}
+
+async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Mutex<String>>) {
+    {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let metrics = Arc::clone(&metrics);
+            tokio::spawn(async move {
+                let mut buf = vec![0_u8; 2048];
+                let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await
+                else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buf[..n]);
+                let path = head.split_whitespace().nth(1).unwrap_or("/");
+                let (status, content_type, body) = match path {
+                    "/metrics" => (
+                        "200 OK",
+                        "text/plain; version=0.0.4",
+                        metrics.lock().map(|m| m.clone()).unwrap_or_default(),
+                    ),
+                    "/health/live" => (
+                        "200 OK",
+                        "application/json",
+                        "{\"status\":\"ok\"}".to_owned(),
+                    ),
+                    _ => ("404 Not Found", "text/plain", "404 Not Found\n".to_owned()),
+                };
+                let response = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    }
+}
+
+/// Reads a worker's reports: lines, and length-prefixed metrics blocks.
+async fn read_reports(
+    pid: u32,
+    read_half: tokio::net::unix::OwnedReadHalf,
+    events: &mpsc::UnboundedSender<Event>,
+) {
+    let mut reader = BufReader::new(read_half);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        let event = if let Some(len) = line
+            .strip_prefix(METRICS_TAG)
+            .and_then(|rest| rest.trim().parse::<usize>().ok())
+        {
+            let mut text = vec![0_u8; len];
+            if reader.read_exact(&mut text).await.is_err() {
+                return;
+            }
+            Event::Metrics(pid, String::from_utf8_lossy(&text).into_owned())
+        } else if let Some(report) = Report::decode(&line) {
+            Event::Report(pid, report)
+        } else {
+            continue;
+        };
+        if events.send(event).is_err() {
+            return;
+        }
+    }
+}

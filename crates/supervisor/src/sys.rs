@@ -1,0 +1,252 @@
+//! The operating-system calls std does not wrap: handing listener fds to a
+//! re-executed worker, parent-death signals, reaping any child, signalling,
+//! and adopting inherited fds. All of wharf-supervisor's `unsafe` is here.
+#![allow(unsafe_code)]
+
+use std::ffi::OsString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::Command;
+
+/// The first fd number a worker finds its listeners at (after stdio).
+pub(crate) const FIRST_INHERITED_FD: RawFd = 3;
+/// Most fds handed to one worker (listeners plus the control channel).
+pub(crate) const MAX_INHERITED_FDS: usize = 32;
+/// Temporary fds are moved above this while renumbering in the child.
+const SCRATCH_FD_BASE: RawFd = 100;
+
+/// How a child ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ExitKind {
+    /// `exit(code)`.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+}
+
+impl std::fmt::Display for ExitKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Code(code) => write!(f, "exit status {code}"),
+            Self::Signal(sig) => write!(f, "signal {sig} ({})", signal_name(*sig)),
+        }
+    }
+}
+
+/// A signal's conventional name.
+pub(crate) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGUSR1 => "SIGUSR1",
+        libc::SIGUSR2 => "SIGUSR2",
+        libc::SIGBUS => "SIGBUS",
+        _ => "other",
+    }
+}
+
+/// Starts `program` with `fds` renumbered to 3, 4, … in the child (all other
+/// fds stay close-on-exec), a parent-death signal of SIGTERM, and the given
+/// extra environment. Returns the child's pid; reap it with [`reap`].
+pub(crate) fn spawn_with_fds(
+    program: &Path,
+    args: &[OsString],
+    env: &[(String, String)],
+    fds: &[RawFd],
+    master_pid: u32,
+    die_with_parent: bool,
+) -> io::Result<u32> {
+    if fds.len() > MAX_INHERITED_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "too many fds to hand over",
+        ));
+    }
+    let mut sources = [0 as RawFd; MAX_INHERITED_FDS];
+    sources[..fds.len()].copy_from_slice(fds);
+    let count = fds.len();
+    let parent = libc::pid_t::try_from(master_pid).unwrap_or(0);
+    let mut command = Command::new(program);
+    command.args(args).envs(env.iter().map(|(k, v)| (k, v)));
+    // SAFETY: the closure runs in the forked child before exec and only calls
+    // async-signal-safe functions (fcntl, dup2, close, prctl, getppid) on
+    // memory prepared before the fork (a fixed array on the stack); it
+    // allocates nothing and takes no locks.
+    unsafe {
+        command.pre_exec(move || {
+            let mut scratch = [0 as RawFd; MAX_INHERITED_FDS];
+            // Move every source out of the target range first, so renumbering
+            // never overwrites a source that is still needed.
+            for i in 0..count {
+                let fd = libc::fcntl(sources[i], libc::F_DUPFD, SCRATCH_FD_BASE);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                scratch[i] = fd;
+            }
+            for (i, &fd) in scratch.iter().enumerate().take(count) {
+                let target = FIRST_INHERITED_FD + RawFd::try_from(i).unwrap_or(0);
+                // dup2 leaves the new fd without FD_CLOEXEC: it survives exec.
+                if libc::dup2(fd, target) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(fd);
+            }
+            // No worker outlives its master: SIGTERM lets it drain and exit.
+            // (A new master started for a binary upgrade must outlive us.)
+            if die_with_parent && libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The master may have died between fork and prctl.
+            if libc::getppid() != parent {
+                return Err(io::Error::other("master exited during spawn"));
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn()?;
+    // The pid is reaped by `reap` (waitpid(-1)), not through `Child`.
+    Ok(child.id())
+}
+
+/// Reaps every child that has exited (including orphans re-parented to us
+/// when we are PID 1), without blocking.
+pub(crate) fn reap() -> Vec<(u32, ExitKind)> {
+    let mut reaped = Vec::new();
+    loop {
+        let mut status: libc::c_int = 0;
+        // SAFETY: waitpid with a valid out-pointer to a local c_int.
+        let pid = unsafe { libc::waitpid(-1, &raw mut status, libc::WNOHANG) };
+        if pid <= 0 {
+            return reaped;
+        }
+        let kind = if libc::WIFEXITED(status) {
+            ExitKind::Code(libc::WEXITSTATUS(status))
+        } else if libc::WIFSIGNALED(status) {
+            ExitKind::Signal(libc::WTERMSIG(status))
+        } else {
+            continue;
+        };
+        reaped.push((u32::try_from(pid).unwrap_or(0), kind));
+    }
+}
+
+/// Sends `signal` to `pid`; a process that is already gone is not an error.
+pub(crate) fn kill(pid: u32, signal: i32) {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return;
+    };
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: kill has no memory-safety preconditions; pid > 0 so it targets
+    // one process, never a group.
+    unsafe {
+        libc::kill(pid, signal);
+    }
+}
+
+/// This process's parent pid.
+pub(crate) fn parent_pid() -> u32 {
+    // SAFETY: getppid cannot fail and has no preconditions.
+    u32::try_from(unsafe { libc::getppid() }).unwrap_or(0)
+}
+
+/// Takes ownership of an fd this process inherited at a known number and
+/// marks it close-on-exec so our own children do not inherit it by accident.
+///
+/// Returns `None` if the fd is not open.
+pub(crate) fn adopt_fd(fd: RawFd) -> Option<OwnedFd> {
+    // SAFETY: F_GETFD on any integer is safe; it fails with EBADF when closed.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags < 0 {
+        return None;
+    }
+    // SAFETY: setting FD_CLOEXEC on an open fd we are about to own.
+    unsafe {
+        libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+    }
+    // SAFETY: the fd is open (checked above) and was handed to this process
+    // by its parent (supervisor protocol or systemd's LISTEN_FDS) for it to
+    // own; nothing else in the process refers to it.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The raw fd of anything that has one (for handing over).
+pub(crate) fn raw(fd: &impl AsRawFd) -> RawFd {
+    fd.as_raw_fd()
+}
+
+/// Resident set size of `pid` in bytes, from `/proc/<pid>/status`.
+pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// `CLOCK_MONOTONIC` in microseconds (what systemd compares reload times with).
+pub(crate) fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the valid timespec we pass.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_MONOTONIC, &raw mut ts);
+    }
+    u64::try_from(ts.tv_sec).unwrap_or(0) * 1_000_000
+        + u64::try_from(ts.tv_nsec).unwrap_or(0) / 1000
+}
+
+/// Makes a listening socket ignore new connection attempts (a classic BPF
+/// filter that drops every packet), while connections already queued can
+/// still be accepted. Closing a listening socket resets whatever is in its
+/// queue; doing this first means the final accept sweep leaves nothing behind,
+/// and clients that arrive later are refused (their SYN is retried against a
+/// closed port) instead of being reset after they connected.
+///
+/// The filter belongs to the socket, so it affects every process sharing it:
+/// only for a full stop, never a rolling replacement.
+pub(crate) fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
+    // Drop only bare SYNs (a new connection attempt); everything else,
+    // including the final ACK of a handshake already under way, passes, so
+    // such a connection still lands in the backlog the workers sweep.
+    // The filter sees the TCP header at offset 0: byte 13 holds the flags.
+    let instruction = |code: u16, jt: u8, jf: u8, k: u32| libc::sock_filter { code, jt, jf, k };
+    let mut drop_all = [
+        instruction(0x30, 0, 0, 13),   // A = TCP flags (BPF_LD|BPF_B|BPF_ABS)
+        instruction(0x45, 0, 2, 0x02), // SYN? else keep (BPF_JMP|BPF_JSET|BPF_K)
+        instruction(0x45, 1, 0, 0x10), // SYN+ACK? keep : drop
+        instruction(0x06, 0, 0, 0),    // drop (BPF_RET|BPF_K)
+        instruction(0x06, 0, 0, 0xffff_ffff), // keep
+    ];
+    let program = libc::sock_fprog {
+        len: 5,
+        filter: drop_all.as_mut_ptr(),
+    };
+    // SAFETY: setsockopt reads `size_of::<sock_fprog>()` bytes from a valid
+    // sock_fprog whose `filter` points to five valid instructions that outlive
+    // the call; the kernel copies the program.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&raw const program).cast(),
+            libc::socklen_t::try_from(std::mem::size_of::<libc::sock_fprog>()).unwrap_or(0),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

@@ -1,0 +1,501 @@
+//! The worker side: what a worker process (or the single process when there
+//! is no master) gets, and the tasks that talk to the master.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream as StdUnixStream;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::{mpsc, watch};
+
+use crate::stats::WorkerStats;
+use crate::sys;
+use crate::SupervisorError;
+
+/// Environment variables the master sets for its workers. They start with an
+/// underscore: internal, and outside the `WHARF_` namespace that
+/// configuration loaders reserve.
+pub(crate) const ENV_SLOT: &str = "_WHARF_WORKER_SLOT";
+pub(crate) const ENV_LISTENERS: &str = "_WHARF_WORKER_LISTENERS";
+pub(crate) const ENV_MASTER_PID: &str = "_WHARF_MASTER_PID";
+/// Test hooks, honoured only in debug builds and only with `_WHARF_TEST_HOOKS=1`
+/// (release builds ignore them): a worker whose slot equals `BLOCK_SLOT` blocks
+/// its runtime after becoming ready; every worker exits with status 3
+/// `EXIT_AFTER_MS` after becoming ready; with `FAIL_BEFORE_READY=1` every worker
+/// fails before it is ready.
+pub(crate) const ENV_TEST_BLOCK_SLOT: &str = "_WHARF_TEST_BLOCK_SLOT";
+const ENV_TEST_EXIT_AFTER_MS: &str = "_WHARF_TEST_EXIT_AFTER_MS";
+const ENV_TEST_FAIL_BEFORE_READY: &str = "_WHARF_TEST_FAIL_BEFORE_READY";
+
+fn test_hooks_enabled() -> bool {
+    cfg!(debug_assertions) && std::env::var("_WHARF_TEST_HOOKS").is_ok_and(|v| v == "1")
+}
+
+fn test_hook(name: &str) -> Option<String> {
+    test_hooks_enabled()
+        .then(|| std::env::var(name).ok())
+        .flatten()
+}
+
+/// How often a worker's runtime reports to the master.
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a worker sends its metrics to the master.
+pub(crate) const METRICS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the master told this process, if it is a worker.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct WorkerEnv {
+    pub(crate) slot: usize,
+    pub(crate) listeners: usize,
+    pub(crate) master_pid: u32,
+}
+
+impl WorkerEnv {
+    pub(crate) fn detect() -> Option<Self> {
+        let slot = std::env::var(ENV_SLOT).ok()?.parse().ok()?;
+        let listeners = std::env::var(ENV_LISTENERS).ok()?.parse().ok()?;
+        let master_pid = std::env::var(ENV_MASTER_PID).ok()?.parse().ok()?;
+        Some(Self {
+            slot,
+            listeners,
+            master_pid,
+        })
+    }
+}
+
+/// Messages from a worker to its master, one line each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Report {
+    Ready,
+    Heartbeat {
+        requests: u64,
+        in_flight: u64,
+    },
+    /// Asks the master to send the instance's aggregated metrics from now on.
+    WantMetrics,
+}
+
+impl Report {
+    pub(crate) fn encode(self) -> String {
+        match self {
+            Self::Ready => "ready\n".to_owned(),
+            Self::Heartbeat {
+                requests,
+                in_flight,
+            } => format!("hb {requests} {in_flight}\n"),
+            Self::WantMetrics => "want-metrics\n".to_owned(),
+        }
+    }
+
+    pub(crate) fn decode(line: &str) -> Option<Self> {
+        let mut parts = line.split_whitespace();
+        match parts.next()? {
+            "ready" => Some(Self::Ready),
+            "want-metrics" => Some(Self::WantMetrics),
+            "hb" => Some(Self::Heartbeat {
+                requests: parts.next()?.parse().ok()?,
+                in_flight: parts.next()?.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The line a master sends to ask a worker to drain and exit.
+pub(crate) const DRAIN: &str = "drain\n";
+
+/// Header of a metrics text block, in either direction: `<tag> <bytes>\n`
+/// followed by exactly that many bytes.
+pub(crate) const METRICS_TAG: &str = "metrics";
+/// Header of the instance-wide metrics the master sends to subscribed workers.
+pub(crate) const INSTANCE_METRICS_TAG: &str = "instance-metrics";
+
+/// Renders a process's metrics in the Prometheus text format.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// The whole instance's metrics (all workers summed, plus the supervisor's),
+/// for a worker that must serve `/metrics` itself (one public port).
+#[derive(Clone)]
+pub struct InstanceMetrics {
+    latest: Arc<std::sync::Mutex<String>>,
+    local: Arc<std::sync::Mutex<Option<MetricsSource>>>,
+    from_master: bool,
+}
+
+impl std::fmt::Debug for InstanceMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstanceMetrics")
+            .field("from_master", &self.from_master)
+            .finish_non_exhaustive()
+    }
+}
+
+impl InstanceMetrics {
+    /// The latest text: from the master (refreshed every second) in a worker,
+    /// or this process's own metrics when there is no master.
+    pub fn text(&self) -> String {
+        if self.from_master {
+            return self.latest.lock().map(|t| t.clone()).unwrap_or_default();
+        }
+        self.local
+            .lock()
+            .ok()
+            .and_then(|source| source.as_ref().map(|f| f()))
+            .unwrap_or_default()
+    }
+}
+
+/// What the service function receives: its listeners, a shutdown signal, a
+/// way to say it is ready, and the counters its heartbeats carry.
+pub struct WorkerContext {
+    listeners: Vec<TcpListener>,
+    slot: Option<usize>,
+    stats: Arc<WorkerStats>,
+    shutdown: watch::Receiver<bool>,
+    ready: Option<mpsc::UnboundedSender<Report>>,
+    reports: Option<mpsc::UnboundedSender<Report>>,
+    metrics_source: Arc<std::sync::Mutex<Option<MetricsSource>>>,
+    instance_metrics: Arc<std::sync::Mutex<String>>,
+    block_runtime_for_tests: bool,
+}
+
+impl std::fmt::Debug for WorkerContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerContext")
+            .field("listeners", &self.listeners)
+            .field("slot", &self.slot)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerContext {
+    /// The listeners to serve on (bound once by the master, shared by all
+    /// workers). Taking them leaves none behind.
+    pub fn take_listeners(&mut self) -> Vec<TcpListener> {
+        std::mem::take(&mut self.listeners)
+    }
+
+    /// This worker's slot (0-based, stable across replacements); `None` when
+    /// running in one process without a master.
+    pub fn slot(&self) -> Option<usize> {
+        self.slot
+    }
+
+    /// Counters to feed: call [`WorkerStats::start_request`] per request (for
+    /// wharf-http, from `Server::with_request_hook`, which sees every route).
+    pub fn stats(&self) -> Arc<WorkerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// Resolves when the worker should drain and stop: the master asked, the
+    /// master went away, or SIGTERM/SIGINT arrived.
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutdown.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    /// Sets what this process reports as its metrics: the master sums every
+    /// worker's into one scrape (`/metrics` on its admin listener), keeping
+    /// counters monotonic when a worker is replaced.
+    pub fn set_metrics_source(&self, source: MetricsSource) {
+        if let Ok(mut slot) = self.metrics_source.lock() {
+            *slot = Some(source);
+        }
+    }
+
+    /// The instance's metrics, for serving `/metrics` from a worker (when the
+    /// platform gives one public port). Asks the master to start sending them.
+    pub fn instance_metrics(&self) -> InstanceMetrics {
+        if let Some(reports) = &self.reports {
+            let _ = reports.send(Report::WantMetrics);
+        }
+        InstanceMetrics {
+            latest: Arc::clone(&self.instance_metrics),
+            local: Arc::clone(&self.metrics_source),
+            from_master: self.reports.is_some(),
+        }
+    }
+
+    /// Tells the master this worker is serving. Call it once the listeners are
+    /// being accepted on; the master counts the worker only from then.
+    pub fn ready(&mut self) {
+        if let Some(tx) = self.ready.take() {
+            let _ = tx.send(Report::Ready);
+        } else if self.slot.is_none() {
+            crate::notify::sd_notify("READY=1");
+        }
+        if let Some(ms) = test_hook(ENV_TEST_EXIT_AFTER_MS).and_then(|v| v.parse::<u64>().ok()) {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                std::process::exit(3);
+            });
+        }
+        if self.block_runtime_for_tests {
+            tracing::warn!("Test hook: blocking this worker's runtime");
+            // Deliberately blocks every runtime worker thread to exercise the
+            // master's heartbeat timeout (debug builds only; see
+            // ENV_TEST_BLOCK_SLOT).
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                for _ in 0..handle.metrics().num_workers() {
+                    handle.spawn(async {
+                        // Let the ready report reach the master first.
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        std::thread::sleep(Duration::from_secs(3600));
+                    });
+                }
+            }
+        }
+    }
+}
+
+/// Runs `service` in this worker process: adopts the inherited fds, builds
+/// the runtime, starts the heartbeat and control tasks.
+pub(crate) fn run_worker<F, Fut, E>(
+    env: WorkerEnv,
+    threads: usize,
+    service: F,
+) -> Result<(), SupervisorError>
+where
+    F: FnOnce(WorkerContext) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    if sys::parent_pid() != env.master_pid {
+        return Err(std::io::Error::other("master exited before this worker started").into());
+    }
+    let mut listeners = Vec::with_capacity(env.listeners);
+    for i in 0..env.listeners {
+        let fd = sys::FIRST_INHERITED_FD + i32::try_from(i).unwrap_or(0);
+        let owned = sys::adopt_fd(fd).ok_or_else(|| {
+            std::io::Error::other(format!("inherited listener fd {fd} is not open"))
+        })?;
+        listeners.push(TcpListener::from(owned));
+    }
+    let control_fd = sys::FIRST_INHERITED_FD + i32::try_from(env.listeners).unwrap_or(0);
+    let control = sys::adopt_fd(control_fd)
+        .ok_or_else(|| std::io::Error::other("inherited control channel is not open"))?;
+    let control = StdUnixStream::from(control);
+    control.set_nonblocking(true)?;
+
+    let runtime = build_runtime(threads)?;
+    runtime.block_on(async move {
+        let control = UnixStream::from_std(control)?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(WorkerStats::default());
+        let (read_half, write_half) = control.into_split();
+        let metrics_source: Arc<std::sync::Mutex<Option<MetricsSource>>> = Arc::default();
+        let instance_metrics: Arc<std::sync::Mutex<String>> = Arc::default();
+        tokio::spawn(read_control(
+            read_half,
+            shutdown_tx.clone(),
+            Arc::clone(&instance_metrics),
+        ));
+        tokio::spawn(write_reports(
+            write_half,
+            report_rx,
+            report_tx.clone(),
+            Arc::clone(&stats),
+            Arc::clone(&metrics_source),
+        ));
+        tokio::spawn(stop_on_signals(shutdown_tx, || {}));
+        if test_hook(ENV_TEST_FAIL_BEFORE_READY).is_some_and(|v| v == "1") {
+            return Err(SupervisorError::Service(
+                "test hook: failing before ready".to_owned(),
+            ));
+        }
+        let block =
+            test_hook(ENV_TEST_BLOCK_SLOT).and_then(|s| s.parse::<usize>().ok()) == Some(env.slot);
+        let context = WorkerContext {
+            listeners,
+            slot: Some(env.slot),
+            stats,
+            shutdown: shutdown_rx,
+            ready: Some(report_tx.clone()),
+            reports: Some(report_tx),
+            metrics_source,
+            instance_metrics,
+            block_runtime_for_tests: block,
+        };
+        service(context)
+            .await
+            .map_err(|e| SupervisorError::Service(e.to_string()))
+    })
+}
+
+/// Runs `service` in this process with no master (`workers = 0`).
+pub(crate) fn run_single<F, Fut, E>(
+    listeners: Vec<TcpListener>,
+    threads: usize,
+    service: F,
+) -> Result<(), SupervisorError>
+where
+    F: FnOnce(WorkerContext) -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let runtime = build_runtime(threads)?;
+    runtime.block_on(async move {
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        // The only process on these sockets: on a stop signal, refuse new
+        // connections before draining so none is reset in the backlog.
+        let refuse: Vec<TcpListener> = listeners
+            .iter()
+            .filter_map(|l| l.try_clone().ok())
+            .collect();
+        tokio::spawn(stop_on_signals(shutdown_tx, move || {
+            for listener in &refuse {
+                if let Err(error) = sys::refuse_new_connections(sys::raw(listener)) {
+                    tracing::debug!(%error, "Cannot stop new connections before closing");
+                }
+            }
+            // Handshakes already under way complete into the backlog first
+            // (once, at shutdown).
+            std::thread::sleep(Duration::from_millis(50));
+        }));
+        let context = WorkerContext {
+            listeners,
+            slot: None,
+            stats: Arc::new(WorkerStats::default()),
+            shutdown: shutdown_rx,
+            ready: None,
+            reports: None,
+            metrics_source: Arc::default(),
+            instance_metrics: Arc::default(),
+            block_runtime_for_tests: false,
+        };
+        service(context)
+            .await
+            .map_err(|e| SupervisorError::Service(e.to_string()))
+    })
+}
+
+fn build_runtime(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads.max(1))
+        .enable_all()
+        .build()
+}
+
+async fn read_control(
+    read_half: tokio::net::unix::OwnedReadHalf,
+    shutdown: watch::Sender<bool>,
+    instance_metrics: Arc<std::sync::Mutex<String>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let mut reader = BufReader::new(read_half);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line).await {
+            Ok(0) | Err(_) => {
+                tracing::warn!("Control channel to the master closed; draining");
+                let _ = shutdown.send(true);
+                return;
+            }
+            Ok(_) => {}
+        }
+        if line.trim() == DRAIN.trim() {
+            tracing::info!("Master asked this worker to drain");
+            let _ = shutdown.send(true);
+        } else if let Some(len) = line
+            .strip_prefix(INSTANCE_METRICS_TAG)
+            .and_then(|rest| rest.trim().parse::<usize>().ok())
+        {
+            let mut text = vec![0_u8; len];
+            if reader.read_exact(&mut text).await.is_err() {
+                continue;
+            }
+            if let Ok(mut latest) = instance_metrics.lock() {
+                *latest = String::from_utf8_lossy(&text).into_owned();
+            }
+        }
+    }
+}
+
+async fn write_reports(
+    mut write_half: tokio::net::unix::OwnedWriteHalf,
+    mut reports: mpsc::UnboundedReceiver<Report>,
+    heartbeat_tx: mpsc::UnboundedSender<Report>,
+    stats: Arc<WorkerStats>,
+    metrics_source: Arc<std::sync::Mutex<Option<MetricsSource>>>,
+) {
+    // The heartbeat is produced by a task on this runtime: if the runtime is
+    // blocked, heartbeats stop and the master notices.
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tick.tick().await;
+            let report = Report::Heartbeat {
+                requests: stats.requests(),
+                in_flight: stats.in_flight(),
+            };
+            if heartbeat_tx.send(report).is_err() {
+                return;
+            }
+        }
+    });
+    let mut metrics_tick = tokio::time::interval(METRICS_INTERVAL);
+    loop {
+        tokio::select! {
+            report = reports.recv() => {
+                let Some(report) = report else { return };
+                if write_half.write_all(report.encode().as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            _ = metrics_tick.tick() => {
+                let source = metrics_source.lock().ok().and_then(|s| s.clone());
+                if let Some(source) = source {
+                    let text = source();
+                    let block = format!("{METRICS_TAG} {}\n{text}", text.len());
+                    if write_half.write_all(block.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn stop_on_signals(shutdown: watch::Sender<bool>, before_stop: impl FnOnce()) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("Cannot install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!(signal = "SIGTERM", "Shutting down"),
+        _ = int.recv() => tracing::info!(signal = "SIGINT", "Shutting down"),
+    }
+    before_stop();
+    let _ = shutdown.send(true);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Report;
+
+    #[test]
+    fn reports_round_trip() {
+        for report in [
+            Report::Ready,
+            Report::Heartbeat {
+                requests: 12,
+                in_flight: 3,
+            },
+        ] {
+            assert_eq!(Report::decode(report.encode().trim()), Some(report));
+        }
+        assert_eq!(Report::decode("nonsense"), None);
+        assert_eq!(Report::decode("hb x 1"), None);
+    }
+}

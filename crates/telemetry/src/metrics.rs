@@ -1,0 +1,458 @@
+//! Request metrics in the Prometheus text format, and the aggregator a
+//! supervisor uses to serve **one** scrape for all its worker processes.
+//!
+//! Each worker keeps an [`HttpMetrics`] and sends its [`render`](HttpMetrics::render)ed
+//! text to the master; the master's [`Aggregator`] sums the series across
+//! worker slots. When a worker is replaced, its last counters are kept as the
+//! slot's base, so counters never go backwards (Python's multiprocess mode
+//! gets this wrong after worker restarts).
+//!
+//! Names follow the OpenTelemetry HTTP semantic conventions' Prometheus
+//! mapping and keep the series the old Python service exposed, so existing
+//! dashboards work: `http_server_requests_total{method,host,path,code}`,
+//! `http_server_request_duration_seconds{method,path,code}` (histogram),
+//! `http_server_exceptions_total{error}`, plus
+//! `http_server_responses_total{class}`. `path` is always a route template,
+//! never a raw path, so cardinality is bounded.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Histogram bucket upper bounds in seconds: 1 ms to 30 s, dense enough
+/// around 5–500 ms for P50/P95/P99 to be meaningful.
+pub const DURATION_BUCKETS: [f64; 16] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Debug, Default, Clone)]
+struct DurationSeries {
+    buckets: [u64; DURATION_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// host → (method, route, code) → count. Keyed so that a hit allocates
+    /// nothing: every request updates these.
+    requests: HashMap<String, HashMap<(&'static str, &'static str, u16), u64>>,
+    /// (method, route, code) → histogram.
+    durations: HashMap<(&'static str, &'static str, u16), DurationSeries>,
+    /// status class → count.
+    classes: [u64; 5],
+    /// error name → count (5xx answers).
+    exceptions: HashMap<&'static str, u64>,
+}
+
+/// Per-process HTTP request metrics. Cheap to update from any thread.
+#[derive(Debug, Default)]
+pub struct HttpMetrics {
+    state: Mutex<State>,
+}
+
+/// One finished request, as [`HttpMetrics::observe`] needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Observation<'a> {
+    /// The request method.
+    pub method: &'a str,
+    /// The `Host` the request named (empty when absent).
+    pub host: &'a str,
+    /// The route template (`/d/{service}/{document}`), never the raw path.
+    pub route: &'static str,
+    /// The response status code.
+    pub status: u16,
+    /// Time from request to the end of the response body.
+    pub duration: Duration,
+}
+
+impl HttpMetrics {
+    /// Empty metrics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records one finished request.
+    pub fn observe(&self, o: &Observation<'_>) {
+        let seconds = o.duration.as_secs_f64();
+        let method = normalise_method(o.method);
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let host = bounded_host(o.host);
+        let by_host = match state.requests.get_mut(host.as_ref()) {
+            Some(by_host) => by_host,
+            None => state.requests.entry(host.into_owned()).or_default(),
+        };
+        *by_host.entry((method, o.route, o.status)).or_default() += 1;
+        let series = state
+            .durations
+            .entry((method, o.route, o.status))
+            .or_default();
+        series.count += 1;
+        series.sum += seconds;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            if seconds <= *bound {
+                series.buckets[i] += 1;
+            }
+        }
+        let class = usize::from((o.status / 100).clamp(1, 5)) - 1;
+        state.classes[class] += 1;
+        if o.status >= 500 {
+            *state.exceptions.entry(error_name(o.status)).or_default() += 1;
+        }
+    }
+
+    /// The metrics in the Prometheus text exposition format (0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let Ok(state) = self.state.lock() else {
+            return out;
+        };
+        let _ = writeln!(out, "# HELP http_server_requests_total HTTP requests served, by method, host, route template and status code.\n# TYPE http_server_requests_total counter");
+        let mut requests: Vec<_> = state
+            .requests
+            .iter()
+            .flat_map(|(host, by)| {
+                by.iter()
+                    .map(move |((m, r, c), n)| ((*m, host, *r, *c), *n))
+            })
+            .collect();
+        requests.sort();
+        for ((method, host, route, code), n) in requests {
+            let _ = writeln!(
+                out,
+                "http_server_requests_total{{method=\"{method}\",host=\"{}\",path=\"{route}\",code=\"{code}\"}} {n}",
+                escape(host)
+            );
+        }
+        let _ = writeln!(out, "# HELP http_server_request_duration_seconds Time to serve a request, until its response body was sent.\n# TYPE http_server_request_duration_seconds histogram");
+        let mut durations: Vec<_> = state.durations.iter().collect();
+        durations.sort_by(|a, b| a.0.cmp(b.0));
+        for ((method, route, code), series) in durations {
+            let labels = format!("method=\"{method}\",path=\"{route}\",code=\"{code}\"");
+            for (bound, n) in DURATION_BUCKETS.iter().zip(series.buckets) {
+                let _ = writeln!(
+                    out,
+                    "http_server_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "http_server_request_duration_seconds_bucket{{{labels},le=\"+Inf\"}} {}",
+                series.count
+            );
+            let _ = writeln!(
+                out,
+                "http_server_request_duration_seconds_sum{{{labels}}} {}",
+                series.sum
+            );
+            let _ = writeln!(
+                out,
+                "http_server_request_duration_seconds_count{{{labels}}} {}",
+                series.count
+            );
+        }
+        let _ = writeln!(out, "# HELP http_server_responses_total HTTP responses by status class.\n# TYPE http_server_responses_total counter");
+        for (i, n) in state.classes.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "http_server_responses_total{{class=\"{}xx\"}} {n}",
+                i + 1
+            );
+        }
+        let _ = writeln!(out, "# HELP http_server_exceptions_total Requests answered with a server error, by error.\n# TYPE http_server_exceptions_total counter");
+        let mut exceptions: Vec<_> = state.exceptions.iter().collect();
+        exceptions.sort();
+        for (error, n) in exceptions {
+            let _ = writeln!(out, "http_server_exceptions_total{{error=\"{error}\"}} {n}");
+        }
+        out
+    }
+}
+
+fn normalise_method(method: &str) -> &'static str {
+    match method {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "PATCH" => "PATCH",
+        "OPTIONS" => "OPTIONS",
+        // Arbitrary methods would make unbounded series.
+        _ => "_OTHER",
+    }
+}
+
+/// Hosts are client-supplied: keep only sane, short ones so a scanner cannot
+/// create unbounded series.
+fn bounded_host(host: &str) -> std::borrow::Cow<'_, str> {
+    use std::borrow::Cow;
+    if host.len() <= 64
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
+    {
+        if host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(host)
+        }
+    } else {
+        Cow::Borrowed("_other")
+    }
+}
+
+fn error_name(status: u16) -> &'static str {
+    match status {
+        500 => "InternalServerError",
+        502 => "BadGateway",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        _ => "ServerError",
+    }
+}
+
+fn escape(value: &str) -> String {
+    value.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// One series: metric name and its label text (`a="1",b="2"`, possibly empty).
+type SeriesKey = (String, String);
+
+#[derive(Debug, Default, Clone)]
+struct Parsed {
+    /// Family name → (`# HELP` line, `# TYPE` line).
+    meta: BTreeMap<String, (Option<String>, Option<String>)>,
+    /// Family name → its type word (counter, gauge, histogram, …).
+    types: HashMap<String, String>,
+    samples: BTreeMap<SeriesKey, f64>,
+}
+
+fn parse(text: &str) -> Parsed {
+    let mut parsed = Parsed::default();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest
+                .split_whitespace()
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            parsed.meta.entry(name).or_default().0 = Some(line.to_owned());
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut words = rest.split_whitespace();
+            let name = words.next().unwrap_or_default().to_owned();
+            let kind = words.next().unwrap_or("untyped").to_owned();
+            parsed.meta.entry(name.clone()).or_default().1 = Some(line.to_owned());
+            parsed.types.insert(name, kind);
+        } else if !line.starts_with('#') && !line.trim().is_empty() {
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let (name, labels) = match series.split_once('{') {
+                Some((name, labels)) => (name, labels.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            parsed
+                .samples
+                .insert((name.to_owned(), labels.to_owned()), value);
+        }
+    }
+    parsed
+}
+
+/// The family a sample belongs to (`x_bucket` → `x` for histograms).
+fn family<'a>(name: &'a str, types: &HashMap<String, String>) -> &'a str {
+    if types.contains_key(name) {
+        return name;
+    }
+    for suffix in ["_bucket", "_sum", "_count"] {
+        if let Some(base) = name.strip_suffix(suffix) {
+            if types.contains_key(base) {
+                return base;
+            }
+        }
+    }
+    name
+}
+
+fn is_monotonic(kind: Option<&String>) -> bool {
+    matches!(
+        kind.map(String::as_str),
+        Some("counter" | "histogram" | "summary")
+    )
+}
+
+/// Sums worker metrics by slot into one scrape, keeping counters monotonic
+/// across worker replacement.
+#[derive(Debug, Default)]
+pub struct Aggregator {
+    /// Latest text from each live worker, by worker id, with its slot.
+    current: BTreeMap<u64, (usize, Parsed)>,
+    /// Counters of retired workers, per slot.
+    base: BTreeMap<usize, Parsed>,
+}
+
+impl Aggregator {
+    /// An empty aggregator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Worker `id` (a pid, say), serving `slot`, reported `text`.
+    pub fn update(&mut self, id: u64, slot: usize, text: &str) {
+        self.current.insert(id, (slot, parse(text)));
+    }
+
+    /// Worker `id` has gone: its counters become its slot's base, so the
+    /// counts of the worker that replaces it add to them.
+    pub fn retire(&mut self, id: u64) {
+        let Some((slot, last)) = self.current.remove(&id) else {
+            return;
+        };
+        let base = self.base.entry(slot).or_default();
+        for (name, meta) in &last.meta {
+            base.meta
+                .entry(name.clone())
+                .or_insert_with(|| meta.clone());
+        }
+        for (name, kind) in &last.types {
+            base.types.insert(name.clone(), kind.clone());
+        }
+        for ((name, labels), value) in last.samples {
+            let fam = family(&name, &last.types).to_owned();
+            if is_monotonic(last.types.get(&fam)) {
+                *base.samples.entry((name, labels)).or_default() += value;
+            }
+        }
+    }
+
+    /// The summed metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut meta: BTreeMap<String, (Option<String>, Option<String>)> = BTreeMap::new();
+        let mut types: HashMap<String, String> = HashMap::new();
+        let mut sums: BTreeMap<SeriesKey, f64> = BTreeMap::new();
+        for parsed in self
+            .base
+            .values()
+            .chain(self.current.values().map(|(_, parsed)| parsed))
+        {
+            for (name, m) in &parsed.meta {
+                meta.entry(name.clone()).or_insert_with(|| m.clone());
+            }
+            for (name, kind) in &parsed.types {
+                types.insert(name.clone(), kind.clone());
+            }
+            for (key, value) in &parsed.samples {
+                *sums.entry(key.clone()).or_default() += value;
+            }
+        }
+        // Group samples under their family's HELP/TYPE lines.
+        let mut by_family: BTreeMap<String, Vec<(&SeriesKey, f64)>> = BTreeMap::new();
+        for (key, value) in &sums {
+            by_family
+                .entry(family(&key.0, &types).to_owned())
+                .or_default()
+                .push((key, *value));
+        }
+        let mut out = String::new();
+        for (fam, samples) in by_family {
+            if let Some((help, kind)) = meta.get(&fam) {
+                for line in [help, kind].into_iter().flatten() {
+                    let _ = writeln!(out, "{line}");
+                }
+            }
+            for ((name, labels), value) in samples {
+                if labels.is_empty() {
+                    let _ = writeln!(out, "{name} {value}");
+                } else {
+                    let _ = writeln!(out, "{name}{{{labels}}} {value}");
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn observe(metrics: &HttpMetrics, route: &'static str, status: u16, ms: u64) {
+        metrics.observe(&Observation {
+            method: "GET",
+            host: "example.gov.uk",
+            route,
+            status,
+            duration: Duration::from_millis(ms),
+        });
+    }
+
+    #[test]
+    fn renders_the_old_series_and_a_histogram() {
+        let metrics = HttpMetrics::new();
+        observe(&metrics, "/_status", 200, 3);
+        observe(&metrics, "/_status", 200, 40);
+        observe(&metrics, "/d/{service}/{document}", 504, 30_000);
+        let text = metrics.render();
+        assert!(text.contains("http_server_requests_total{method=\"GET\",host=\"example.gov.uk\",path=\"/_status\",code=\"200\"} 2"), "{text}");
+        assert!(text.contains("http_server_request_duration_seconds_bucket{method=\"GET\",path=\"/_status\",code=\"200\",le=\"0.005\"} 1"), "{text}");
+        assert!(text.contains("http_server_request_duration_seconds_bucket{method=\"GET\",path=\"/_status\",code=\"200\",le=\"0.05\"} 2"));
+        assert!(text.contains("http_server_request_duration_seconds_count{method=\"GET\",path=\"/_status\",code=\"200\"} 2"));
+        assert!(text.contains("http_server_responses_total{class=\"5xx\"} 1"));
+        assert!(text.contains("http_server_exceptions_total{error=\"GatewayTimeout\"} 1"));
+    }
+
+    #[test]
+    fn hostile_methods_and_hosts_do_not_create_series() {
+        let metrics = HttpMetrics::new();
+        metrics.observe(&Observation {
+            method: "FOOBAR",
+            host: "<script>",
+            route: "other",
+            status: 405,
+            duration: Duration::ZERO,
+        });
+        let text = metrics.render();
+        assert!(text.contains("method=\"_OTHER\",host=\"_other\""), "{text}");
+    }
+
+    #[test]
+    fn the_aggregate_sums_slots_and_never_goes_backwards() {
+        let a = HttpMetrics::new();
+        let b = HttpMetrics::new();
+        for _ in 0..3 {
+            observe(&a, "/_status", 200, 1);
+        }
+        observe(&b, "/_status", 200, 1);
+        let mut agg = Aggregator::new();
+        agg.update(100, 0, &a.render());
+        agg.update(101, 1, &b.render());
+        let total = |agg: &Aggregator| {
+            let text = agg.render();
+            parse(&text).samples[&(
+                "http_server_requests_total".to_owned(),
+                "method=\"GET\",host=\"example.gov.uk\",path=\"/_status\",code=\"200\"".to_owned(),
+            )]
+        };
+        assert!((total(&agg) - 4.0).abs() < f64::EPSILON);
+        // Slot 0's worker is replaced by a fresh one with one request.
+        agg.retire(100);
+        let fresh = HttpMetrics::new();
+        observe(&fresh, "/_status", 200, 1);
+        agg.update(102, 0, &fresh.render());
+        assert!((total(&agg) - 5.0).abs() < f64::EPSILON, "{}", agg.render());
+        let text = agg.render();
+        assert_eq!(
+            text.matches("# TYPE http_server_requests_total counter")
+                .count(),
+            1,
+            "{text}"
+        );
+    }
+}

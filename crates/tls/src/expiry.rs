@@ -1,0 +1,122 @@
+//! When a certificate expires: the `notAfter` of an X.509 certificate, read
+//! with a minimal DER walk (no X.509 library needed for one field).
+
+/// One DER element: (tag, contents, the bytes after it).
+fn element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0_usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+const SEQUENCE: u8 = 0x30;
+const INTEGER: u8 = 0x02;
+const VERSION: u8 = 0xa0;
+const UTC_TIME: u8 = 0x17;
+const GENERALIZED_TIME: u8 = 0x18;
+
+/// The certificate's `notAfter`, in seconds since the Unix epoch; `None` when
+/// the DER is not a certificate this walk understands.
+pub fn not_after(der: &[u8]) -> Option<u64> {
+    let (SEQUENCE, certificate, _) = element(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(certificate)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = element(rest)?;
+    if tag == VERSION {
+        rest = after;
+    }
+    let (INTEGER, _, rest) = element(rest)? else {
+        return None;
+    }; // serial
+    let (SEQUENCE, _, rest) = element(rest)? else {
+        return None;
+    }; // signature
+    let (SEQUENCE, _, rest) = element(rest)? else {
+        return None;
+    }; // issuer
+    let (SEQUENCE, validity, _) = element(rest)? else {
+        return None;
+    };
+    let (_, _, rest) = element(validity)?; // notBefore
+    let (tag, time, _) = element(rest)?;
+    parse_time(tag, std::str::from_utf8(time).ok()?)
+}
+
+fn parse_time(tag: u8, text: &str) -> Option<u64> {
+    let text = text.strip_suffix('Z')?;
+    let (year, rest) = match tag {
+        UTC_TIME => {
+            let yy: u64 = text.get(..2)?.parse().ok()?;
+            (if yy < 50 { 2000 + yy } else { 1900 + yy }, text.get(2..)?)
+        }
+        GENERALIZED_TIME => (text.get(..4)?.parse().ok()?, text.get(4..)?),
+        _ => return None,
+    };
+    let field = |i: usize| -> Option<u64> { rest.get(i..i + 2)?.parse().ok() };
+    let (month, day, hour, minute, second) =
+        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
+    {
+        return None;
+    }
+    let days = days_from_civil(year, month, day)?;
+    Some(days * 86_400 + hour * 3600 + minute * 60 + second)
+}
+
+/// Days from 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+fn days_from_civil(year: u64, month: u64, day: u64) -> Option<u64> {
+    let year = i64::try_from(year).ok()? - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let yoe = year.rem_euclid(400);
+    let month = i64::try_from(month).ok()?;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::try_from(day).ok()? - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    u64::try_from(era * 146_097 + doe - 719_468).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_not_after_from_a_generated_certificate() {
+        let mut params = rcgen::CertificateParams::new(vec!["example.gov.uk".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 3, 14);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.clone().self_signed(&key).unwrap();
+        // 2031-03-14T00:00:00Z
+        assert_eq!(not_after(cert.der()), Some(1_931_212_800));
+        // GeneralizedTime after 2049.
+        params.not_after = rcgen::date_time_ymd(2055, 1, 1);
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(not_after(cert.der()), Some(2_682_374_400));
+    }
+
+    #[test]
+    fn garbage_is_none() {
+        assert_eq!(not_after(b""), None);
+        assert_eq!(not_after(&[0x30, 0x82, 0xff]), None);
+        assert_eq!(not_after(&[0x30, 0x03, 0x02, 0x01, 0x01]), None);
+        assert_eq!(parse_time(UTC_TIME, "991301000000Z"), None);
+    }
+}

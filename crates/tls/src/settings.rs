@@ -1,0 +1,94 @@
+//! [`TlsSettings`]: what to serve and how, with defaults.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// One certificate chain with its private key, as certbot or cert-manager
+/// write them (`fullchain.pem` + `privkey.pem`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificatePair {
+    /// PEM file: the end-entity certificate first, then intermediates.
+    pub cert: PathBuf,
+    /// PEM file: the private key (PKCS#8, PKCS#1 RSA or SEC1 EC).
+    pub key: PathBuf,
+    /// A DER OCSP response to staple (`ssl_stapling_file`), reloaded with the
+    /// pair. Default none.
+    pub ocsp: Option<PathBuf>,
+    /// Served to clients that send no SNI, or a name no certificate covers.
+    /// When no pair is marked, the first pair is the default. An ECDSA and an
+    /// RSA pair for the same names may both be marked: each client gets the
+    /// one it supports.
+    pub default: bool,
+}
+
+impl CertificatePair {
+    /// A pair with no OCSP response, not marked default.
+    pub fn new(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Self {
+        Self {
+            cert: cert.into(),
+            key: key.into(),
+            ocsp: None,
+            default: false,
+        }
+    }
+}
+
+/// Client-certificate (mutual TLS) verification.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// PEM file of the CA certificates client certificates must chain to.
+    pub ca: PathBuf,
+    /// Refuse clients without a certificate (`ssl_verify_client on`); when
+    /// false a certificate is verified if presented (`optional`).
+    pub required: bool,
+}
+
+/// Everything [`TlsConfig`](crate::TlsConfig) needs. `Default` gives the
+/// documented defaults and no certificates (which does not load).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsSettings {
+    /// The certificates; SNI picks among them, then the client's signature
+    /// algorithms pick ECDSA or RSA. At least one.
+    pub certificates: Vec<CertificatePair>,
+    /// ALPN protocols offered, in preference order. Default `h2`, `http/1.1`.
+    pub alpn: Vec<String>,
+    /// TLS 1.2 sessions kept for session-id resumption (`ssl_session_cache`).
+    /// 0 disables the cache. Default 20 480 (about what nginx keeps in 5 MB).
+    pub session_cache_size: usize,
+    /// Stateless session tickets (TLS 1.2 tickets and TLS 1.3 resumption),
+    /// encrypted under keys rotated every 6 hours. Default on.
+    pub session_tickets: bool,
+    /// A client must finish its handshake within this. Default 10 s.
+    pub handshake_timeout: Duration,
+    /// How often certificate files are checked for changes (a change of
+    /// modification time, size or inode, symlinks followed). `None` turns the
+    /// watcher off; SIGHUP or [`TlsConfig::reload`](crate::TlsConfig::reload)
+    /// still reload. Default 5 s.
+    pub watch_interval: Option<Duration>,
+    /// Optional client-certificate verification. Default none.
+    pub client_auth: Option<ClientAuth>,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            certificates: Vec::new(),
+            alpn: vec!["h2".to_owned(), "http/1.1".to_owned()],
+            session_cache_size: 20_480,
+            session_tickets: true,
+            handshake_timeout: Duration::from_secs(10),
+            watch_interval: Some(Duration::from_secs(5)),
+            client_auth: None,
+        }
+    }
+}
+
+impl TlsSettings {
+    /// Default settings serving these pairs.
+    pub fn with_certificates(certificates: Vec<CertificatePair>) -> Self {
+        Self {
+            certificates,
+            ..Self::default()
+        }
+    }
+}

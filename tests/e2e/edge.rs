@@ -1,0 +1,533 @@
+//! The `edge` binary end to end: real curl and openssl against the built
+//! binary, with `frontend` (or a dead port) as the upstream.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use wharf_tls::{KeyKind, SelfSigned};
+
+use crate::support::{command, free_port, start, wait_for_port, Running};
+
+const EDGE: &str = env!("CARGO_BIN_EXE_edge");
+const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
+
+fn frontend() -> Running {
+    let port = free_port();
+    let env = HashMap::from([("PORT", port.to_string()), ("RUST_LOG", "warn".to_owned())]);
+    start(FRONTEND, &["serve"], &env, port)
+}
+
+struct Edge {
+    running: Running,
+    http: u16,
+    https: u16,
+    admin: u16,
+    config: std::path::PathBuf,
+}
+
+/// A config with a redirecting plain listener, a TLS listener, an admin
+/// listener and one upstream.
+fn write_config(
+    dir: &Path,
+    http: u16,
+    https: u16,
+    admin: u16,
+    upstream: &str,
+    extra: &str,
+) -> std::path::PathBuf {
+    let cert = dir.join("site.crt");
+    let key = dir.join("site.key");
+    if !cert.exists() {
+        SelfSigned::generate(&["localhost"], KeyKind::EcdsaP256)
+            .unwrap()
+            .write(dir, "site")
+            .unwrap();
+    }
+    let text = format!(
+        r#"
+[[listen]]
+address = "127.0.0.1:{http}"
+redirect_to_https = true
+https_port = {https}
+
+[[listen]]
+address = "127.0.0.1:{https}"
+ssl = true
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[http]
+client_max_body_size = "1k"
+max_header_size = "8k"
+access_log = false
+{extra}
+
+[tls]
+watch_interval = "0s"
+
+[proxy]
+connect_timeout = "1s"
+
+[[upstream]]
+name = "app"
+servers = [{{ address = "{upstream}" }}]
+
+[[server]]
+server_name = ["localhost"]
+ssl_certificate = "{cert}"
+ssl_certificate_key = "{key}"
+
+[[server.location]]
+path = "/"
+proxy_pass = "app"
+
+[[server.location]]
+path = "/fixed"
+return = {{ status = 200, body = "fixed\n" }}
+"#,
+        cert = cert.display(),
+        key = key.display(),
+    );
+    let path = dir.join("edge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn start_edge(dir: &Path, upstream: &str, extra: &str) -> Edge {
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let config = write_config(dir, http, https, admin, upstream, extra);
+    let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
+    let running = start(EDGE, &["--config", config.to_str().unwrap()], &env, https);
+    wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(10));
+    Edge {
+        running,
+        http,
+        https,
+        admin,
+        config,
+    }
+}
+
+impl Edge {
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.https)
+    }
+
+    fn resolve(&self) -> String {
+        format!("localhost:{}:127.0.0.1", self.https)
+    }
+
+    /// curl -k over TLS; returns (status, headers+body).
+    fn curl(&self, args: &[&str], path: &str) -> (u16, String) {
+        let out = Command::new("curl")
+            .args([
+                "-sk",
+                "--max-time",
+                "10",
+                "-i",
+                "--resolve",
+                &self.resolve(),
+            ])
+            .args(args)
+            .arg(self.url(path))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let status = text
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        (status, text)
+    }
+
+    fn reload(&self) {
+        self.running.signal("HUP");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        let (_, text) =
+            crate::support::curl(&[&format!("http://127.0.0.1:{}/metrics", self.admin)]);
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+    }
+}
+
+fn dead_address() -> String {
+    format!("127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn serves_h2_and_http11_over_tls_with_security_headers_and_redirects_http() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = frontend();
+    let edge = start_edge(dir.path(), &app.addr().to_string(), "");
+
+    let (status, text) = edge.curl(&["--http2"], "/_status");
+    assert_eq!(status, 200, "{text}");
+    assert!(text.starts_with("HTTP/2 200"), "{text}");
+    assert!(text.contains("\"status\":\"ok\""), "{text}");
+    let lower = text.to_lowercase();
+    assert!(
+        lower.contains("strict-transport-security: max-age=63072000; includesubdomains"),
+        "{text}"
+    );
+    assert!(lower.contains("x-frame-options: deny"), "{text}");
+    assert!(lower.contains("x-content-type-options: nosniff"), "{text}");
+    assert!(
+        lower.contains("referrer-policy: strict-origin-when-cross-origin"),
+        "{text}"
+    );
+
+    let (status, text) = edge.curl(&["--http1.1"], "/_status");
+    assert_eq!(status, 200);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+
+    // Errors carry the headers too.
+    let (status, text) = edge.curl(&[], "/no-such-page");
+    assert_eq!(status, 404);
+    assert!(
+        text.to_lowercase().contains("strict-transport-security"),
+        "{text}"
+    );
+
+    let (_, text) =
+        crate::support::curl(&["-i", &format!("http://127.0.0.1:{}/a/b?x=1&y=2", edge.http)]);
+    assert!(text.starts_with("HTTP/1.1 301"), "{text}");
+    assert!(
+        text.to_lowercase().contains(&format!(
+            "location: https://127.0.0.1:{}/a/b?x=1&y=2",
+            edge.https
+        )),
+        "{text}"
+    );
+}
+
+#[test]
+fn upstream_down_is_502_and_limits_are_413_and_431() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &dead_address(), "");
+    let (status, text) = edge.curl(&[], "/");
+    assert_eq!(status, 502, "{text}");
+    assert!(text.contains("502 Bad Gateway"), "{text}");
+
+    let big = "x".repeat(2048);
+    let (status, _) = edge.curl(&["--http1.1", "--data-binary", &big], "/fixed");
+    assert_eq!(status, 413);
+    let header = format!("x-big: {}", "y".repeat(10_000));
+    let (status, _) = edge.curl(&["--http1.1", "-H", &header], "/fixed");
+    assert_eq!(status, 431);
+    let (status, text) = edge.curl(&[], "/fixed");
+    assert_eq!((status, text.ends_with("fixed\n")), (200, true), "{text}");
+}
+
+#[test]
+fn x_forwarded_for_is_not_spoofable_from_an_untrusted_peer() {
+    // A fixed location cannot echo headers, so proxy to a tiny echo upstream:
+    // a second edge whose return block is not enough either; use nc-like TCP.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(String::new()));
+    let seen_by_server = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        if let Ok((mut stream, _)) = listener.accept() {
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            *seen_by_server.lock().unwrap() = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &upstream.to_string(), "");
+    let (status, _) = edge.curl(
+        &["-H", "X-Forwarded-For: 6.6.6.6", "-H", "X-Real-IP: 6.6.6.6"],
+        "/who",
+    );
+    assert_eq!(status, 200);
+    let request = seen.lock().unwrap().to_lowercase();
+    assert!(
+        request.contains("x-forwarded-for: 127.0.0.1\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("x-real-ip: 127.0.0.1\r\n"), "{request}");
+    assert!(
+        request.contains("x-forwarded-proto: https\r\n"),
+        "{request}"
+    );
+    assert!(
+        request.contains(&format!("host: localhost:{}\r\n", edge.https)),
+        "{request}"
+    );
+    assert!(!request.contains("6.6.6.6"), "{request}");
+}
+
+fn s_client(port: u16, args: &[&str]) -> String {
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            "-servername",
+            "localhost",
+        ])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn served_cert(port: u16) -> String {
+    let out = s_client(port, &[]);
+    let start = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("{out}"));
+    let end = out[start..].find("-----END").unwrap() + start;
+    out[start..end].to_owned()
+}
+
+#[test]
+fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &dead_address(), "");
+    assert!(
+        !s_client(edge.https, &["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"])
+            .contains("BEGIN CERTIFICATE")
+    );
+    assert!(s_client(edge.https, &["-tls1_2"]).contains("Protocol  : TLSv1.2"));
+    assert!(s_client(edge.https, &["-alpn", "h2"]).contains("ALPN protocol: h2"));
+
+    let old = served_cert(edge.https);
+    // certbot renews: new files, then `systemctl reload` sends SIGHUP.
+    SelfSigned::generate(&["localhost"], KeyKind::EcdsaP256)
+        .unwrap()
+        .write(dir.path(), "site")
+        .unwrap();
+    edge.reload();
+    let new = served_cert(edge.https);
+    assert_ne!(old, new, "new handshakes see the new certificate");
+    assert_eq!(edge.metric("edge_tls_certificate_reloads_total"), 1);
+
+    // A broken replacement is refused; the last good certificate keeps serving.
+    std::fs::write(dir.path().join("site.key"), "broken").unwrap();
+    edge.reload();
+    assert_eq!(served_cert(edge.https), new);
+    assert_eq!(edge.metric("edge_config_reload_failures_total"), 1);
+    let (status, _) = edge.curl(&[], "/fixed");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &dead_address(), "");
+    let url = edge.url("/fixed");
+    let resolve = edge.resolve();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let (stop, ok, failed, url, resolve) = (
+                Arc::clone(&stop),
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                url.clone(),
+                resolve.clone(),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let out = Command::new("curl")
+                        .args([
+                            "-sk",
+                            "--max-time",
+                            "5",
+                            "-w",
+                            "%{http_code}",
+                            "--resolve",
+                            &resolve,
+                            "-o",
+                            "/dev/null",
+                            &url,
+                            "-o",
+                            "/dev/null",
+                            &url,
+                            "-o",
+                            "/dev/null",
+                            &url,
+                        ])
+                        .output()
+                        .unwrap();
+                    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+                    for chunk in codes.as_bytes().chunks(3) {
+                        if chunk == b"200" {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(300));
+    // A typo: refused, old configuration keeps serving.
+    let good = std::fs::read_to_string(&edge.config).unwrap();
+    std::fs::write(
+        &edge.config,
+        good.replace("[proxy]", "[proxy]\nconect_timeout = \"1s\""),
+    )
+    .unwrap();
+    edge.reload();
+    assert_eq!(edge.metric("edge_config_reload_failures_total"), 1);
+    // A valid change: the fixed body changes for new connections.
+    std::fs::write(
+        &edge.config,
+        good.replace("body = \"fixed\\n\"", "body = \"fixed2\\n\""),
+    )
+    .unwrap();
+    for _ in 0..3 {
+        edge.reload();
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for thread in load {
+        thread.join().unwrap();
+    }
+    assert_eq!(edge.metric("edge_config_reloads_total"), 3);
+    let (_, text) = edge.curl(&[], "/fixed");
+    assert!(
+        text.ends_with("fixed2\n"),
+        "new connections get the new configuration: {text}"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed requests during reloads"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 10);
+}
+
+#[test]
+fn check_config_names_the_line_and_reason_and_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), 1, 2, 3, "127.0.0.1:9", "");
+    let ok = command(EDGE, &HashMap::new())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(ok.status.success(), "{ok:?}");
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("test is successful"));
+
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("proxy_pass"))
+        .unwrap()
+        + 1;
+    std::fs::write(
+        &path,
+        text.replace("proxy_pass = \"app\"", "proxy_pass = \"nope\""),
+    )
+    .unwrap();
+    let bad = command(EDGE, &HashMap::new())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains(&format!("edge.toml:{line}:")), "{stderr}");
+    assert!(stderr.contains("no upstream of that name"), "{stderr}");
+
+    std::fs::write(
+        &path,
+        text.replace("[tls]", "[tls]\nsession_tickts = false"),
+    )
+    .unwrap();
+    let typo = command(EDGE, &HashMap::new())
+        .args(["check-config", "--config", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(typo.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(
+        stderr.contains("unknown field `session_tickts`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn limit_req_zones_answer_429_past_the_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = frontend();
+    let extra = "\n[[limit_req]]\nzone = \"per_ip\"\nrate = \"1r/m\"\nburst = 2\nnodelay = true\npath_prefix = \"/_status\"\n";
+    let edge = start_edge(dir.path(), &upstream.addr().to_string(), extra);
+    let statuses: Vec<u16> = (0..5).map(|_| edge.curl(&[], "/_status").0).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    let (_, limited) = edge.curl(&[], "/_status");
+    let lower = limited.to_ascii_lowercase();
+    assert!(lower.contains("\nretry-after: "), "{limited}");
+    assert!(
+        lower.contains("strict-transport-security"),
+        "security headers on a 429 too: {limited}"
+    );
+    // Other paths are outside the zone.
+    assert_eq!(edge.curl(&[], "/health/live").0, 200);
+}
+
+#[test]
+fn metrics_say_when_each_certificate_expires() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &dead_address(), "");
+    wait_for_port(([127, 0, 0, 1], edge.admin).into(), Duration::from_secs(10));
+    let (_, text) = crate::support::curl(&[&format!("http://127.0.0.1:{}/metrics", edge.admin)]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expiries: Vec<u64> = text
+        .lines()
+        .filter(|l| l.starts_with("edge_tls_certificate_expiry_timestamp_seconds{certificate=\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(!expiries.is_empty(), "{text}");
+    assert!(expiries.iter().all(|t| *t > now), "{expiries:?}");
+}
+
+#[test]
+fn healthcheck_subcommand_asks_the_admin_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &dead_address(), "");
+    wait_for_port(([127, 0, 0, 1], edge.admin).into(), Duration::from_secs(10));
+    let config = edge.config.to_str().unwrap().to_owned();
+    let up = Command::new(EDGE)
+        .args(["--config", &config, "healthcheck"])
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    drop(edge);
+    let down = Command::new(EDGE)
+        .args(["--config", &config, "healthcheck", "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(down.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&down.stderr).contains("/health/live"));
+}

@@ -1,0 +1,298 @@
+//! The `frontend` binary as operators run it.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::support::{command, curl, free_port, start};
+
+const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
+
+fn env(port: u16) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("PORT", port.to_string()),
+        ("WHARF_LOG_FORMAT", "json".into()),
+    ])
+}
+
+#[test]
+fn serves_status_and_health_over_http1_and_h2c() {
+    let port = free_port();
+    let frontend = start(FRONTEND, &["serve"], &env(port), port);
+    for version in ["--http1.1", "--http2-prior-knowledge"] {
+        let (ok, body) = curl(&[
+            version,
+            "-w",
+            "\n%{http_code} %{http_version}",
+            &frontend.url("/_status"),
+        ]);
+        assert!(ok, "{body}");
+        let (json, meta) = body.rsplit_once('\n').unwrap();
+        let expected_version = if version == "--http1.1" { "1.1" } else { "2" };
+        assert_eq!(meta, format!("200 {expected_version}"));
+        let doc: serde_json::Value = serde_json::from_str(json).unwrap();
+        assert_eq!(doc["status"], "ok");
+        assert_eq!(doc["environment"], "development");
+        assert!(doc["git_commit"].as_str().is_some_and(|c| !c.is_empty()));
+        assert!(doc["build_time"].as_str().is_some_and(|c| !c.is_empty()));
+        for path in ["/health/live", "/health/ready"] {
+            let (ok, code) = curl(&[
+                version,
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &frontend.url(path),
+            ]);
+            assert!(ok);
+            assert_eq!(code, "200", "{path}");
+        }
+    }
+}
+
+#[test]
+fn healthcheck_subcommand_reports_up_and_down() {
+    let port = free_port();
+    let frontend = start(FRONTEND, &["serve"], &env(port), port);
+    let up = command(FRONTEND, &env(port))
+        .arg("healthcheck")
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    drop(frontend);
+    // The workers drain on their own once the master is killed: poll until
+    // they are gone; from then on the healthcheck must fail.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let down = loop {
+        let down = command(FRONTEND, &env(port))
+            .args(["healthcheck", "--timeout", "1"])
+            .output()
+            .unwrap();
+        if !down.status.success() || Instant::now() > deadline {
+            break down;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(down.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&down.stderr);
+    assert!(stderr.contains("frontend healthcheck: http://"), "{stderr}");
+}
+
+#[test]
+fn production_without_configuration_exits_78_listing_every_problem() {
+    let out = command(
+        FRONTEND,
+        &HashMap::from([
+            ("NOTIFY_ENVIRONMENT", "production".to_owned()),
+            ("HTTP_SERVE_TIMEOUT_SECONDS", "3o".to_owned()),
+        ]),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "PORT: required in production, not set",
+        "HTTP_SERVE_TIMEOUT_SECONDS: expected a whole number of seconds, got \"3o\"",
+        "REDIS_URL: required in production, not set",
+        "API_HOST_NAME: required in production, not set",
+        "SECRET_KEY: required in production, not set",
+        "DANGEROUS_SALT: required in production, not set",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in {stderr}"
+        );
+    }
+    assert_eq!(
+        stderr.matches("frontend: invalid configuration").count(),
+        1,
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_subcommand_shows_sources_and_redacts_secrets() {
+    let mut vars = env(7001);
+    vars.insert("SECRET_KEY", "very-secret-value".into());
+    vars.insert("HTTP_SERVE_TIMEOUT_SECONDS", "12".into());
+    let out = command(FRONTEND, &vars)
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!text.contains("very-secret-value"), "{text}");
+    let doc: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let find = |name: &str| {
+        doc["variables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["variable"] == name)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("SECRET_KEY")["value"], "\"[redacted]\"");
+    assert_eq!(find("SECRET_KEY")["source"]["kind"], "env");
+    assert_eq!(find("HTTP_SERVE_TIMEOUT_SECONDS")["value"], "12");
+    assert_eq!(find("WHARF_KEEPALIVE_SECONDS")["source"]["kind"], "default");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero_and_new_connections_are_refused() {
+    let port = free_port();
+    let frontend = start(FRONTEND, &["serve"], &env(port), port);
+    // An idle keep-alive connection must not hold the shutdown up.
+    let mut idle = TcpStream::connect(frontend.addr()).unwrap();
+    idle.write_all(b"GET /_status HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    let mut buf = [0_u8; 512];
+    assert!(idle.read(&mut buf).unwrap() > 0);
+    let addr = frontend.addr();
+    let started = Instant::now();
+    frontend.signal("TERM");
+    let out = frontend.wait_exit(Duration::from_secs(10));
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_err());
+    let logs = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.iter().any(|l| l["message"] == "Listening"), "{logs}");
+    assert!(lines
+        .iter()
+        .any(|l| l["message"] == "Shutting down" && l["signal"] == "SIGTERM"));
+    assert!(lines.iter().any(|l| l["message"] == "Drained"));
+}
+
+#[test]
+fn with_no_environment_it_is_development_on_port_7001() {
+    // No PORT: the default 7001 may be taken on a shared machine, so only the
+    // effective configuration is checked here.
+    let out = command(FRONTEND, &HashMap::new())
+        .args(["config", "--json"])
+        .output()
+        .unwrap();
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["environment"], "development");
+    let port = doc["variables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["variable"] == "PORT")
+        .unwrap()["value"]
+        .clone();
+    assert_eq!(port, "7001");
+}
+
+/// The whole recipient journey on the offline default, across two worker
+/// processes: landing page, confirm email address (CSRF), the access cookie,
+/// and the file's bytes.
+#[test]
+fn the_download_flow_works_offline_across_workers() {
+    let port = free_port();
+    let local_dir = tempfile::tempdir().unwrap();
+    let mut vars = env(port);
+    vars.insert("WEB_CONCURRENCY", "2".into());
+    vars.insert(
+        "WHARF_DOWNLOAD_LOCAL_DIR",
+        local_dir.path().display().to_string(),
+    );
+    let frontend = start(FRONTEND, &["serve"], &vars, port);
+    // Wait for both workers.
+    std::thread::sleep(Duration::from_millis(300));
+    let jar = local_dir.path().join("cookies");
+    let jar = jar.to_str().unwrap();
+    let base = frontend.url("");
+    let doc = "/d/jTpOLGsfTF6afS8OGzxNXg/fiudTFofSz6cjW8KK0xtjg";
+    let key = "key=c2FtcGxlLWtleS1mb3ItdGhlLWNvbmZpcm0tZG9jdW1lbnQ";
+
+    let (ok, landing) = curl(&["-c", jar, "-b", jar, &format!("{base}{doc}?{key}")]);
+    assert!(
+        ok && landing.contains("You have a file to download"),
+        "{landing}"
+    );
+    assert!(
+        landing.contains(&format!("{doc}/confirm-email-address?{key}")),
+        "{landing}"
+    );
+
+    let confirm = format!("{base}{doc}/confirm-email-address?{key}");
+    let (_, form) = curl(&["-c", jar, "-b", jar, &confirm]);
+    let token = form
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF token in {form}"))
+        .to_owned();
+    // A wrong address is refused with the form error.
+    let (_, wrong) = curl(&[
+        "-c",
+        jar,
+        "-b",
+        jar,
+        "-w",
+        "\n%{http_code}",
+        "--data-urlencode",
+        "email_address=someone.else@example.gov.uk",
+        "--data-urlencode",
+        &format!("csrf_token={token}"),
+        &confirm,
+    ]);
+    assert!(wrong.ends_with("\n400"), "{wrong}");
+    assert!(wrong.contains("There is a problem"));
+    // The right one (with stray whitespace) redirects to the download page.
+    let (_, redirect) = curl(&[
+        "-c",
+        jar,
+        "-b",
+        jar,
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "--data-urlencode",
+        "email_address=  test@example.gov.uk ",
+        "--data-urlencode",
+        &format!("csrf_token={token}"),
+        &confirm,
+    ]);
+    assert_eq!(redirect, format!("302 {base}{doc}/download?{key}"));
+    let (_, download) = curl(&["-c", jar, "-b", jar, &format!("{base}{doc}/download?{key}")]);
+    assert!(download.contains("Download your file"), "{download}");
+    let file_url = download
+        .split("href=\"")
+        .map(|rest| rest.split('"').next().unwrap_or_default())
+        .find(|href| href.contains("/services/"))
+        .unwrap_or_else(|| panic!("no file link in {download}"))
+        .replace("&amp;", "&");
+    let file_url = if file_url.starts_with('/') {
+        format!("{base}{file_url}")
+    } else {
+        file_url
+    };
+    // Several fetches, so both workers verify the cookie the other may have issued.
+    for _ in 0..4 {
+        let (ok, bytes) = curl(&["-b", jar, &file_url]);
+        assert!(ok);
+        assert_eq!(
+            bytes,
+            "This is the sample file that needs email confirmation.\nIt was served by wharf's local document API.\n"
+        );
+    }
+    // Without the cookie the file is not served.
+    let (_, refused) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &file_url]);
+    assert_ne!(refused, "200");
+}
