@@ -768,7 +768,12 @@ fn image_contract_unprivileged_read_only_healthcheck_passes_and_sigterm_drains()
         started.elapsed()
     );
     assert!(ok > 50, "only {ok} requests answered");
-    assert_eq!(failed, 0, "accepted requests failed: {errors:?}");
+    assert_eq!(
+        failed,
+        0,
+        "accepted requests failed: {errors:?}\n{}",
+        log_text()
+    );
 }
 
 // ---------------------------------------------------------------------------
