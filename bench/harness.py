@@ -49,7 +49,8 @@ T0 = time.monotonic()
 
 # Scenario ids in the order they run (the issue's priorities: the cheap,
 # plain-HTTP ones first, the TLS ones after, Redis last).
-SCENARIOS = ["status", "rss", "ready", "reload", "landing", "edge-tls", "handshakes", "idle", "ratelimit"]
+SCENARIOS = ["status", "metrics-overhead", "rss", "ready", "reload", "landing", "edge-tls", "handshakes", "idle",
+             "ratelimit"]
 TITLES = {
     "status": "(1) GET /_status, plain HTTP/1.1 keep-alive",
     "landing": "(2) Document landing page rendered by frontend",
@@ -60,6 +61,7 @@ TITLES = {
     "rss": "(7) Resident memory per worker, idle and after load",
     "ready": "(8) Start to ready",
     "reload": "(9) Errors during reload under load",
+    "metrics-overhead": "(10) Cost of instrumentation: frontend with metrics on vs off (and traces on)",
 }
 # A fixed /_status answer shaped like frontend's, for nginx's `return 200`.
 STATUS_BODY = '{"status":"ok","git_commit":"abcdef0","build_time":"2026-11-23T00:00:00Z","environment":"development"}'
@@ -78,6 +80,7 @@ TARGETS = [
     ("rss", "≤ 12 MB RSS per frontend worker (after load)", 12, "<=", "MB"),
     ("ready", "frontend start to ready < 200 ms", 200, "<", "ms"),
     ("reload", "zero errors during reloads (frontend HUP, edge HUP)", 0, "==", "errors"),
+    ("metrics-overhead", "frontend /_status with metrics ≥ 0.95× without (≤ 5 % cost)", 0.95, ">=", "×"),
 ]
 
 
@@ -495,6 +498,8 @@ class Harness:
             "edge-ecdsa": bool(s.edge_bin),
             "edge-hs-ecdsa": bool(s.edge_bin),
             "edge-hs-rsa": bool(s.edge_bin),
+            "frontend-metrics-off": bool(s.frontend_bin),
+            "frontend-traces-on": bool(s.frontend_bin),
         }[name]
 
     def server(self, name):
@@ -511,6 +516,11 @@ class Harness:
             "edge-ecdsa": lambda: self.make_edge("ecdsa"),
             "edge-hs-ecdsa": lambda: self.make_edge("ecdsa", resumption=False, name="edge-hs-ecdsa"),
             "edge-hs-rsa": lambda: self.make_edge("rsa", resumption=False, name="edge-hs-rsa"),
+            "frontend-metrics-off": lambda: self.make_frontend("frontend-metrics-off", {"WHARF_METRICS": "false"}),
+            "frontend-traces-on": lambda: self.make_frontend("frontend-traces-on", {
+                "WHARF_TRACING": "otlp", "OTEL_TRACES_SAMPLER": "always_on",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_sink().port}",
+            }),
         }
         progress(f"starting {name}")
         server = builders[name]().start(self.tmp, self.s.server_cpus)
@@ -537,6 +547,8 @@ class Harness:
             "edge-ecdsa": "no EDGE_BIN",
             "edge-hs-ecdsa": "no EDGE_BIN",
             "edge-hs-rsa": "no EDGE_BIN",
+            "frontend-metrics-off": "no FRONTEND_BIN",
+            "frontend-traces-on": "no FRONTEND_BIN",
         }[name]
 
     def note(self, scenario, text):
@@ -901,6 +913,121 @@ proxy_pass = "backend"
             return None
         return {m.group(1): int(float(m.group(2))) for m in
                 re.finditer(r'^wharf_worker_rss_bytes\{slot="(\d+)"\}\s+(\S+)', answer[2].decode(), re.M)}
+
+    def otlp_sink(self):
+        """An OTLP/HTTP sink in this process: answers 200 to every POST and
+        counts requests and bytes (what frontend-traces-on exports)."""
+        if getattr(self, "_otlp_sink", None):
+            return self._otlp_sink
+        import http.server
+
+        class Sink(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            counts = {"requests": 0, "bytes": 0}
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                Sink.counts["requests"] += 1
+                Sink.counts["bytes"] += len(body)
+                self.send_response(200)
+                self.send_header("Content-Type", self.headers.get("Content-Type") or "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server.port = server.server_address[1]
+        server.counts = Sink.counts
+        self._otlp_sink = server
+        return server
+
+    def cpu_runner(self, servers):
+        """A compare() runner that also records the CPU time the server's
+        process tree used per request (utime + stime from /proc): less
+        sensitive than req/s to other work on a shared machine."""
+        def cpu(pid):
+            total = 0
+            for p in [pid] + descendants(pid):
+                try:
+                    fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += int(fields[11]) + int(fields[12])
+                except (OSError, IndexError, ValueError):
+                    pass
+            return total / os.sysconf("SC_CLK_TCK")
+
+        def runner(url, seconds):
+            server = servers[url]
+            before = cpu(server.pid)
+            run = self.load.http(url, seconds)
+            used = cpu(server.pid) - before
+            if run.get("requests"):
+                run["cpu_us_per_request"] = round(used * 1e6 / run["requests"], 2)
+            return run
+        return runner
+
+    @staticmethod
+    def cpu_per_request(rows):
+        """{name: median CPU µs per request over the rounds}."""
+        out = {}
+        for row in rows:
+            values = [x["cpu_us_per_request"] for x in row["runs"] if x.get("cpu_us_per_request")]
+            out[row["name"]] = round(statistics.median(values), 2) if values else None
+        return out
+
+    def scenario_metrics_overhead(self):
+        """frontend /_status with request metrics on (the default) and off
+        (WHARF_METRICS=false), two instances side by side, rounds alternating
+        (mirrored order); then, through the app (/security.txt: /_status is
+        answered before the app, where the server span sits), traces off vs on
+        (every request sampled, exported to an in-harness OTLP sink)."""
+        names = self.servers_available(["frontend-metrics-off", "frontend"], "metrics-overhead")
+        if len(names) < 2:
+            raise BenchError("needs FRONTEND_BIN")
+        on, off = self.server("frontend"), self.server("frontend-metrics-off")
+        subjects = [("metrics-off", off.url()), ("metrics-on", on.url())]
+        status = self.compare("metrics-overhead", subjects, self.cpu_runner({off.url(): off, on.url(): on}))
+        cpu = self.cpu_per_request(status["rows"])
+        rows = {row["name"]: row for row in status["rows"]}
+        paired = rows["metrics-on"]["median_round_ratio_to_metrics-off"]
+        best = round(rows["metrics-on"]["rps"] / rows["metrics-off"]["rps"], 3) if rows["metrics-off"]["rps"] else None
+        result = {
+            "tool": self.tool_line(),
+            "status_runs": status,
+            "on_over_off_median_of_rounds": paired,
+            "on_over_off_best_runs": best,
+            "cost_pct": round((1 - paired) * 100, 1) if paired is not None else None,
+            "cpu_us_per_request": cpu,
+            "cpu_cost_pct": round((cpu["metrics-on"] / cpu["metrics-off"] - 1) * 100, 1)
+            if cpu.get("metrics-on") and cpu.get("metrics-off") else None,
+        }
+        self.target("metrics-overhead", "frontend /_status with metrics ≥ 0.95× without (≤ 5 % cost)", paired, 0.95,
+                    ">=", "×", detail="median of the per-round ratios metrics-on/metrics-off")
+        traced = self.server("frontend-traces-on")
+        path = "/security.txt"
+        subjects = [("traces-off", on.url(path)), ("traces-on", traced.url(path))]
+        sink = self.otlp_sink()
+        before = dict(sink.counts)
+        traces = self.compare("metrics-overhead", subjects,
+                              self.cpu_runner({on.url(path): on, traced.url(path): traced}))
+        cpu = self.cpu_per_request(traces["rows"])
+        rows = {row["name"]: row for row in traces["rows"]}
+        paired = rows["traces-on"]["median_round_ratio_to_traces-off"]
+        result["traces"] = {
+            "path": path,
+            "runs": traces,
+            "on_over_off_median_of_rounds": paired,
+            "cost_pct": round((1 - paired) * 100, 1) if paired is not None else None,
+            "cpu_us_per_request": cpu,
+            "cpu_cost_pct": round((cpu["traces-on"] / cpu["traces-off"] - 1) * 100, 1)
+            if cpu.get("traces-on") and cpu.get("traces-off") else None,
+            "exports": sink.counts["requests"] - before["requests"],
+            "exported_bytes": sink.counts["bytes"] - before["bytes"],
+        }
+        return result
 
     def scenario_rss(self):
         if not hasattr(self, "rss_after"):
@@ -1642,6 +1769,25 @@ def render(report, svg_dir, svg_rel):
         if r.get("frontend_over_bare_hyper_median_of_rounds") is not None:
             out.extend([f"frontend/bare-hyper as the median of the per-round ratios (each round's frontend run over "
                         f"the same round's bare-hyper run): {r['frontend_over_bare_hyper_median_of_rounds']}.", ""])
+        notes(r)
+    r = header("metrics-overhead")
+    if r:
+        out.extend([f"{r['tool']}, {r['status_runs']['duration_s']} s × {r['status_runs']['rounds']} round(s) per instance, "
+                    "order mirrored every round; two frontend instances side by side, one with `WHARF_METRICS=false`.",
+                    ""])
+        rows = r["status_runs"]["rows"] + [dict(row, name=f"{row['name']} {r['traces']['path']}")
+                                       for row in r["traces"]["runs"]["rows"]]
+        plot("metrics-overhead", "Instrumentation cost (frontend)", throughput_panels(rows))
+        out.extend(throughput_table(rows))
+        out.extend(["", f"`/_status` metrics on / off, median of the per-round ratios: "
+                        f"**{r['on_over_off_median_of_rounds']}** (cost {r['cost_pct']} %; best runs "
+                        f"{r['on_over_off_best_runs']}); server CPU per request (median of the runs, µs): "
+                        f"{', '.join(f'{k} {fmt(v)}' for k, v in r['cpu_us_per_request'].items())} ({r['cpu_cost_pct']} %). Through the app (`{r['traces']['path']}`), traces on "
+                        f"(every request sampled, OTLP/HTTP to an in-harness sink: {r['traces']['exports']} exports, "
+                        f"{fmt(r['traces']['exported_bytes'] / MB)} MB) / off: **{r['traces']['on_over_off_median_of_rounds']}** "
+                        f"(cost {r['traces']['cost_pct']} %); server CPU per request (µs): "
+                        f"{', '.join(f'{k} {fmt(v)}' for k, v in r['traces']['cpu_us_per_request'].items())} "
+                        f"({r['traces']['cpu_cost_pct']} %).", ""])
         notes(r)
     r = header("landing")
     if r:

@@ -22,7 +22,7 @@ use tokio::net::TcpStream;
 use tower::ServiceExt;
 use wharf_http::{body, Accepted, Acceptor, Body, ConnectInfo, ResponseBody, TlsInfo};
 
-use crate::runtime::{strip_port, Action, Current, Runtime};
+use crate::runtime::{strip_port, Action, Current, Location, Runtime};
 
 /// The configuration generation a connection was accepted under.
 #[derive(Clone)]
@@ -80,16 +80,48 @@ fn route(
     Box::pin(wharf_http::body::BoxedResponse::new(call))
 }
 
+/// The location of virtual host `vhost` that serves `path`.
+fn find_location<'a>(runtime: &'a Runtime, vhost: usize, path: &str) -> Option<&'a Location> {
+    runtime.vhosts[vhost]
+        .locations
+        .iter()
+        .find(|l| path.starts_with(&l.prefix) || path == l.prefix.trim_end_matches('/'))
+}
+
+/// What a request's server span records (tracing on): the `path` of the
+/// location that serves it as `http.route` (bounded by the configuration,
+/// never the raw path), and the scheme.
+pub(crate) fn request_facts(
+    current: &Current,
+    parts: &http::request::Parts,
+) -> wharf_telemetry::trace::RequestFacts {
+    let runtime = parts
+        .extensions
+        .get::<Snapshot>()
+        .map_or_else(|| current.get(), |s| Arc::clone(&s.0));
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str));
+    let vhost = runtime.vhost_index(host);
+    let route = find_location(&runtime, vhost, parts.uri.path())
+        .map_or_else(|| "other".to_owned(), |l| l.prefix.clone());
+    let scheme = if parts.extensions.get::<TlsInfo>().is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    wharf_telemetry::trace::RequestFacts::new(route).scheme(scheme)
+}
+
 /// Routes a request to its location's action.
 fn dispatch(runtime: Arc<Runtime>, request: Request<Body>) -> BoxFuture<Response<ResponseBody>> {
     let tls = request.extensions().get::<TlsInfo>().is_some();
     let host = host_of(&request);
     let vhost = runtime.vhost_index(host.as_deref());
     let path = request.uri().path().to_owned();
-    let location = runtime.vhosts[vhost]
-        .locations
-        .iter()
-        .find(|l| path.starts_with(&l.prefix) || path.as_str() == l.prefix.trim_end_matches('/'));
+    let location = find_location(&runtime, vhost, &path);
     // Futures are made here, outside any async block, so their types are
     // concrete (an async block over the proxy's generic call trips a rustc
     // higher-ranked lifetime limitation).
@@ -483,31 +515,50 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
         "gauge",
         runtime.generation,
     );
-    let _ = writeln!(out, "# HELP edge_upstream_up Whether an upstream server takes requests.\n# TYPE edge_upstream_up gauge");
-    let mut rows = String::new();
+    // One block per family (HELP, TYPE, then its samples): the exposition
+    // format wants a family's samples together.
+    let families: [(&str, &str, &str); 4] = [
+        (
+            "edge_upstream_up",
+            "gauge",
+            "Whether an upstream server takes requests.",
+        ),
+        (
+            "edge_upstream_requests_total",
+            "counter",
+            "Requests sent to an upstream server (attempts, retries included).",
+        ),
+        (
+            "edge_upstream_failures_total",
+            "counter",
+            "Upstream attempts that failed (connect error, timeout, gateway error).",
+        ),
+        (
+            "edge_upstream_active",
+            "gauge",
+            "Requests in flight to an upstream server.",
+        ),
+    ];
+    let mut rows: [String; 4] = Default::default();
     for proxy in &runtime.proxies {
         let upstream = proxy.upstream();
         for s in upstream.stats() {
             let labels = format!("upstream=\"{}\",server=\"{}\"", upstream.name(), s.addr);
-            let _ = writeln!(
-                out,
-                "edge_upstream_up{{{labels}}} {}",
-                u8::from(s.available)
-            );
-            let _ = writeln!(
-                rows,
-                "edge_upstream_requests_total{{{labels}}} {}",
-                s.requests
-            );
-            let _ = writeln!(
-                rows,
-                "edge_upstream_failures_total{{{labels}}} {}",
-                s.failures
-            );
-            let _ = writeln!(rows, "edge_upstream_active{{{labels}}} {}", s.active);
+            let values = [
+                u64::from(s.available),
+                s.requests,
+                s.failures,
+                u64::try_from(s.active).unwrap_or(u64::MAX),
+            ];
+            for ((row, (name, _, _)), value) in rows.iter_mut().zip(&families).zip(values) {
+                let _ = writeln!(row, "{name}{{{labels}}} {value}");
+            }
         }
     }
-    out.push_str(&rows);
+    for ((name, kind, help), row) in families.iter().zip(&rows) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        out.push_str(row);
+    }
     out.push_str(&expiries);
     out
 }

@@ -408,18 +408,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 5m, 1h, 1d"))?;
-    let secs = match unit {
+    let factor: u64 = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
-        "w" => n * 7 * 86_400,
-        "M" => n * 30 * 86_400,
-        "y" => n * 365 * 86_400,
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 7 * 86_400,
+        "M" => 30 * 86_400,
+        "y" => 365 * 86_400,
         _ => return Err(format!("invalid duration {text:?}: unknown unit {unit:?}")),
     };
-    Ok(Duration::from_secs(secs))
+    n.checked_mul(factor)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("invalid duration {text:?}: too long"))
 }
 
 /// Parses `10M`, `16k`, `1g`, or a number of bytes.
@@ -431,14 +433,15 @@ pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let n: u64 = number
         .parse()
         .map_err(|_| format!("invalid size {text:?}: expected e.g. 10M, 16k"))?;
-    let factor = match unit {
+    let factor: u64 = match unit {
         "" => 1,
         "k" | "K" => 1024,
         "m" | "M" => 1024 * 1024,
         "g" | "G" => 1024 * 1024 * 1024,
         _ => return Err(format!("invalid size {text:?}: unknown unit {unit:?}")),
     };
-    Ok(n * factor)
+    n.checked_mul(factor)
+        .ok_or_else(|| format!("invalid size {text:?}: too large"))
 }
 
 #[derive(Deserialize)]
@@ -505,8 +508,18 @@ pub(crate) fn load(path: Option<&Path>) -> Result<(EdgeConfig, Source), ConfigEr
         line: None,
         message: format!("cannot read: {e}"),
     })?;
+    parse(Some(path), text)
+}
+
+/// Parses the text of a configuration file read from `path` (the pure half
+/// of [`load`], which the property tests and the `edge_config` fuzz target
+/// call directly).
+pub(crate) fn parse(
+    path: Option<&Path>,
+    text: String,
+) -> Result<(EdgeConfig, Source), ConfigError> {
     let source = Source {
-        path: Some(path.to_owned()),
+        path: path.map(Path::to_owned),
         text,
     };
     let config: EdgeConfig = toml::from_str(&source.text).map_err(|e| {
@@ -575,6 +588,28 @@ pub(crate) fn development() -> EdgeConfig {
     }
 }
 
+/// What `edge` reads from the environment through wharf-config (so a mistake
+/// names its variable): tracing. Everything else is in the TOML file.
+#[derive(Debug, Clone, Default, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct EdgeEnv {
+    /// `WHARF_TRACING` and the `OTEL_*` variables.
+    pub(crate) tracing: wharf_telemetry::trace::TraceSection,
+}
+
+/// The variables of [`EdgeEnv`].
+pub(crate) fn env_vars() -> Vec<wharf_config::Var> {
+    wharf_telemetry::trace::TraceSection::vars("tracing")
+}
+
+/// Loads [`EdgeEnv`] from the process environment (no `.env` file).
+pub(crate) fn load_env() -> Result<EdgeEnv, wharf_config::ConfigError> {
+    wharf_config::Loader::new(env_vars())
+        .dotenv(None)
+        .load::<EdgeEnv>()
+        .map(|loaded| loaded.config)
+}
+
 /// Environment overrides, applied after the file: listener addresses and the
 /// servers of the first upstream.
 #[derive(Debug, Clone, Default)]
@@ -641,6 +676,9 @@ impl Overrides {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -654,6 +692,50 @@ mod tests {
         assert_eq!(parse_size("10M").unwrap(), 10 * 1024 * 1024);
         assert_eq!(parse_size("16k").unwrap(), 16 * 1024);
         assert!(parse_size("ten").is_err());
+    }
+
+    /// Found writing the property tests (config/props.rs): a duration or
+    /// size whose unit overflows u64 panicked (debug builds) or wrapped to a
+    /// small value (release builds) instead of being an error.
+    #[test]
+    fn overflowing_durations_and_sizes_are_errors() {
+        assert!(parse_duration("213503982334602d").is_err());
+        assert!(parse_duration("18446744073709551615m").is_err());
+        assert!(parse_size("18014398509481984k").is_err());
+        assert!(parse_size("17179869184G").is_err());
+        assert_eq!(
+            parse_duration("18446744073709551615s").unwrap(),
+            Duration::from_secs(u64::MAX)
+        );
+        assert_eq!(parse_size("17179869183G").unwrap(), 17_179_869_183 << 30);
+    }
+
+    /// docs/configuration.md documents every variable `edge` reads through
+    /// wharf-config.
+    #[test]
+    fn every_environment_variable_is_documented() {
+        let doc = include_str!("../../docs/configuration.md");
+        for var in env_vars() {
+            assert!(
+                doc.contains(&format!("| `{}` |", var.name())),
+                "{} is missing from docs/configuration.md",
+                var.name()
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_tracing_variable_is_named() {
+        let env = wharf_config::EnvMap::from_pairs([
+            ("WHARF_TRACING", "otlp"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2"),
+        ]);
+        let err = wharf_config::Loader::new(env_vars())
+            .env(env)
+            .dotenv(None)
+            .load::<EdgeEnv>()
+            .unwrap_err();
+        assert!(err.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{err}");
     }
 
     #[test]

@@ -144,6 +144,10 @@ fn check_config(path: Option<&std::path::Path>) -> ExitCode {
         Ok(loaded) => loaded,
         Err(error) => return config_exit(&error),
     };
+    if let Err(error) = config::load_env() {
+        eprintln!("edge: {error}");
+        return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+    }
     if !built.certificates.is_empty() {
         if let Err(error) = TlsConfig::load(&tls_settings(&config, built.certificates.clone())) {
             return config_exit(&ConfigError {
@@ -232,6 +236,18 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         eprintln!("edge: {error}");
         return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
     }
+    // Traces (WHARF_TRACING=otlp), flushed when `serve` returns.
+    let traces = match config::load_env()
+        .map_err(|error| error.to_string())
+        .and_then(|env| {
+            wharf_telemetry::trace::init(&env.tracing, "edge").map_err(|error| error.to_string())
+        }) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("edge: {error}");
+            return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -242,7 +258,10 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    runtime.block_on(run(path, config, built))
+    let code = runtime.block_on(run(path, config, built));
+    drop(runtime);
+    drop(traces);
+    code
 }
 
 /// Makes the development certificate when no file configures one.
@@ -401,6 +420,15 @@ fn spawn_listener(
     let app = EdgeApp {
         current: Arc::clone(current),
     };
+    // A server span per request when tracing is on (a pass-through when off);
+    // the proxy's client span is its child.
+    let facts_current = Arc::clone(current);
+    let app = tower::Layer::layer(
+        &wharf_telemetry::trace::ServerSpanLayer::new(move |parts: &http::request::Parts| {
+            app::request_facts(&facts_current, parts)
+        }),
+        app,
+    );
     let gzip = config.http.gzip;
     let min = config.http.gzip_min_length;
     let enabled = move |_: StatusCode, _: Version, _: &HeaderMap, _: &http::Extensions| gzip;

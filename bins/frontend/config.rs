@@ -27,6 +27,11 @@ pub(crate) struct FrontendConfig {
     pub(crate) metrics_token: Option<Secret<String>>,
     /// Rate limits on the document routes (Redis-backed when `REDIS_ENABLED`).
     pub(crate) ratelimit: wharf_ratelimit::RateLimitSection,
+    /// `WHARF_METRICS`: request metrics (default on; `false` only to measure
+    /// their cost, see bench `metrics-overhead`).
+    pub(crate) metrics: Option<bool>,
+    /// `WHARF_TRACING` and the `OTEL_*` variables: OTLP traces.
+    pub(crate) tracing: wharf_telemetry::trace::TraceSection,
 }
 
 /// The variables, in the order `frontend config` lists them.
@@ -60,6 +65,11 @@ pub(crate) fn vars() -> Vec<Var> {
             .secret()
             .help("bearer token for /metrics on the public port"),
     );
+    vars.push(
+        Var::new("WHARF_METRICS", "metrics", parse::boolean())
+            .help("keep request metrics (default true)"),
+    );
+    vars.extend(wharf_telemetry::trace::TraceSection::vars("tracing"));
     vars.extend(SupervisorSection::vars("supervisor"));
     vars.extend(wharf_download::DownloadSection::vars("download"));
     vars.extend(wharf_ratelimit::RateLimitSection::vars("ratelimit"));

@@ -219,6 +219,10 @@ async fn run(
     config: &FrontendConfig,
     app: DownloadApp,
 ) -> Result<(), ServeError> {
+    // Traces (WHARF_TRACING=otlp): one exporter per worker process, flushed
+    // when this function returns.
+    let _traces = wharf_telemetry::trace::init(&config.tracing, "frontend")
+        .map_err(|error| ServeError::Config(error.to_string()))?;
     let listeners: Vec<Listener> = ctx
         .take_listeners()
         .into_iter()
@@ -251,16 +255,27 @@ async fn run(
     // Metrics: this worker's requests (every route, health checks included)
     // and the limiter's, sent to the master, which serves one scrape for the
     // whole instance; `/metrics` on this port too when a token is set.
-    let http_metrics = Arc::new(HttpMetrics::new());
-    let rendered = Arc::clone(&http_metrics);
-    let limiter_metrics = limit.limiter().clone();
-    ctx.set_metrics_source(Arc::new(move || {
-        let mut text = rendered.render();
-        text.push_str(&limiter_metrics.metrics().render_prometheus());
-        text
-    }));
+    // `WHARF_METRICS=false` leaves them out (to measure what they cost).
+    let metrics_on = config.metrics != Some(false);
+    let http_metrics = metrics_on.then(|| Arc::new(HttpMetrics::new()));
+    if let Some(rendered) = http_metrics.clone() {
+        let limiter_metrics = limit.limiter().clone();
+        ctx.set_metrics_source(Arc::new(move || {
+            let mut text = rendered.render();
+            text.push_str(&limiter_metrics.metrics().render_prometheus());
+            text
+        }));
+    }
     let app =
         metrics::PublicMetrics::new(app, config.metrics_token.clone(), ctx.instance_metrics());
+    // A server span per request when tracing is on (a pass-through when off),
+    // named by route template.
+    let app = tower::Layer::layer(
+        &wharf_telemetry::trace::ServerSpanLayer::new(|parts: &http::request::Parts| {
+            wharf_telemetry::trace::RequestFacts::new(metrics::route_template(parts.uri.path()))
+        }),
+        app,
+    );
     let mut server_config = server_config(&config.server);
     server_config.access_log = config.log.access_log;
     let shutdown = ctx.shutdown_signal();
@@ -268,11 +283,13 @@ async fn run(
     // `WHARF_MAX_REQUESTS`), health checks included.
     let stats = ctx.stats();
     let hook: RequestHook = Arc::new(move || Box::new(stats.start_request()));
-    let serving = Server::new(server_config)
+    let mut server = Server::new(server_config)
         .with_health(health)
-        .with_request_hook(hook)
-        .with_observer(metrics::observer(http_metrics))
-        .serve(listeners, app, shutdown);
+        .with_request_hook(hook);
+    if let Some(http_metrics) = http_metrics {
+        server = server.with_observer(metrics::observer(http_metrics));
+    }
+    let serving = server.serve(listeners, app, shutdown);
     if let Some(local) = local {
         let host = if local.ip().is_unspecified() {
             "127.0.0.1".to_owned()

@@ -22,8 +22,19 @@ pub(crate) const METRICS_PATH: &str = "/metrics";
 /// The route template a path matches: never the raw path, so a scanner cannot
 /// create unbounded series.
 pub(crate) fn route_template(path: &str) -> &'static str {
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
+    // The first six segments, without allocating (every request comes here).
+    // Longer paths keep only those: every exact pattern below is shorter, so
+    // it cannot match a truncated path either, as with the whole list.
+    let mut segments = [""; 6];
+    let mut count = 0;
+    for (slot, segment) in segments
+        .iter_mut()
+        .zip(path.trim_start_matches('/').split('/'))
+    {
+        *slot = segment;
+        count += 1;
+    }
+    match &segments[..count] {
         ["_status"] => "/_status",
         ["health", "live"] => "/health/live",
         ["health", "ready"] => "/health/ready",
@@ -158,5 +169,12 @@ mod tests {
         );
         assert_eq!(route_template("/wp-admin/install.php"), "other");
         assert_eq!(route_template("/d/a/b/c/d/e"), "other");
+        assert_eq!(route_template("/d/a/b/c/d/e/f/g"), "other");
+        assert_eq!(
+            route_template("/static/a/b/c/d/e/f/g.css"),
+            "/static/{asset}"
+        );
+        assert_eq!(route_template("/"), "other");
+        assert_eq!(route_template(""), "other");
     }
 }

@@ -1241,7 +1241,7 @@ fn compose_follows_the_seed_and_references_files_that_exist() {
             serde_json::json!(["monitoring"])
         );
     }
-    let prometheus = yaml("deploy/prometheus/prometheus.yml");
+    let prometheus = yaml("deploy/observability/prometheus/prometheus.yml");
     let scrape_port = |job: &str| {
         prometheus["scrape_configs"]
             .as_array()
@@ -1261,7 +1261,7 @@ fn compose_follows_the_seed_and_references_files_that_exist() {
         scrape_port("edge"),
         admin_port(edge_toml["admin"]["address"].as_str().unwrap())
     );
-    let providers = yaml("deploy/grafana/provisioning/dashboards/wharf.yml");
+    let providers = yaml("deploy/observability/grafana/provisioning/dashboards/wharf.yml");
     let dashboards_path = providers["providers"][0]["options"]["path"]
         .as_str()
         .unwrap();
@@ -1269,11 +1269,12 @@ fn compose_follows_the_seed_and_references_files_that_exist() {
         .as_array()
         .unwrap()
         .iter()
-        .any(|v| v.as_str().unwrap() == format!("./grafana/dashboards:{dashboards_path}:ro")));
-    let datasource = yaml("deploy/grafana/provisioning/datasources/prometheus.yml");
+        .any(|v| v.as_str().unwrap()
+            == format!("./observability/grafana/dashboards:{dashboards_path}:ro")));
+    let datasource = yaml("deploy/observability/grafana/provisioning/datasources/prometheus.yml");
     let uid = datasource["datasources"][0]["uid"].as_str().unwrap();
     let dashboard: Value =
-        serde_json::from_str(&read("deploy/grafana/dashboards/wharf.json")).unwrap();
+        serde_json::from_str(&read("deploy/observability/grafana/dashboards/wharf.json")).unwrap();
     for panel in dashboard["panels"]
         .as_array()
         .unwrap()
@@ -1355,7 +1356,7 @@ fn metric_names(expr: &str) -> BTreeSet<String> {
 #[test]
 fn alerts_and_dashboard_use_only_metrics_the_binaries_export() {
     let mut used = BTreeSet::new();
-    let alerts = yaml("deploy/prometheus/alerts.yml");
+    let alerts = yaml("deploy/observability/prometheus/alerts.yml");
     for group in alerts["groups"].as_array().unwrap() {
         for rule in group["rules"].as_array().unwrap() {
             assert!(rule["alert"].is_string() && rule["expr"].is_string());
@@ -1363,7 +1364,7 @@ fn alerts_and_dashboard_use_only_metrics_the_binaries_export() {
         }
     }
     let dashboard: Value =
-        serde_json::from_str(&read("deploy/grafana/dashboards/wharf.json")).unwrap();
+        serde_json::from_str(&read("deploy/observability/grafana/dashboards/wharf.json")).unwrap();
     for panel in dashboard["panels"].as_array().unwrap() {
         for target in panel["targets"].as_array().into_iter().flatten() {
             used.extend(metric_names(target["expr"].as_str().unwrap()));

@@ -21,3 +21,4 @@ mod reliability;
 mod supervisor;
 mod support;
 mod telemetry;
+mod traces;

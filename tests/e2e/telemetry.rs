@@ -101,26 +101,7 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
         "{text}"
     );
     if let Some(promtool) = which("promtool") {
-        let mut child = Command::new(promtool)
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "promtool check metrics: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        promtool_check_metrics(&promtool, &text);
     } else {
         eprintln!("SKIPPED promtool check: promtool not installed (.ci/run installs prometheus)");
     }
@@ -134,6 +115,75 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
         status(frontend.addr());
     }
     wait_for_value(admin, STATUS_SERIES, 50.0);
+}
+
+/// `promtool check metrics` (lint included) passes on `text`.
+fn promtool_check_metrics(promtool: &str, text: &str) {
+    let mut child = Command::new(promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// edge's admin `/metrics`, after traffic over plain HTTP and TLS to a real
+/// `frontend` (so the TLS, certificate and per-upstream series all exist),
+/// passes `promtool check metrics`.
+#[test]
+fn an_edge_scrape_passes_promtool() {
+    let Some(promtool) = which("promtool") else {
+        eprintln!("SKIPPED: promtool not installed (.ci/run installs prometheus)");
+        return;
+    };
+    let upstream = crate::reliability::frontend(&[]);
+    let edge = crate::reliability::Edge::start(&crate::reliability::EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", upstream.addr()),
+        tls: true,
+        ..crate::reliability::EdgeSpec::default()
+    });
+    let tls = edge.tls_addr();
+    let plain = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{}/_status", edge.addr()),
+    ]);
+    assert_eq!(plain.1, "200");
+    let secure = curl(&[
+        "-k",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--resolve",
+        &format!("localhost:{}:127.0.0.1", tls.port()),
+        &format!("https://localhost:{}/_status", tls.port()),
+    ]);
+    assert_eq!(secure.1, "200");
+    let text = scrape(edge.admin);
+    for family in [
+        "edge_upstream_up",
+        "edge_tls_certificate_expiry_timestamp_seconds",
+    ] {
+        assert!(text.contains(family), "no {family}:\n{text}");
+    }
+    promtool_check_metrics(&promtool, &text);
 }
 
 #[test]
@@ -281,7 +331,10 @@ fn alert_rules_are_valid_and_every_alert_passes_its_unit_test() {
         eprintln!("SKIPPED: promtool not installed (.ci/run installs prometheus)");
         return;
     };
-    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus");
+    let dir = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/observability/prometheus"
+    );
     let check = Command::new(&promtool)
         .args(["check", "rules", "alerts.yml"])
         .current_dir(dir)

@@ -260,10 +260,26 @@ impl Upstream {
     }
 
     /// Sends `request` and reads the whole (small) response within the request timeout.
+    ///
+    /// With tracing on, the call is a client span, child of the request being
+    /// served, and its `traceparent` replaces the one [`TraceHeaders`] set.
     pub(crate) async fn send(
         &self,
-        request: Request<Full<Bytes>>,
+        mut request: Request<Full<Bytes>>,
     ) -> Result<Answer, UpstreamError> {
+        let span = wharf_telemetry::trace::ClientSpan::start(request.method(), request.uri());
+        span.inject(request.headers_mut());
+        let result = self.exchange(request).await;
+        match &result {
+            Ok(answer) => span.set_status(answer.status),
+            Err(UpstreamError::Timeout) => span.set_error("timeout"),
+            Err(UpstreamError::Unreachable(_)) => span.set_error("unreachable"),
+            Err(UpstreamError::Invalid(_)) => span.set_error("invalid_response"),
+        }
+        result
+    }
+
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> Result<Answer, UpstreamError> {
         let call = async {
             let response = self.client.request(request).await.map_err(|error| {
                 let timed_out = wharf_http::is_timeout(&error);
@@ -299,7 +315,8 @@ fn source_chain(error: &dyn std::error::Error) -> String {
 
 /// The trace headers a request carries to the APIs: the `X-B3-*` set as the old
 /// service propagated it (trace id kept, this hop's span the parent of a new
-/// span) and W3C `traceparent` in the same trace.
+/// span) and W3C `traceparent` in the same trace. With tracing on,
+/// [`Upstream::send`] replaces `traceparent` with its client span's.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TraceHeaders(Vec<(HeaderName, HeaderValue)>);
 

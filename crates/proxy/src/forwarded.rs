@@ -2,78 +2,17 @@
 //! (`set_real_ip_from`), the real client IP, `X-Forwarded-*`, `X-Real-IP`,
 //! and hop-by-hop header removal.
 
-use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-
-/// An IP network such as `10.0.0.0/8` or `::1/128` (a bare address is a
-/// single-host network).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-/// A network that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid network {0:?}: expected an address or address/prefix")]
-pub struct IpNetError(String);
-
-impl FromStr for IpNet {
-    type Err = IpNetError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || IpNetError(s.to_owned());
-        let (addr, prefix) = match s.split_once('/') {
-            Some((a, p)) => (a, Some(p)),
-            None => (s, None),
-        };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| err())?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.trim().parse::<u8>().map_err(|_| err())?,
-            None => max,
-        };
-        if prefix > max {
-            return Err(err());
-        }
-        Ok(Self { addr, prefix })
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
+/// An IP network (`10.0.0.0/8`, `::1`): wharf-http's, shared with wharf-ratelimit.
+pub use wharf_http::{IpNet, IpNetError};
 
 fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         IpAddr::V4(_) => ip,
-    }
-}
-
-impl IpNet {
-    /// Whether `ip` is in this network (IPv4-mapped IPv6 counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.addr, canonical(ip)) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
     }
 }
 
@@ -258,5 +197,208 @@ mod tests {
         remove_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
+    }
+}
+
+/// Property tests (docs/reliability.md, "Fuzzing and property tests").
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(
+            ["10.0.0.0/8", "2001:db8::/32", "127.0.0.1"]
+                .iter()
+                .map(|n| n.parse().unwrap())
+                .collect(),
+        )
+    }
+
+    /// Addresses from a few pools, so trusted and untrusted ones mix.
+    fn any_ip() -> impl Strategy<Value = IpAddr> {
+        prop_oneof![
+            any::<u8>().prop_map(|b| IpAddr::from([10, 0, 0, b])),
+            any::<u8>().prop_map(|b| IpAddr::from([198, 51, 100, b])),
+            Just(IpAddr::from([127, 0, 0, 1])),
+            any::<u16>().prop_map(|s| IpAddr::from([0x2001, 0xdb8, 0, 0, 0, 0, 0, s])),
+            any::<u16>().prop_map(|s| IpAddr::from([0x2001, 0xdb9, 0, 0, 0, 0, 0, s])),
+            // IPv4-mapped: a trusted proxy seen through a dual-stack socket.
+            any::<u8>()
+                .prop_map(|b| IpAddr::V6(std::net::Ipv4Addr::new(10, 0, 0, b).to_ipv6_mapped())),
+            any::<IpAddr>(),
+        ]
+    }
+
+    /// One `X-Forwarded-For` entry: an address, or something that is not one.
+    fn entry() -> impl Strategy<Value = String> {
+        prop_oneof![
+            4 => any_ip().prop_map(|ip| ip.to_string()),
+            1 => prop::sample::select(vec!["unknown", "", "1.2.3.4:80", "[::1]", "_hidden", "10.0.0.1/8"])
+                .prop_map(str::to_owned),
+            1 => "[ -~]{0,10}",
+        ]
+    }
+
+    /// `X-Forwarded-For` header lines (comma-separated entries, odd spacing),
+    /// sometimes with bytes that are not visible ASCII.
+    fn xff_lines() -> impl Strategy<Value = Vec<HeaderValue>> {
+        let line = (
+            prop::collection::vec(entry(), 0..5),
+            "[ ]{0,2}",
+            any::<bool>(),
+        )
+            .prop_map(|(entries, pad, obs_text)| {
+                let mut text = entries.join(&format!("{pad},{pad}")).into_bytes();
+                if obs_text {
+                    text.push(0xe9);
+                }
+                HeaderValue::from_bytes(&text).unwrap_or(HeaderValue::from_static("junk"))
+            });
+        prop::collection::vec(line, 0..4)
+    }
+
+    fn headers(lines: &[HeaderValue]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(X_FORWARDED_FOR, line.clone());
+        }
+        headers
+    }
+
+    /// Every entry of the header lines a proxy reads, in order: the text
+    /// lines split on commas (lines that are not text are not read).
+    fn entries(lines: &[HeaderValue]) -> Vec<Option<IpAddr>> {
+        lines
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|e| e.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
+            .collect()
+    }
+
+    /// The model of nginx `real_ip_recursive on`, written differently: take
+    /// the longest run of parsable trusted entries at the right end; the
+    /// client is the entry just left of it if that one parses (it is then
+    /// untrusted), else the leftmost of the run, else the peer.
+    fn model(trusted: &TrustedProxies, peer: IpAddr, lines: &[HeaderValue]) -> IpAddr {
+        let peer = peer.to_canonical();
+        if !trusted.contains(peer) {
+            return peer;
+        }
+        let entries = entries(lines);
+        let run = entries
+            .iter()
+            .rev()
+            .take_while(|e| e.is_some_and(|ip| trusted.contains(ip)))
+            .count();
+        let left = entries.len() - run;
+        match (left.checked_sub(1).and_then(|i| entries[i]), run) {
+            (Some(untrusted), _) => untrusted,
+            (None, 0) => peer,
+            (None, _) => entries[left].unwrap(),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn the_client_ip_matches_the_model(peer in any_ip(), lines in xff_lines()) {
+            let trusted = trusted();
+            let got = trusted.client_ip(peer, &headers(&lines));
+            prop_assert_eq!(got, model(&trusted, peer, &lines));
+            // It is always the peer or one of the entries.
+            prop_assert!(got == peer.to_canonical() || entries(&lines).contains(&Some(got)));
+        }
+
+        /// A peer that is not trusted is the client, whatever it sends.
+        #[test]
+        fn an_untrusted_peer_cannot_claim_an_address(lines in xff_lines(), last in any::<u8>()) {
+            let peer = IpAddr::from([198, 51, 100, last]);
+            prop_assert_eq!(trusted().client_ip(peer, &headers(&lines)), peer);
+        }
+
+        /// When some entry is untrusted and every entry right of it is a
+        /// trusted proxy, that entry is the client: a trusted proxy is never
+        /// taken for the client while an untrusted hop is reachable.
+        #[test]
+        fn a_trusted_proxy_is_never_the_client_when_a_hop_is_reachable(
+            client in any::<u8>(),
+            hops in prop::collection::vec(any::<u8>(), 0..4),
+            peer in any::<u8>(),
+            before in xff_lines(),
+        ) {
+            let mut lines = before;
+            let chain: Vec<String> = std::iter::once(format!("198.51.100.{client}"))
+                .chain(hops.iter().map(|h| format!("10.1.0.{h}")))
+                .collect();
+            lines.push(HeaderValue::from_str(&chain.join(", ")).unwrap());
+            let got = trusted().client_ip(IpAddr::from([10, 2, 0, peer]), &headers(&lines));
+            prop_assert_eq!(got, IpAddr::from([198, 51, 100, client]));
+            prop_assert!(!trusted().contains(got));
+        }
+
+        /// What goes upstream: from an untrusted peer every forwarding header
+        /// is replaced (the client cannot smuggle one through); from a trusted
+        /// one the peer is appended to its `X-Forwarded-For`.
+        #[test]
+        fn forwarding_headers_cannot_be_spoofed(
+            peer in any_ip(),
+            client in any_ip(),
+            lines in xff_lines(),
+            proto in proptest::option::of("[a-z]{0,6}"),
+            https in any::<bool>(),
+        ) {
+            let trusted = trusted();
+            let peer_trusted = trusted.contains(peer);
+            let mut h = headers(&lines);
+            if let Some(proto) = &proto {
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_str(proto).unwrap());
+            }
+            h.insert(X_FORWARDED_HOST, HeaderValue::from_static("spoofed.example"));
+            let host = HeaderValue::from_static("real.example");
+            set_forwarded(&mut h, peer, peer_trusted, client, if https { "https" } else { "http" }, Some(&host));
+            let xff: Vec<&str> = h.get_all(X_FORWARDED_FOR).iter().map(|v| v.to_str().unwrap()).collect();
+            let peer_text = peer.to_canonical().to_string();
+            prop_assert_eq!(xff.len(), 1);
+            prop_assert_eq!(h.get(X_REAL_IP).unwrap().to_str().unwrap(), client.to_string());
+            if peer_trusted {
+                let previous: Vec<&str> = lines.iter().filter_map(|v| v.to_str().ok()).collect();
+                let want = previous.iter().copied().chain([peer_text.as_str()]).collect::<Vec<_>>().join(", ");
+                prop_assert_eq!(xff[0], want);
+            } else {
+                prop_assert_eq!(xff[0], peer_text);
+                prop_assert_eq!(h.get(X_FORWARDED_HOST).unwrap(), &host);
+                let scheme = if https { "https" } else { "http" };
+                prop_assert_eq!(h.get(X_FORWARDED_PROTO).unwrap().to_str().unwrap(), scheme);
+            }
+        }
+
+        /// No hop-by-hop header survives, nor one that `Connection` names;
+        /// every other header does.
+        #[test]
+        fn hop_by_hop_headers_never_pass(
+            named in prop::collection::vec("[a-z][a-z-]{0,8}", 0..4),
+            others in prop::collection::vec("x-[a-z]{1,6}", 0..4),
+            hop in prop::collection::vec(0usize..HOP_BY_HOP.len(), 0..4),
+        ) {
+            let mut h = HeaderMap::new();
+            h.append(header::CONNECTION, HeaderValue::from_str(&named.join(", ")).unwrap());
+            for name in named.iter().chain(&others) {
+                h.append(HeaderName::from_str(name).unwrap(), HeaderValue::from_static("v"));
+            }
+            for i in hop {
+                h.append(HOP_BY_HOP[i].clone(), HeaderValue::from_static("v"));
+            }
+            remove_hop_by_hop(&mut h);
+            for name in &HOP_BY_HOP {
+                prop_assert!(!h.contains_key(name));
+            }
+            for name in &named {
+                prop_assert!(!h.contains_key(name.as_str()));
+            }
+            for name in others.iter().filter(|o| !named.contains(o)) {
+                prop_assert!(h.contains_key(name.as_str()));
+            }
+        }
     }
 }

@@ -368,9 +368,20 @@ impl ProxyInner {
             *attempt.uri_mut() = uri;
             *attempt.version_mut() = Version::HTTP_11;
             *attempt.headers_mut() = parts.headers.clone();
+            // With tracing on: a client span per attempt, and its
+            // `traceparent` replaces the client's (which is passed on as is
+            // when tracing is off).
+            let span = wharf_telemetry::trace::ClientSpan::start(&parts.method, attempt.uri());
+            span.inject(attempt.headers_mut());
             let guard = ActiveGuard::new(upstream, index);
             let wait = settings.connect_timeout + settings.send_timeout + settings.read_timeout;
             let result = tokio::time::timeout(wait, self.client.request(attempt)).await;
+            match &result {
+                Ok(Ok(response)) => span.set_status(response.status()),
+                Ok(Err(_)) => span.set_error("upstream_error"),
+                Err(_) => span.set_error("timeout"),
+            }
+            drop(span);
             let retryable = idempotent && body.can_resend();
             match result {
                 Ok(Ok(response)) => {

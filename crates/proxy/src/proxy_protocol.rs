@@ -32,41 +32,100 @@ pub enum ProxyProtocolError {
     Invalid(&'static str),
 }
 
-/// Reads one PROXY protocol header (v1 or v2) and returns the client address
-/// it carries; `None` for `UNKNOWN`/`LOCAL` (a health check of the balancer).
-/// Reads exactly the header's bytes, nothing after it.
-pub async fn read_header<S: AsyncRead + Unpin>(
-    stream: &mut S,
-) -> Result<Option<SocketAddr>, ProxyProtocolError> {
-    let mut start = [0u8; 8];
-    stream.read_exact(&mut start).await?;
-    if start == V2_SIGNATURE[..8] {
-        read_v2(stream, start).await
-    } else if &start[..6] == b"PROXY " {
-        read_v1(stream, start).await
-    } else {
-        Err(ProxyProtocolError::Invalid("no PROXY signature"))
-    }
+/// What [`parse_header`] found at the start of a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole header: the first `len` bytes of the buffer. `client` is the
+    /// source address it carries, `None` for `UNKNOWN`/`LOCAL`/unspecified
+    /// (a health check of the balancer).
+    Header {
+        /// The client's address.
+        client: Option<SocketAddr>,
+        /// The header's length in bytes; the client's own bytes follow it.
+        len: usize,
+    },
+    /// The buffer is the start of a header: read `needed` more bytes (never
+    /// more than the rest of the header) and parse again.
+    Incomplete {
+        /// At least 1.
+        needed: usize,
+    },
 }
 
-async fn read_v1<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    start: [u8; 8],
-) -> Result<Option<SocketAddr>, ProxyProtocolError> {
-    let mut line = start.to_vec();
-    while !line.ends_with(b"\r\n") {
-        if line.len() >= V1_MAX {
-            return Err(ProxyProtocolError::Invalid("v1 header too long"));
-        }
-        line.push(stream.read_u8().await?);
-    }
-    let text = std::str::from_utf8(&line[..line.len() - 2])
-        .map_err(|_| ProxyProtocolError::Invalid("v1 header is not text"))?;
-    parse_v1(text)
-}
-
-fn parse_v1(text: &str) -> Result<Option<SocketAddr>, ProxyProtocolError> {
+/// Parses the PROXY protocol header (v1 text or v2 binary) at the start of
+/// `buf` without reading anything: the whole header, an
+/// [`Incomplete`](Parsed::Incomplete) start of one, or an error as soon as
+/// the bytes cannot begin a header. Bytes after the header are not looked at.
+///
+/// v1 is `PROXY TCP4|TCP6 <src> <dst> <sport> <dport>\r\n` (addresses of the
+/// named family, ports 0–65535 in decimal digits) or `PROXY UNKNOWN…\r\n`,
+/// 107 bytes at most. v2 is the 12-byte signature, version 2, command LOCAL
+/// or PROXY, family UNSPEC, TCP over IPv4 or TCP over IPv6, and a length;
+/// TLVs after the addresses are skipped.
+///
+/// ```
+/// use wharf_proxy::proxy_protocol::{parse_header, Parsed};
+/// let input = b"PROXY TCP4 203.0.113.7 10.0.0.1 51234 443\r\nGET / HTTP/1.1\r\n";
+/// assert_eq!(
+///     parse_header(input).unwrap(),
+///     Parsed::Header { client: Some("203.0.113.7:51234".parse().unwrap()), len: 43 },
+/// );
+/// assert_eq!(parse_header(b"PROXY TC").unwrap(), Parsed::Incomplete { needed: 1 });
+/// assert!(parse_header(b"GET / HTTP/1.1\r\n").is_err());
+/// ```
+pub fn parse_header(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
     let invalid = ProxyProtocolError::Invalid;
+    if buf.len() < START {
+        let v1 = b"PROXY ".starts_with(&buf[..buf.len().min(6)]);
+        let v2 = V2_SIGNATURE.starts_with(buf);
+        return if v1 || v2 {
+            Ok(Parsed::Incomplete {
+                needed: START - buf.len(),
+            })
+        } else {
+            Err(invalid("no PROXY signature"))
+        };
+    }
+    if buf[..START] == V2_SIGNATURE[..START] {
+        parse_v2(buf)
+    } else if buf.starts_with(b"PROXY ") {
+        parse_v1(buf)
+    } else {
+        Err(invalid("no PROXY signature"))
+    }
+}
+
+/// Bytes read before the version is known: no valid header is shorter.
+const START: usize = 8;
+/// The fixed part of a v2 header: signature, version/command, family, length.
+const V2_FIXED: usize = 16;
+
+fn parse_v1(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
+    let invalid = ProxyProtocolError::Invalid;
+    let window = &buf[..buf.len().min(V1_MAX)];
+    let Some(end) = window.windows(2).position(|w| w == b"\r\n") else {
+        return if buf.len() >= V1_MAX {
+            Err(invalid("v1 header too long"))
+        } else {
+            Ok(Parsed::Incomplete { needed: 1 })
+        };
+    };
+    let text = std::str::from_utf8(&buf[..end]).map_err(|_| invalid("v1 header is not text"))?;
+    let client = parse_v1_line(text)?;
+    Ok(Parsed::Header {
+        client,
+        len: end + 2,
+    })
+}
+
+fn parse_v1_line(text: &str) -> Result<Option<SocketAddr>, ProxyProtocolError> {
+    let invalid = ProxyProtocolError::Invalid;
+    let port = |field: Option<&str>, what| {
+        field
+            .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|s| s.parse::<u16>().ok())
+            .ok_or(invalid(what))
+    };
     let mut fields = text.split(' ');
     if fields.next() != Some("PROXY") {
         return Err(invalid("v1 header must start with PROXY"));
@@ -74,73 +133,90 @@ fn parse_v1(text: &str) -> Result<Option<SocketAddr>, ProxyProtocolError> {
     match fields.next() {
         Some("UNKNOWN") => Ok(None),
         Some(family @ ("TCP4" | "TCP6")) => {
-            let src: IpAddr = fields
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or(invalid("v1 source address"))?;
-            let _dst: IpAddr = fields
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or(invalid("v1 destination address"))?;
-            let port: u16 = fields
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or(invalid("v1 source port"))?;
-            let _dport: u16 = fields
-                .next()
-                .and_then(|s| s.parse().ok())
-                .ok_or(invalid("v1 destination port"))?;
-            if fields.next().is_some() || (family == "TCP4") != src.is_ipv4() {
+            let v4 = family == "TCP4";
+            let address = |field: Option<&str>, what| {
+                field
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .filter(|ip| ip.is_ipv4() == v4)
+                    .ok_or(invalid(what))
+            };
+            let src = address(fields.next(), "v1 source address")?;
+            address(fields.next(), "v1 destination address")?;
+            let sport = port(fields.next(), "v1 source port")?;
+            port(fields.next(), "v1 destination port")?;
+            if fields.next().is_some() {
                 return Err(invalid("v1 header fields"));
             }
-            Ok(Some(SocketAddr::new(src, port)))
+            Ok(Some(SocketAddr::new(src, sport)))
         }
         _ => Err(invalid("v1 protocol family")),
     }
 }
 
-async fn read_v2<S: AsyncRead + Unpin>(
-    stream: &mut S,
-    start: [u8; 8],
-) -> Result<Option<SocketAddr>, ProxyProtocolError> {
-    let mut rest = [0u8; 8];
-    stream.read_exact(&mut rest).await?;
-    if rest[..4] != V2_SIGNATURE[8..] {
-        return Err(ProxyProtocolError::Invalid("v2 signature"));
+fn parse_v2(buf: &[u8]) -> Result<Parsed, ProxyProtocolError> {
+    let invalid = ProxyProtocolError::Invalid;
+    if buf.len() < V2_FIXED {
+        return Ok(Parsed::Incomplete {
+            needed: V2_FIXED - buf.len(),
+        });
     }
-    let _ = start;
-    let version_command = rest[4];
-    let family = rest[5];
-    let len = usize::from(u16::from_be_bytes([rest[6], rest[7]]));
-    let mut payload = vec![0u8; len];
-    stream.read_exact(&mut payload).await?;
+    if buf[START..12] != V2_SIGNATURE[START..] {
+        return Err(invalid("v2 signature"));
+    }
+    let version_command = buf[12];
+    let family = buf[13];
+    let len = V2_FIXED + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
     if version_command >> 4 != 2 {
-        return Err(ProxyProtocolError::Invalid("v2 version"));
+        return Err(invalid("v2 version"));
     }
-    match version_command & 0x0f {
-        0 => return Ok(None), // LOCAL
-        1 => {}
-        _ => return Err(ProxyProtocolError::Invalid("v2 command")),
-    }
-    match family {
+    let local = match version_command & 0x0f {
+        0 => true,
+        1 => false,
+        _ => return Err(invalid("v2 command")),
+    };
+    let Some(payload) = buf.get(V2_FIXED..len) else {
+        return Ok(Parsed::Incomplete {
+            needed: len - buf.len(),
+        });
+    };
+    let client = match family {
+        _ if local => None,
         // TCP over IPv4: src(4) dst(4) sport(2) dport(2)
-        0x11 if len >= 12 => {
+        0x11 if payload.len() >= 12 => {
             let ip = Ipv4Addr::new(payload[0], payload[1], payload[2], payload[3]);
             let port = u16::from_be_bytes([payload[8], payload[9]]);
-            Ok(Some(SocketAddr::new(IpAddr::V4(ip), port)))
+            Some(SocketAddr::new(IpAddr::V4(ip), port))
         }
         // TCP over IPv6: src(16) dst(16) sport(2) dport(2)
-        0x21 if len >= 36 => {
+        0x21 if payload.len() >= 36 => {
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&payload[..16]);
             let port = u16::from_be_bytes([payload[32], payload[33]]);
-            Ok(Some(SocketAddr::new(
-                IpAddr::V6(Ipv6Addr::from(octets)),
-                port,
-            )))
+            Some(SocketAddr::new(IpAddr::V6(Ipv6Addr::from(octets)), port))
         }
-        0x00 => Ok(None),
-        _ => Err(ProxyProtocolError::Invalid("v2 address family")),
+        0x00 => None,
+        _ => return Err(invalid("v2 address family")),
+    };
+    Ok(Parsed::Header { client, len })
+}
+
+/// Reads one PROXY protocol header (v1 or v2) and returns the client address
+/// it carries; `None` for `UNKNOWN`/`LOCAL` (a health check of the balancer).
+/// Reads exactly the header's bytes, nothing after it (it parses with
+/// [`parse_header`], reading only the bytes that asks for).
+pub async fn read_header<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> Result<Option<SocketAddr>, ProxyProtocolError> {
+    let mut buf = Vec::with_capacity(V1_MAX);
+    loop {
+        match parse_header(&buf)? {
+            Parsed::Header { client, .. } => return Ok(client),
+            Parsed::Incomplete { needed } => {
+                let start = buf.len();
+                buf.resize(start + needed, 0);
+                stream.read_exact(&mut buf[start..]).await?;
+            }
+        }
     }
 }
 

@@ -3,11 +3,13 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::str::FromStr;
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::HeaderName;
+/// An address range (`10.0.0.0/8`, `2001:db8::/32`, one address): wharf-http's,
+/// shared with wharf-proxy so `set_real_ip_from` reads the same in both.
+pub use wharf_http::{IpNet, IpNetError};
 
 /// A function computing a key from the request head; `None` means "do not
 /// limit this request in this zone" (as nginx does for an empty key).
@@ -59,61 +61,6 @@ impl fmt::Debug for KeySource {
             Self::Global => f.write_str("Global"),
             Self::Custom(_) => f.write_str("Custom(..)"),
         }
-    }
-}
-
-/// An address range such as `10.0.0.0/8`, `2001:db8::/32` or a single address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    /// The range of `addr` with `prefix` bits fixed (capped at 32 or 128).
-    pub fn new(addr: IpAddr, prefix: u8) -> Self {
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.min(max);
-        Self {
-            addr: mask(addr, prefix),
-            prefix,
-        }
-    }
-
-    /// Whether `ip` is in the range (an IPv4-mapped IPv6 address counts as IPv4).
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = canonical(ip);
-        ip.is_ipv4() == self.addr.is_ipv4() && mask(ip, self.prefix) == self.addr
-    }
-}
-
-impl fmt::Display for IpNet {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// Why an address range did not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("expected an IP address or range like 10.0.0.0/8 or 2001:db8::/32, got {0:?}")]
-pub struct IpNetError(String);
-
-impl FromStr for IpNet {
-    type Err = IpNetError;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        let bad = || IpNetError(text.to_owned());
-        let (addr, prefix) = match text.trim().split_once('/') {
-            Some((addr, prefix)) => (addr, Some(prefix)),
-            None => (text.trim(), None),
-        };
-        let addr = canonical(addr.parse::<IpAddr>().map_err(|_| bad())?);
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = match prefix {
-            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
-            None => max,
-        };
-        Ok(Self::new(addr, prefix))
     }
 }
 

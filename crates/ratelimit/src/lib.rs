@@ -89,4 +89,6 @@ pub mod scripts {
 }
 
 #[cfg(test)]
+mod props;
+#[cfg(test)]
 mod tests;

@@ -10,7 +10,10 @@
 //! and sums them over worker processes ([`metrics::Aggregator`]) so a
 //! supervisor serves one Prometheus scrape per instance.
 //!
-//! **What it is not for (yet):** traces (OTLP export is not built yet).
+//! And it carries distributed traces ([`trace`]): OTLP/HTTP export behind
+//! configuration (off by default), a server span per request continuing the
+//! incoming W3C `traceparent`, and client spans whose `traceparent` goes on
+//! to the next hop.
 //!
 //! ```
 //! use wharf_telemetry::{init, LogFormat, LogSettings};
@@ -24,6 +27,7 @@
 #![forbid(unsafe_code)]
 
 pub mod metrics;
+pub mod trace;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

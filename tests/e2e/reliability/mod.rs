@@ -6,13 +6,13 @@
 //! are shortened through the binaries' own settings so the suite stays short.
 //! The scenarios and their results are listed in docs/reliability.md.
 
-mod dependency;
+pub mod dependency;
 mod h2;
 mod hostile;
 mod raw;
 mod redis;
 mod secrets;
-mod stub;
+pub mod stub;
 mod tls;
 mod tlsscan;
 mod upstream;
@@ -222,6 +222,8 @@ pub struct EdgeSpec {
     /// Extra `[[server.location]]` blocks.
     pub locations: String,
     pub tls: bool,
+    /// Extra environment variables (e.g. tracing's).
+    pub env: Vec<(&'static str, String)>,
 }
 
 pub struct Edge {
@@ -303,7 +305,8 @@ proxy_pass = "app"
         );
         let config = dir.path().join("edge.toml");
         std::fs::write(&config, text).unwrap();
-        let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
+        let mut env = HashMap::from([("RUST_LOG", "info".to_owned())]);
+        env.extend(spec.env.iter().cloned());
         let config_arg = config.display().to_string();
         let proc = Proc::spawn(EDGE, &["--config", &config_arg], &env, http, Some(dir));
         if let Some(https) = https {

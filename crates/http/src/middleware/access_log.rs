@@ -1,5 +1,11 @@
 //! One JSON access-log line per request, written when the response body is
 //! finished (or abandoned), so `bytes` and `duration_ms` are what was sent.
+//!
+//! `request_id` is the `X-Request-Id` kept or made by the request-id layer;
+//! `trace_id` is the trace of the request: the one a tracing layer (such as
+//! wharf-telemetry's server span) put in the response extensions as an
+//! `opentelemetry::trace::TraceId`, else the one of a well-formed incoming
+//! `traceparent`.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -152,24 +158,44 @@ pub struct AccessLog<S> {
 struct Record {
     start: Instant,
     method: Method,
-    path: String,
+    /// The request URI (a reference-counted clone: no copy of the path).
+    uri: http::Uri,
     query: Option<String>,
     version: Version,
     request_id: Option<String>,
     peer: Option<String>,
     user_agent: Option<String>,
-    host: Option<String>,
+    /// `:authority` or `Host` (reference-counted clones).
+    host: Option<HostName>,
     trace_id: Option<String>,
     status: StatusCode,
     log: bool,
     observer: Option<RequestObserver>,
 }
 
+/// Where a request's host name is, without copying it.
+enum HostName {
+    /// The request URI's authority (HTTP/2 `:authority`, absolute-form).
+    Authority,
+    /// The `Host` header.
+    Header(http::HeaderValue),
+}
+
+impl Record {
+    fn host(&self) -> Option<&str> {
+        match &self.host {
+            Some(HostName::Authority) => self.uri.authority().map(http::uri::Authority::as_str),
+            Some(HostName::Header(value)) => value.to_str().ok(),
+            None => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Record {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Record")
             .field("method", &self.method)
-            .field("path", &self.path)
+            .field("path", &self.uri.path())
             .field("status", &self.status)
             .finish_non_exhaustive()
     }
@@ -202,7 +228,7 @@ where
         let record = Record {
             start: Instant::now(),
             method: request.method().clone(),
-            path: request.uri().path().to_owned(),
+            uri: request.uri().clone(),
             query: if log {
                 request.uri().query().map(redact_query)
             } else {
@@ -234,17 +260,15 @@ where
                         .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned())
                 })
                 .flatten(),
-            host: request
-                .uri()
-                .authority()
-                .map(|a| a.as_str().to_owned())
-                .or_else(|| {
-                    request
-                        .headers()
-                        .get(header::HOST)
-                        .and_then(|h| h.to_str().ok())
-                        .map(str::to_owned)
-                }),
+            host: if request.uri().authority().is_some() {
+                Some(HostName::Authority)
+            } else {
+                request
+                    .headers()
+                    .get(header::HOST)
+                    .cloned()
+                    .map(HostName::Header)
+            },
             trace_id: log
                 .then(|| {
                     request
@@ -289,6 +313,13 @@ where
                 return response;
             };
             record.status = response.status();
+            // With tracing on, the server span's trace id (which is the
+            // incoming one, or a new trace's) wins over the header's.
+            if record.log {
+                if let Some(id) = response.extensions().get::<opentelemetry::trace::TraceId>() {
+                    record.trace_id = Some(id.to_string());
+                }
+            }
             response.map(|inner| {
                 crate::body::boxed(LoggedBody {
                     inner,
@@ -365,8 +396,8 @@ fn log(record: &Record, bytes: u64) {
     if let Some(observer) = &record.observer {
         observer(&Exchange {
             method: &record.method,
-            path: &record.path,
-            host: record.host.as_deref(),
+            path: record.uri.path(),
+            host: record.host(),
             status: record.status,
             duration: elapsed,
             bytes,
@@ -379,7 +410,7 @@ fn log(record: &Record, bytes: u64) {
     tracing::info!(
         target: ACCESS_LOG_TARGET,
         method = %record.method,
-        path = %record.path,
+        path = %record.uri.path(),
         query = record.query.as_deref(),
         protocol = ?record.version,
         status = record.status.as_u16(),
