@@ -49,10 +49,11 @@ T0 = time.monotonic()
 
 # Scenario ids in the order they run (the issue's priorities: the cheap,
 # plain-HTTP ones first, the TLS ones after, Redis last).
-SCENARIOS = ["status", "metrics-overhead", "rss", "ready", "reload", "landing", "edge-tls", "handshakes", "idle",
-             "ratelimit"]
+SCENARIOS = ["status", "accept", "metrics-overhead", "rss", "ready", "reload", "landing", "edge-tls", "handshakes",
+             "idle", "ratelimit"]
 TITLES = {
     "status": "(1) GET /_status, plain HTTP/1.1 keep-alive",
+    "accept": "(1b) frontend worker layout: shared socket vs SO_REUSEPORT per worker, worker count",
     "landing": "(2) Document landing page rendered by frontend",
     "edge-tls": "(3) TLS 1.3 reverse proxy: HTTP/1.1 keep-alive (wrk) and HTTP/2 (h2load)",
     "handshakes": "(4) New TLS handshakes per second (no session reuse)",
@@ -71,6 +72,7 @@ MB = 1024 * 1024
 TARGETS = [
     ("status-hyper", "frontend /_status ≥ 0.85× bare hyper", 0.85, ">=", "×"),
     ("status-gunicorn", "frontend /_status ≥ 20× gunicorn (eventlet, the seed's)", 20, ">=", "×"),
+    ("accept-reuseport", "reuseport ≥ 1.1× shared socket (2 workers, keep-alive)", 1.1, ">=", "×"),
     ("tls-rps", "edge TLS keep-alive ≥ 1.1× nginx (HTTP/1.1)", 1.1, ">=", "×"),
     ("tls-p99", "edge TLS keep-alive p99 ≤ nginx p99", None, "<=", "ms"),
     ("handshakes-ecdsa", "edge handshakes/s ≥ nginx (ECDSA)", 1.0, ">=", "×"),
@@ -79,7 +81,7 @@ TARGETS = [
     ("redis-p99", "Redis rate-limit check p99 ≤ 0.5 ms", 0.5, "<=", "ms"),
     ("rss", "≤ 12 MB RSS per frontend worker (after load)", 12, "<=", "MB"),
     ("ready", "frontend start to ready < 200 ms", 200, "<", "ms"),
-    ("reload", "zero errors during reloads (frontend HUP, edge HUP)", 0, "==", "errors"),
+    ("reload", "zero errors during reloads (frontend HUP and USR2, edge HUP)", 0, "==", "errors"),
     ("metrics-overhead", "frontend /_status with metrics ≥ 0.95× without (≤ 5 % cost)", 0.95, ">=", "×"),
 ]
 
@@ -130,6 +132,22 @@ def descendants(pid):
                 found.append(child)
                 frontier.append(child)
     return found
+
+
+def group_master(pgid):
+    """The process of process group `pgid` whose parent is outside the group
+    (after a binary upgrade, the new master; before, the original one)."""
+    table, group = process_table(), set()
+    for pid in table:
+        try:
+            with open(f"/proc/{pid}/stat", encoding="utf-8", errors="replace") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            group.add(pid)
+    roots = sorted(pid for pid in group if table.get(pid) not in group)
+    return roots[0] if roots else pgid
 
 
 def children(pid):
@@ -879,6 +897,83 @@ proxy_pass = "backend"
                     ratios.get("frontend/gunicorn-eventlet"), 20, ">=", "×")
         return result
 
+    def scenario_accept(self):
+        """How frontend's workers share the port (WHARF_ACCEPT) and how many
+        of them to run, side by side: keep-alive throughput, p99 and the
+        busiest worker's share of requests; then a worker SIGKILLed under
+        new-connection load (what happens to the connections queued for it)."""
+        if not self.have("frontend"):
+            raise BenchError("frontend is required")
+        layouts = [
+            ("reuseport 2×1", {"WHARF_ACCEPT": "reuseport", "WEB_CONCURRENCY": "2", "WHARF_WORKER_THREADS": "1"}),
+            ("shared 2×1", {"WHARF_ACCEPT": "shared", "WEB_CONCURRENCY": "2", "WHARF_WORKER_THREADS": "1"}),
+            ("1 worker × 2 threads", {"WEB_CONCURRENCY": "1", "WHARF_WORKER_THREADS": "2"}),
+            ("reuseport 4×1", {"WHARF_ACCEPT": "reuseport", "WEB_CONCURRENCY": "4", "WHARF_WORKER_THREADS": "1"}),
+            ("one process, 2 threads", {"WEB_CONCURRENCY": "0", "WHARF_WORKER_THREADS": "2"}),
+        ]
+        subjects, servers = [], {}
+        if self.have("bare-hyper"):
+            servers["bare-hyper"] = self.server("bare-hyper")
+            subjects.append(("bare-hyper", servers["bare-hyper"].url()))
+        for name, extra in layouts:
+            progress(f"starting frontend ({name})")
+            server = self.make_frontend(f"frontend-{name.replace(' ', '-').replace('×', 'x')}", extra)
+            server.start(self.tmp, self.s.server_cpus)
+            server.wait_ready(self.s.ready_timeout)
+            servers[name] = server
+            subjects.append((name, server.url()))
+        by_url = {server.url(): server for server in servers.values()}
+
+        def runner(url, seconds):
+            server = by_url[url]
+            admin = getattr(server, "admin", None)
+            before = self.frontend_worker_requests(server) if admin else None
+            run = self.load.http(url, seconds)
+            if before:
+                after = self.frontend_worker_requests(server) or {}
+                delta = {slot: after.get(slot, 0) - before.get(slot, 0) for slot in after}
+                total = sum(delta.values())
+                run["worker_requests"] = delta
+                run["busiest_worker_share"] = round(max(delta.values()) / total, 3) if total else None
+            return run
+
+        result = self.compare("accept", subjects, runner)
+        for row in result["rows"]:
+            shares = [x.get("busiest_worker_share") for x in row["runs"] if x.get("busiest_worker_share")]
+            row["busiest_worker_share"] = shares
+        # A worker SIGKILLed under new-connection load (one request per
+        # connection, so connections keep queueing for the killed worker).
+        kills = []
+        if self.s.load_tool == "wrk":
+            for name in ("reuseport 2×1", "shared 2×1"):
+                server = servers[name]
+                duration = max(6, self.s.duration)
+                argv = self.load.wrk_argv(server.url(), duration, 16, ["Connection: close"])
+                progress(f"accept: {name}: SIGKILL one worker under new-connection load ({duration}s)")
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                time.sleep(duration / 2)
+                victims = children(server.pid)
+                if victims:
+                    os.kill(victims[0], signal.SIGKILL)
+                out, err = proc.communicate(timeout=duration + 60)
+                run = parse_wrk(out) if proc.returncode == 0 else {"rps": 0, "latency_ms": {}, "errors_total": None}
+                kills.append({"name": name, "requests": run.get("requests"), "rps": run["rps"],
+                              "latency_ms": run.get("latency_ms", {}), "errors": run.get("errors"),
+                              "errors_total": run.get("errors_total")})
+                time.sleep(1.0)
+        result["worker_kill"] = kills
+        for name in list(servers):
+            if name != "bare-hyper":
+                servers[name].stop()
+        rps = {row["name"]: row["rps"] for row in result["rows"]}
+        result["ratios"] = {f"{name}/bare-hyper": round(rps[name] / rps["bare-hyper"], 3)
+                            for name in rps if name != "bare-hyper" and rps.get("bare-hyper")}
+        result["tool"] = self.tool_line()
+        if rps.get("shared 2×1"):
+            self.target("accept-reuseport", "reuseport ≥ 1.1× shared socket (2 workers, keep-alive)",
+                        round(rps["reuseport 2×1"] / rps["shared 2×1"], 3), 1.1, ">=", "×")
+        return result
+
     def worker_memory(self):
         """Per-worker memory of frontend and the gunicorn peers (master excluded)."""
         out = {}
@@ -1172,8 +1267,15 @@ proxy_pass = "backend"
             after = set(children(front.pid))
             row["workers_replaced"] = len(before - after)
             rows.append(row)
-            rows.append({"name": "frontend (SIGUSR2 binary upgrade)", "status": "not supported",
-                         "note": "wharf-supervisor does not implement USR2 binary upgrade"})
+            # Binary upgrade: each SIGUSR2 goes to whichever master serves now
+            # (the previous one hands over and exits).
+            row = self.reload_run("reload", "frontend (SIGUSR2 binary upgrade)", front.url(),
+                                  lambda: os.kill(group_master(front.pid), signal.SIGUSR2), reloads, duration)
+            rows.append(row)
+            # The master this harness started has handed over: later
+            # scenarios start a fresh frontend.
+            front.stop()
+            self.servers.pop("frontend", None)
         if self.have("nginx"):
             nginx = self.server("nginx")
             rows.append(self.reload_run("reload", "nginx (SIGHUP), return 200", nginx.url(),
@@ -1187,9 +1289,9 @@ proxy_pass = "backend"
                 nginx = self.server("nginx")
                 rows.append(self.reload_run("reload", "nginx (SIGHUP), TLS proxy", self.nginx_tls_url("ecdsa"),
                                             lambda: nginx.signal(signal.SIGHUP), reloads, duration))
-        ours = [r for r in rows if r["name"].startswith(("frontend (SIGHUP", "edge")) and "errors_total" in r]
+        ours = [r for r in rows if r["name"].startswith(("frontend (SIG", "edge")) and "errors_total" in r]
         total = sum(r["errors_total"] for r in ours) if ours else None
-        self.target("reload", "zero errors during reloads (frontend HUP, edge HUP)", total, 0, "==", "errors")
+        self.target("reload", "zero errors during reloads (frontend HUP and USR2, edge HUP)", total, 0, "==", "errors")
         return {"rows": rows, "duration_s": duration, "reloads_per_run": reloads, "tool": self.tool_line()}
 
     def landing_url(self, front):
@@ -1788,6 +1890,28 @@ def render(report, svg_dir, svg_rel):
                         f"(cost {r['traces']['cost_pct']} %); server CPU per request (µs): "
                         f"{', '.join(f'{k} {fmt(v)}' for k, v in r['traces']['cpu_us_per_request'].items())} "
                         f"({r['traces']['cpu_cost_pct']} %).", ""])
+        notes(r)
+    r = header("accept")
+    if r:
+        out.extend([f"{r['tool']}, {r['duration_s']} s × {r['rounds']} round(s) per layout, best run shown. "
+                    "`reuseport N×T` = `WHARF_ACCEPT=reuseport`, N workers of T tokio threads.", ""])
+        plot("accept", "frontend worker layouts, GET /_status", throughput_panels(r["rows"]))
+        out.extend(throughput_table(r["rows"]))
+        out.extend(["", "Ratios (best runs): " + ", ".join(f"{k} **{v}**" for k, v in r["ratios"].items()), "",
+                    "| Layout | busiest worker's share of requests, per run (0.5 = even over 2) |", "|---|---|"])
+        for row in r["rows"]:
+            if row.get("busiest_worker_share"):
+                out.append(f"| {row['name']} | {', '.join(fmt(x, 2) for x in row['busiest_worker_share'])} |")
+        out.append("")
+        if r.get("worker_kill"):
+            out.extend(["One worker SIGKILLed halfway through a run of new connections (wrk, 16 connections, "
+                        "`Connection: close`):", "",
+                        "| Layout | requests | errors | p99 ms | max ms |", "|---|---:|---:|---:|---:|"])
+            for k in r["worker_kill"]:
+                lat = k.get("latency_ms") or {}
+                out.append(f"| {k['name']} | {k.get('requests')} | {k.get('errors_total')} | "
+                           f"{fmt(lat.get('p99'))} | {fmt(lat.get('max'))} |")
+            out.append("")
         notes(r)
     r = header("landing")
     if r:

@@ -206,10 +206,28 @@ fn a_worker_with_a_blocked_runtime_is_killed_and_replaced() {
     running.signal("KILL");
     let out = running.wait_exit(Duration::from_secs(5));
     let logs = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = logs.lines().collect();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle) && l.contains("\"slot\":1"))
+            .unwrap_or_else(|| panic!("no {needle:?} line for slot 1:\n{logs}"))
+    };
+    // Two stages: the worker is asked to log its threads, it does (from a
+    // thread outside the stuck runtime), and only then is it killed.
+    let asked = position("asking it to log its threads");
+    let killed = position("killing it (SIGKILL)");
+    let report = lines
+        .iter()
+        .position(|l| l.contains("Runtime blocked: the master saw no heartbeat"))
+        .unwrap_or_else(|| panic!("the blocked worker logged no thread report:\n{logs}"));
+    assert!(asked < report && report < killed, "{logs}");
+    // The report names the runtime's threads (tokio names them "tokio-r…"),
+    // asleep in the blocking call.
     assert!(
-        logs.lines()
-            .any(|l| l.contains("Worker runtime blocked") && l.contains("\"slot\":1")),
-        "{logs}"
+        lines[report].contains("tokio-r") && lines[report].contains("nanosleep"),
+        "{}",
+        lines[report]
     );
 }
 

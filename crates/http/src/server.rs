@@ -298,6 +298,13 @@ async fn accept_loop<A: Acceptor>(
     let local = listener.local_addr().ok();
     loop {
         if *phase.borrow_and_update() != Phase::Serving {
+            // Closing a listening socket resets what is queued on it. Stop
+            // accepting and let the queue settle first: handshakes under way
+            // land in it, and once the supervisor has made the socket refuse
+            // new connections (or shrunk its queue, whose overflow the kernel
+            // drops, so those clients retry later), nothing more arrives.
+            // Then take the whole queue in one sweep and close at once.
+            tokio::time::sleep(SWEEP_SETTLE).await;
             sweep_backlog(&listener, &acceptor, &shared, &phase);
             return;
         }
@@ -386,12 +393,17 @@ impl Drop for OpenConnection {
 /// already waiting in the kernel's backlog, so closing the socket resets none
 /// of them (they are served and told `Connection: close`). Other processes
 /// sharing the socket keep accepting after this one is gone.
+/// How long a draining listener stops accepting before its final sweep.
+const SWEEP_SETTLE: Duration = Duration::from_millis(50);
+
+/// Accepts every connection queued on `listener` and serves it; returns how
+/// many.
 fn sweep_backlog<A: Acceptor>(
     listener: &TcpListener,
     acceptor: &A,
     shared: &Arc<Shared>,
     phase: &watch::Receiver<Phase>,
-) {
+) -> usize {
     let local = listener.local_addr().ok();
     let socket = socket2::SockRef::from(listener);
     let mut swept = 0_usize;
@@ -423,6 +435,7 @@ fn sweep_backlog<A: Acceptor>(
             "Accepted the listen backlog before closing"
         );
     }
+    swept
 }
 
 async fn serve_connection<Io>(

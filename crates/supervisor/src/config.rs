@@ -33,6 +33,35 @@ pub struct SupervisorSection {
     /// `WHARF_ADMIN_ADDRESS`: the master's admin listener (`/metrics`,
     /// `/health/live`), e.g. `127.0.0.1:9101`; unset = none.
     pub admin_address: Option<String>,
+    /// `WHARF_ACCEPT`: how workers share a listening address. Default
+    /// [`AcceptMode::ReusePort`] (docs/supervisor.md has the measurement).
+    pub accept: AcceptMode,
+}
+
+/// How worker processes share a listening address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AcceptMode {
+    /// One `SO_REUSEPORT` socket per worker slot, held by the master: the
+    /// kernel spreads new connections evenly over the slots, and a slot's
+    /// queue survives its worker's exit (the replacement accepts it).
+    #[default]
+    #[serde(rename = "reuseport")]
+    ReusePort,
+    /// One socket every worker accepts from: whichever worker wakes first
+    /// takes the connection (uneven under keep-alive load, but a stalled
+    /// worker's share is picked up by the others at once).
+    Shared,
+}
+
+impl AcceptMode {
+    /// The configuration value (`reuseport` or `shared`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ReusePort => "reuseport",
+            Self::Shared => "shared",
+        }
+    }
 }
 
 impl Default for SupervisorSection {
@@ -46,6 +75,7 @@ impl Default for SupervisorSection {
             max_requests_jitter: 0,
             max_memory_bytes: 0,
             admin_address: None,
+            accept: AcceptMode::default(),
         }
     }
 }
@@ -94,6 +124,12 @@ impl SupervisorSection {
             .help("recycle a worker above this RSS; 0 = never"),
             Var::new("WHARF_ADMIN_ADDRESS", "admin_address", parse::text())
                 .help("master admin listener for /metrics"),
+            Var::new(
+                "WHARF_ACCEPT",
+                "accept",
+                parse::one_of(&["reuseport", "shared"]),
+            )
+            .help("reuseport: a socket per worker (even spread); shared: one socket"),
         ]
         .into_iter()
         .map(|v| v.under(section))

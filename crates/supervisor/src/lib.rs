@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use config::SupervisorSection;
+pub use config::{AcceptMode, SupervisorSection};
 pub use notify::sd_notify;
 pub use stats::{InFlightGuard, WorkerStats};
 pub use worker::{InstanceMetrics, MetricsSource, WorkerContext};
@@ -183,22 +183,35 @@ impl Supervisor {
             tracing::info!(count = listeners.len(), "Using sockets passed by systemd");
             return Ok(listeners);
         }
-        self.addrs.iter().map(|addr| bind(*addr)).collect()
+        // With a socket per worker slot, the first one must allow siblings.
+        let reuse_port =
+            self.config.accept == AcceptMode::ReusePort && self.config.workers != Some(0);
+        self.addrs
+            .iter()
+            .map(|addr| {
+                bind(*addr, reuse_port).map_err(|source| SupervisorError::Bind {
+                    addr: *addr,
+                    source,
+                })
+            })
+            .collect()
     }
 }
 
-fn bind(addr: SocketAddr) -> Result<TcpListener, SupervisorError> {
-    let bind = || -> std::io::Result<TcpListener> {
-        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-        socket.set_reuse_address(true)?;
-        if addr.is_ipv6() {
-            socket.set_only_v6(false)?;
-        }
-        socket.bind(&addr.into())?;
-        socket.listen(BACKLOG)?;
-        Ok(socket.into())
-    };
-    bind().map_err(|source| SupervisorError::Bind { addr, source })
+/// Binds a listening socket on `addr` (`SO_REUSEADDR`; dual-stack for IPv6;
+/// `SO_REUSEPORT` when asked, so sibling sockets can join it).
+pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Adopts `LISTEN_FDS` when systemd passed them to this process.

@@ -16,7 +16,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::config::SupervisorSection;
+use crate::config::{AcceptMode, SupervisorSection};
 use crate::sys::{self, ExitKind};
 use crate::worker::{
     Report, DRAIN, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT, INSTANCE_METRICS_TAG, METRICS_TAG,
@@ -33,6 +33,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 const STABLE_UPTIME: Duration = Duration::from_secs(30);
 /// Extra time a draining worker gets beyond the graceful timeout before SIGKILL.
 const KILL_MARGIN: Duration = Duration::from_secs(2);
+/// How long a silent worker has to log its threads before SIGKILL.
+const STALL_REPORT_WAIT: Duration = Duration::from_secs(1);
 
 /// Why a worker was replaced or restarted (a metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -69,6 +71,8 @@ struct Worker {
     recycle_at: Option<u64>,
     replacement_queued: bool,
     killed_for: Option<Reason>,
+    /// When the master asked this silent worker to log its threads.
+    stall_reported: Option<Instant>,
     wants_metrics: bool,
     control: mpsc::UnboundedSender<String>,
 }
@@ -101,7 +105,14 @@ enum Event {
 pub(crate) struct Master {
     config: SupervisorSection,
     graceful_timeout: Duration,
+    /// The sockets the master bound or inherited; in `reuseport` mode, slot
+    /// 0's.
     listeners: Vec<TcpListener>,
+    /// `reuseport` mode: the sockets of slots 1.., siblings of `listeners` in
+    /// the kernel's `SO_REUSEPORT` group. Held here so a slot's queue outlives
+    /// its worker.
+    slot_listeners: HashMap<usize, Vec<TcpListener>>,
+    accept: AcceptMode,
     program: PathBuf,
     args: Vec<OsString>,
     pid: u32,
@@ -138,6 +149,8 @@ impl Master {
         Ok(Self {
             graceful_timeout,
             listeners,
+            slot_listeners: HashMap::new(),
+            accept: config.accept,
             program,
             args: std::env::args_os().skip(1).collect(),
             pid: std::process::id(),
@@ -175,13 +188,63 @@ impl Master {
         }
     }
 
+    /// The listening sockets the worker in `slot` accepts from: in
+    /// `reuseport` mode its own (opened on first use), else the shared ones.
+    fn slot_fds(&mut self, slot: usize) -> Vec<i32> {
+        if self.accept == AcceptMode::ReusePort && slot > 0 {
+            if !self.slot_listeners.contains_key(&slot) {
+                let siblings: std::io::Result<Vec<TcpListener>> = self
+                    .listeners
+                    .iter()
+                    .map(|listener| crate::bind(listener.local_addr()?, true))
+                    .collect();
+                match siblings {
+                    Ok(siblings) => {
+                        self.slot_listeners.insert(slot, siblings);
+                    }
+                    Err(error) => {
+                        // E.g. sockets from systemd without `ReusePort=yes`.
+                        tracing::warn!(
+                            %error,
+                            "Cannot open a SO_REUSEPORT socket per worker; workers share one socket (WHARF_ACCEPT=shared)"
+                        );
+                        self.accept = AcceptMode::Shared;
+                    }
+                }
+            }
+            if let Some(listeners) = self.slot_listeners.get(&slot) {
+                return listeners.iter().map(sys::raw).collect();
+            }
+        }
+        self.listeners.iter().map(sys::raw).collect()
+    }
+
+    /// Closes slot `slot`'s own sockets (`reuseport` mode) without resetting
+    /// a connection: new SYNs are dropped first (clients retry and land on
+    /// another slot's socket), handshakes under way get 50 ms to land in the
+    /// queue, then the slot's workers are asked to drain, which takes the
+    /// queue. Returns whether the slot had sockets of its own.
+    async fn close_slot_sockets(&mut self, slot: usize) -> bool {
+        let Some(listeners) = self.slot_listeners.remove(&slot) else {
+            return false;
+        };
+        for listener in &listeners {
+            if let Err(error) = sys::refuse_new_connections(sys::raw(listener)) {
+                tracing::debug!(%error, "Cannot stop new connections before closing");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        true
+    }
+
     fn spawn(&mut self, slot: usize) -> Result<u32, SupervisorError> {
         let (ours, theirs) = StdUnixStream::pair().map_err(SupervisorError::Spawn)?;
-        let mut fds: Vec<i32> = self.listeners.iter().map(sys::raw).collect();
+        let mut fds = self.slot_fds(slot);
+        let listener_count = fds.len();
         fds.push(sys::raw(&theirs));
         let env = vec![
             (ENV_SLOT.to_owned(), slot.to_string()),
-            (ENV_LISTENERS.to_owned(), self.listeners.len().to_string()),
+            (ENV_LISTENERS.to_owned(), listener_count.to_string()),
             (ENV_MASTER_PID.to_owned(), self.pid.to_string()),
         ];
         let pid = sys::spawn_with_fds(&self.program, &self.args, &env, &fds, self.pid, true)
@@ -220,6 +283,7 @@ impl Master {
                 recycle_at,
                 replacement_queued: false,
                 killed_for: None,
+                stall_reported: None,
                 wants_metrics: false,
                 control: control_tx,
             },
@@ -429,16 +493,43 @@ impl Master {
             }
             let silent = now.saturating_duration_since(worker.last_heartbeat);
             if silent > heartbeat_timeout {
-                tracing::error!(
+                // Two stages: the worker logs what its threads are doing
+                // (a thread outside the runtime answers the signal), then it
+                // is killed.
+                match worker.stall_reported {
+                    None => {
+                        tracing::error!(
+                            slot = worker.slot,
+                            pid = *pid,
+                            silent_s = silent.as_secs(),
+                            "Worker runtime blocked: no heartbeat from its async runtime for {} s; asking it to log its threads (SIGUSR1), killing it in {} ms",
+                            silent.as_secs(),
+                            STALL_REPORT_WAIT.as_millis()
+                        );
+                        worker.stall_reported = Some(now);
+                        sys::kill(*pid, sys::STALL_REPORT_SIGNAL);
+                    }
+                    Some(at) if now.saturating_duration_since(at) >= STALL_REPORT_WAIT => {
+                        tracing::error!(
+                            slot = worker.slot,
+                            pid = *pid,
+                            silent_s = silent.as_secs(),
+                            "Worker runtime blocked: no heartbeat from its async runtime for {} s; killing it (SIGKILL) and starting a new one",
+                            silent.as_secs()
+                        );
+                        worker.killed_for = Some(Reason::Blocked);
+                        sys::kill(*pid, libc::SIGKILL);
+                    }
+                    Some(_) => {}
+                }
+                continue;
+            }
+            if worker.stall_reported.take().is_some() {
+                tracing::warn!(
                     slot = worker.slot,
                     pid = *pid,
-                    silent_s = silent.as_secs(),
-                    "Worker runtime blocked: no heartbeat from its async runtime for {} s; killing it (SIGKILL) and starting a new one",
-                    silent.as_secs()
+                    "Worker runtime answered again after missing heartbeats; keeping it"
                 );
-                worker.killed_for = Some(Reason::Blocked);
-                sys::kill(*pid, libc::SIGKILL);
-                continue;
             }
             if let Some(since) = worker.draining_since {
                 if now.saturating_duration_since(since) > kill_after {
@@ -717,6 +808,7 @@ impl Master {
                         self.target -= 1;
                         let slot = self.target;
                         tracing::info!(workers = self.target, "SIGTTOU: one worker fewer");
+                        self.close_slot_sockets(slot).await;
                         let pids: Vec<u32> = self.workers.iter().filter(|(_, w)| w.slot == slot).map(|(p, _)| *p).collect();
                         for pid in pids {
                             self.drain(pid);
@@ -781,19 +873,26 @@ impl Master {
         // is gone and clients are refused instead of queueing for nobody.
         // A new master from a binary upgrade shares these sockets and serves
         // on: only a real stop refuses new connections.
+        // Slot sockets are this master's alone (a new master opens its own);
+        // the first ones pass to a new master in a binary upgrade.
+        let mut closing: Vec<&TcpListener> = self.slot_listeners.values().flatten().collect();
         if self.upgrading.is_none() {
-            for listener in &self.listeners {
-                if let Err(error) = sys::refuse_new_connections(sys::raw(listener)) {
-                    tracing::debug!(%error, "Cannot stop new connections before closing");
-                }
-            }
-            // Let handshakes already under way complete into the backlog
-            // before the workers take it and close.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            closing.extend(&self.listeners);
         } else {
             tracing::info!("Handing over to the new master");
         }
+        for listener in &closing {
+            if let Err(error) = sys::refuse_new_connections(sys::raw(*listener)) {
+                tracing::debug!(%error, "Cannot stop new connections before closing");
+            }
+        }
+        if !closing.is_empty() {
+            // Let handshakes already under way complete into the backlog
+            // before the workers take it and close.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         self.listeners.clear();
+        self.slot_listeners.clear();
         let pids: Vec<u32> = self.workers.keys().copied().collect();
         for pid in pids {
             self.drain(pid);

@@ -245,8 +245,130 @@ pub(crate) fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
         )
     };
     if rc == 0 {
+        return Ok(());
+    }
+    let filter_error = io::Error::last_os_error();
+    // Some kernels refuse socket filters to unprivileged processes (EPERM,
+    // seen on 6.18 as a non-root user). Then shrink the accept queue to its
+    // minimum instead: once one connection is queued, further SYNs are
+    // dropped (the client retries and, the socket closed by then, is
+    // refused), so at most one connection can arrive between the final
+    // accept sweep and the close.
+    // SAFETY: listen on a valid listening socket only changes its backlog.
+    if unsafe { libc::listen(fd, 0) } == 0 {
+        tracing::debug!(error = %filter_error, "Socket filter refused; shrank the accept queue instead");
         Ok(())
     } else {
-        Err(io::Error::last_os_error())
+        Err(filter_error)
     }
+}
+
+/// The signal a master sends a worker whose runtime stopped sending
+/// heartbeats, before killing it: the worker logs what each thread is doing.
+pub(crate) const STALL_REPORT_SIGNAL: i32 = libc::SIGUSR1;
+
+/// Starts a thread that waits for [`STALL_REPORT_SIGNAL`] and then logs the
+/// state of every thread of this process (from `/proc/self/task`). Call it
+/// before the async runtime starts: the signal is blocked in the calling
+/// thread, and threads started later inherit that, so only this thread ever
+/// takes it — it works however stuck the runtime's threads are.
+pub(crate) fn spawn_stall_reporter() -> io::Result<()> {
+    // SAFETY: sigset_t is plain data; sigemptyset/sigaddset initialise it.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid sigset_t; pthread_sigmask changes only this
+    // thread's mask and reads `set` during the call.
+    let rc = unsafe {
+        libc::sigemptyset(&raw mut set);
+        libc::sigaddset(&raw mut set, STALL_REPORT_SIGNAL);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &raw const set, std::ptr::null_mut())
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    std::thread::Builder::new()
+        .name("wharf-stall-report".to_owned())
+        .spawn(move || loop {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is a valid, initialised sigset_t with the signal
+            // blocked in this thread (inherited); sigwait writes `signal`.
+            let rc = unsafe { libc::sigwait(&raw const set, &raw mut signal) };
+            if rc == 0 {
+                tracing::error!(
+                    threads = %thread_states(),
+                    "Runtime blocked: the master saw no heartbeat; what each thread is doing (name[tid] state syscall cpu_ms)"
+                );
+            }
+        })?;
+    Ok(())
+}
+
+/// One line per thread of this process: name, tid, scheduler state (R =
+/// running on a CPU, S = sleeping, D = uninterruptible), the system call it
+/// is in, and the CPU time it has used.
+fn thread_states() -> String {
+    let mut out = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return String::new();
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let tid = task.file_name().to_string_lossy().into_owned();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        // Fields after the ")" that closes the name: state is the first,
+        // utime and stime the 12th and 13th (clock ticks).
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        let state = fields.first().copied().unwrap_or("?");
+        let ticks: u64 = fields
+            .get(11..13)
+            .map_or(0, |t| t.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
+        // SAFETY: sysconf has no memory effects.
+        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+            .unwrap_or(100)
+            .max(1);
+        let syscall = std::fs::read_to_string(dir.join("syscall")).unwrap_or_default();
+        let syscall = syscall.split_whitespace().next().unwrap_or("?");
+        let syscall = match syscall.parse::<i64>() {
+            Ok(number) => syscall_name(number).map_or_else(|| number.to_string(), str::to_owned),
+            Err(_) => syscall.to_owned(), // "running" or "-1" (not in a call)
+        };
+        out.push(format!(
+            "{}[{tid}] {state} {syscall} {}",
+            name.trim(),
+            ticks * 1000 / hz
+        ));
+    }
+    out.join("; ")
+}
+
+/// The names of the system calls a stuck thread is most often found in.
+fn syscall_name(number: i64) -> Option<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    let name = match number {
+        0 => "read",
+        1 => "write",
+        7 => "poll",
+        23 => "select",
+        35 => "nanosleep",
+        42 => "connect",
+        43 => "accept",
+        44 => "sendto",
+        45 => "recvfrom",
+        61 => "wait4",
+        202 => "futex",
+        230 => "clock_nanosleep",
+        232 => "epoll_wait",
+        281 => "epoll_pwait",
+        288 => "accept4",
+        _ => return None,
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let name = {
+        let _ = number;
+        return None;
+    };
+    Some(name)
 }

@@ -281,6 +281,10 @@ where
         .ok_or_else(|| std::io::Error::other("inherited control channel is not open"))?;
     let control = StdUnixStream::from(control);
     control.set_nonblocking(true)?;
+    // Before the runtime's threads exist, so they inherit the blocked signal.
+    if let Err(error) = sys::spawn_stall_reporter() {
+        tracing::warn!(%error, "Cannot start the stalled-runtime reporter");
+    }
 
     let runtime = build_runtime(threads)?;
     runtime.block_on(async move {
