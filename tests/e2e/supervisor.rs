@@ -232,6 +232,66 @@ fn a_worker_with_a_blocked_runtime_is_killed_and_replaced() {
 }
 
 #[test]
+fn a_stalled_worker_is_replaced_before_the_heartbeat_timeout_kills_it() {
+    // With a socket per worker slot, a stalled worker's slot keeps receiving
+    // new connections: a replacement must take the slot's queue long before
+    // the (default, 30 s) heartbeat timeout. Only the first slot-1 worker
+    // blocks (the marker file), so its replacement serves.
+    let marker = tempfile::tempdir().unwrap();
+    let once = marker.path().join("blocked");
+    let once = once.to_str().unwrap();
+    let instance = instance(
+        2,
+        &[
+            ("_WHARF_TEST_HOOKS", "1"),
+            ("_WHARF_TEST_BLOCK_SLOT", "1"),
+            ("_WHARF_TEST_BLOCK_ONCE_FILE", once),
+            ("WHARF_ACCEPT", "reuseport"),
+            // Longer than the 5 s after which a replacement starts.
+            ("WHARF_HEARTBEAT_TIMEOUT_SECONDS", "10"),
+        ],
+    );
+    let started = Instant::now();
+    instance.wait_for(Duration::from_secs(15), |i| {
+        i.metric("wharf_worker_restarts_total{reason=\"blocked\"}") >= 1
+    });
+    let replaced_after = started.elapsed();
+    assert!(
+        replaced_after < Duration::from_secs(10),
+        "the replacement should be ready before the heartbeat timeout; took {replaced_after:?}"
+    );
+    // Every new connection is answered now, whichever slot's socket the
+    // kernel picks (each curl is a new connection from a new port).
+    for i in 0..30 {
+        let (ok, body) =
+            crate::support::curl(&["--max-time", "3", &instance.running.url("/_status")]);
+        assert!(
+            ok && body.contains("\"status\":\"ok\""),
+            "request {i} failed"
+        );
+    }
+    // The silent worker is still aborted at the heartbeat timeout (it never
+    // reads the drain request); wait for that, so nothing outlives the test.
+    std::thread::sleep(Duration::from_secs(13).saturating_sub(started.elapsed()));
+    let Instance { running, .. } = instance;
+    running.signal("TERM");
+    let out = running.wait_exit(Duration::from_secs(40));
+    let logs = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = logs.lines().collect();
+    let position = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle) && l.contains("\"slot\":1"))
+            .unwrap_or_else(|| panic!("no {needle:?} line for slot 1:\n{logs}"))
+    };
+    // Replaced first, killed only later: the order an operator sees.
+    let stalled = position("Worker runtime stalled");
+    let replaced = position("Replaced worker");
+    let killed = position("killing it (SIGKILL)");
+    assert!(stalled < replaced && replaced < killed, "{logs}");
+}
+
+#[test]
 fn a_crash_loop_backs_off_exponentially() {
     let instance = instance(
         1,

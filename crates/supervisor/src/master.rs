@@ -33,6 +33,11 @@ const MAX_BACKOFF: Duration = Duration::from_secs(15);
 const STABLE_UPTIME: Duration = Duration::from_secs(30);
 /// Extra time a draining worker gets beyond the graceful timeout before SIGKILL.
 const KILL_MARGIN: Duration = Duration::from_secs(2);
+/// A worker silent this long gets a replacement started for its slot at once
+/// (readiness-gated, like a reload), well before the heartbeat timeout kills
+/// it: the replacement takes the slot's queue, so with a socket per slot new
+/// connections do not wait for the kill. Only when shorter than the timeout.
+const STALL_REPLACE_AFTER: Duration = Duration::from_secs(5);
 /// How long a silent worker has to log its threads before SIGKILL.
 const STALL_REPORT_WAIT: Duration = Duration::from_secs(1);
 
@@ -491,45 +496,8 @@ impl Master {
             if worker.killed_for.is_some() {
                 continue;
             }
-            let silent = now.saturating_duration_since(worker.last_heartbeat);
-            if silent > heartbeat_timeout {
-                // Two stages: the worker logs what its threads are doing
-                // (a thread outside the runtime answers the signal), then it
-                // is killed.
-                match worker.stall_reported {
-                    None => {
-                        tracing::error!(
-                            slot = worker.slot,
-                            pid = *pid,
-                            silent_s = silent.as_secs(),
-                            "Worker runtime blocked: no heartbeat from its async runtime for {} s; asking it to log its threads (SIGUSR1), killing it in {} ms",
-                            silent.as_secs(),
-                            STALL_REPORT_WAIT.as_millis()
-                        );
-                        worker.stall_reported = Some(now);
-                        sys::kill(*pid, sys::STALL_REPORT_SIGNAL);
-                    }
-                    Some(at) if now.saturating_duration_since(at) >= STALL_REPORT_WAIT => {
-                        tracing::error!(
-                            slot = worker.slot,
-                            pid = *pid,
-                            silent_s = silent.as_secs(),
-                            "Worker runtime blocked: no heartbeat from its async runtime for {} s; killing it (SIGKILL) and starting a new one",
-                            silent.as_secs()
-                        );
-                        worker.killed_for = Some(Reason::Blocked);
-                        sys::kill(*pid, libc::SIGKILL);
-                    }
-                    Some(_) => {}
-                }
+            if check_heartbeat(*pid, worker, now, heartbeat_timeout, &mut recycle) {
                 continue;
-            }
-            if worker.stall_reported.take().is_some() {
-                tracing::warn!(
-                    slot = worker.slot,
-                    pid = *pid,
-                    "Worker runtime answered again after missing heartbeats; keeping it"
-                );
             }
             if let Some(since) = worker.draining_since {
                 if now.saturating_duration_since(since) > kill_after {
@@ -1016,4 +984,74 @@ async fn read_reports(
             return;
         }
     }
+}
+
+/// The heartbeat checks for one worker: a replacement after a short silence,
+/// the two-stage abort after the timeout. Returns whether the worker is dealt
+/// with for this tick.
+fn check_heartbeat(
+    pid: u32,
+    worker: &mut Worker,
+    now: Instant,
+    heartbeat_timeout: Duration,
+    recycle: &mut Vec<(usize, Reason)>,
+) -> bool {
+    let silent = now.saturating_duration_since(worker.last_heartbeat);
+    if silent > heartbeat_timeout {
+        // Two stages: the worker logs what its threads are doing
+        // (a thread outside the runtime answers the signal), then it
+        // is killed.
+        match worker.stall_reported {
+            None => {
+                tracing::error!(
+                        slot = worker.slot,
+                        pid = pid,
+                        silent_s = silent.as_secs(),
+                        "Worker runtime blocked: no heartbeat from its async runtime for {} s; asking it to log its threads (SIGUSR1), killing it in {} ms",
+                        silent.as_secs(),
+                        STALL_REPORT_WAIT.as_millis()
+                    );
+                worker.stall_reported = Some(now);
+                sys::kill(pid, sys::STALL_REPORT_SIGNAL);
+            }
+            Some(at) if now.saturating_duration_since(at) >= STALL_REPORT_WAIT => {
+                tracing::error!(
+                        slot = worker.slot,
+                        pid = pid,
+                        silent_s = silent.as_secs(),
+                        "Worker runtime blocked: no heartbeat from its async runtime for {} s; killing it (SIGKILL) and starting a new one",
+                        silent.as_secs()
+                    );
+                worker.killed_for = Some(Reason::Blocked);
+                sys::kill(pid, libc::SIGKILL);
+            }
+            Some(_) => {}
+        }
+        return true;
+    }
+    if silent > STALL_REPLACE_AFTER
+        && STALL_REPLACE_AFTER < heartbeat_timeout
+        && worker.ready
+        && worker.draining_since.is_none()
+        && !worker.replacement_queued
+    {
+        tracing::warn!(
+                slot = worker.slot,
+                pid = pid,
+                silent_s = silent.as_secs(),
+                "Worker runtime stalled: no heartbeat for {} s; starting a replacement for its slot now (it is killed if still silent after WHARF_HEARTBEAT_TIMEOUT_SECONDS)",
+                silent.as_secs()
+            );
+        worker.replacement_queued = true;
+        recycle.push((worker.slot, Reason::Blocked));
+        return true;
+    }
+    if worker.stall_reported.take().is_some() {
+        tracing::warn!(
+            slot = worker.slot,
+            pid = pid,
+            "Worker runtime answered again after missing heartbeats; keeping it"
+        );
+    }
+    false
 }

@@ -27,6 +27,9 @@ pub(crate) const ENV_MASTER_PID: &str = "_WHARF_MASTER_PID";
 /// `EXIT_AFTER_MS` after becoming ready; with `FAIL_BEFORE_READY=1` every worker
 /// fails before it is ready.
 pub(crate) const ENV_TEST_BLOCK_SLOT: &str = "_WHARF_TEST_BLOCK_SLOT";
+/// With `BLOCK_SLOT`: only the worker that manages to create this file blocks
+/// (the first one), so its replacements serve.
+const ENV_TEST_BLOCK_ONCE_FILE: &str = "_WHARF_TEST_BLOCK_ONCE_FILE";
 const ENV_TEST_EXIT_AFTER_MS: &str = "_WHARF_TEST_EXIT_AFTER_MS";
 const ENV_TEST_FAIL_BEFORE_READY: &str = "_WHARF_TEST_FAIL_BEFORE_READY";
 
@@ -313,8 +316,15 @@ where
                 "test hook: failing before ready".to_owned(),
             ));
         }
-        let block =
-            test_hook(ENV_TEST_BLOCK_SLOT).and_then(|s| s.parse::<usize>().ok()) == Some(env.slot);
+        let block = test_hook(ENV_TEST_BLOCK_SLOT).and_then(|s| s.parse::<usize>().ok())
+            == Some(env.slot)
+            && test_hook(ENV_TEST_BLOCK_ONCE_FILE).is_none_or(|path| {
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(path)
+                    .is_ok()
+            });
         let context = WorkerContext {
             listeners,
             slot: Some(env.slot),
