@@ -53,16 +53,22 @@ fuzz_target!(|data: &[u8]| {
         "y" => Some(365 * 86_400),
         _ => None,
     };
-    match config::parse_duration(text) {
-        Ok(d) if unit == "ms" => assert_eq!(Some(d.as_millis()), n.map(u128::from)),
-        Ok(d) => assert_eq!(
-            Some(d.as_secs()),
-            n.zip(factor).and_then(|(n, f)| n.checked_mul(f))
-        ),
-        Err(_) => {
-            assert!(unit != "ms" && n.zip(factor).and_then(|(n, f)| n.checked_mul(f)).is_none())
+    // Milliseconds for `ms`, else seconds; `None` past u64 or off the grammar.
+    let want = if unit == "ms" {
+        n.map(u128::from)
+    } else {
+        n.zip(factor)
+            .and_then(|(n, f)| n.checked_mul(f))
+            .map(u128::from)
+    };
+    let got = config::parse_duration(text).ok().map(|d| {
+        if unit == "ms" {
+            d.as_millis()
+        } else {
+            u128::from(d.as_secs())
         }
-    }
+    });
+    assert_eq!(got, want, "{text:?}");
     let factor = match unit {
         "" => Some(1),
         "k" | "K" => Some(1 << 10),

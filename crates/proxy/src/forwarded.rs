@@ -3,7 +3,6 @@
 //! and hop-by-hop header removal.
 
 use std::net::IpAddr;
-use std::str::FromStr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// An IP network (`10.0.0.0/8`, `::1`): wharf-http's, shared with wharf-ratelimit.
@@ -78,13 +77,17 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes hop-by-hop headers: the fixed list and any named in `Connection`.
+///
+/// `Connection` is read as bytes, element by element, so a value with a byte
+/// that is not visible ASCII (obs-text) in one element still has every valid
+/// name in the others removed (the `forwarded` fuzz target found that such a
+/// byte made the whole header, and so every name in it, ignored).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_str(name.trim()).ok())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim_ascii()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -198,11 +201,33 @@ mod tests {
         assert_eq!(headers.len(), 1);
         assert!(headers.contains_key("x-kept"));
     }
+
+    /// Found by the `forwarded` fuzz target (input `*1,,.10.0\xd2\x850.,*.2`):
+    /// a byte that is not visible ASCII anywhere in `Connection` made every
+    /// name in it ignored, so the headers it named were forwarded.
+    #[test]
+    fn names_in_a_connection_header_with_obs_text_still_go() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_bytes(b"*1,,.10.0\xd2\x850.,*.2, x-secret").unwrap(),
+        );
+        headers.insert("*1", "1".parse().unwrap());
+        headers.insert("x-secret", "1".parse().unwrap());
+        headers.insert("x-kept", "1".parse().unwrap());
+        remove_hop_by_hop(&mut headers);
+        assert!(!headers.contains_key("*1"));
+        assert!(!headers.contains_key("x-secret"));
+        assert!(headers.contains_key("x-kept"));
+        assert_eq!(headers.len(), 1);
+    }
 }
 
 /// Property tests (docs/reliability.md, "Fuzzing and property tests").
 #[cfg(test)]
 mod props {
+    use std::str::FromStr;
+
     use super::*;
     use proptest::prelude::*;
 
@@ -380,9 +405,16 @@ mod props {
             named in prop::collection::vec("[a-z][a-z-]{0,8}", 0..4),
             others in prop::collection::vec("x-[a-z]{1,6}", 0..4),
             hop in prop::collection::vec(0usize..HOP_BY_HOP.len(), 0..4),
+            obs_text in any::<bool>(),
         ) {
             let mut h = HeaderMap::new();
-            h.append(header::CONNECTION, HeaderValue::from_str(&named.join(", ")).unwrap());
+            let mut connection = named.join(", ").into_bytes();
+            if obs_text {
+                // An element that is no header name, with a byte that is not
+                // visible ASCII: the other names still count.
+                connection.extend_from_slice(b", caf\xe9");
+            }
+            h.append(header::CONNECTION, HeaderValue::from_bytes(&connection).unwrap());
             for name in named.iter().chain(&others) {
                 h.append(HeaderName::from_str(name).unwrap(), HeaderValue::from_static("v"));
             }
