@@ -207,12 +207,7 @@ fn a_worker_with_a_blocked_runtime_is_killed_and_replaced() {
     let out = running.wait_exit(Duration::from_secs(5));
     let logs = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = logs.lines().collect();
-    let position = |needle: &str| {
-        lines
-            .iter()
-            .position(|l| l.contains(needle) && l.contains("\"slot\":1"))
-            .unwrap_or_else(|| panic!("no {needle:?} line for slot 1:\n{logs}"))
-    };
+    let position = |needle: &str| slot_line(&lines, needle, 1, &logs);
     // Two stages: the worker is asked to log its threads, it does (from a
     // thread outside the stuck runtime), and only then is it killed.
     let asked = position("asking it to log its threads");
@@ -278,12 +273,7 @@ fn a_stalled_worker_is_replaced_before_the_heartbeat_timeout_kills_it() {
     let out = running.wait_exit(Duration::from_secs(40));
     let logs = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = logs.lines().collect();
-    let position = |needle: &str| {
-        lines
-            .iter()
-            .position(|l| l.contains(needle) && l.contains("\"slot\":1"))
-            .unwrap_or_else(|| panic!("no {needle:?} line for slot 1:\n{logs}"))
-    };
+    let position = |needle: &str| slot_line(&lines, needle, 1, &logs);
     // Replaced first, killed only later: the order an operator sees.
     let stalled = position("Worker runtime stalled");
     let replaced = position("Replaced worker");
@@ -509,4 +499,13 @@ fn the_master_speaks_sd_notify_ready_and_watchdog() {
         stopping |= String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
     }
     assert!(stopping, "no STOPPING=1");
+}
+
+/// Index of the first log line containing `needle` for worker `slot`.
+fn slot_line(lines: &[&str], needle: &str, slot: usize, logs: &str) -> usize {
+    let tag = format!("\"slot\":{slot}");
+    lines
+        .iter()
+        .position(|l| l.contains(needle) && l.contains(&tag))
+        .unwrap_or_else(|| panic!("no {needle:?} line for slot {slot}:\n{logs}"))
 }

@@ -396,14 +396,13 @@ impl Drop for OpenConnection {
 /// How long a draining listener stops accepting before its final sweep.
 const SWEEP_SETTLE: Duration = Duration::from_millis(50);
 
-/// Accepts every connection queued on `listener` and serves it; returns how
-/// many.
+/// Accepts every connection queued on `listener` and serves it.
 fn sweep_backlog<A: Acceptor>(
     listener: &TcpListener,
     acceptor: &A,
     shared: &Arc<Shared>,
     phase: &watch::Receiver<Phase>,
-) -> usize {
+) {
     let local = listener.local_addr().ok();
     let socket = socket2::SockRef::from(listener);
     let mut swept = 0_usize;
@@ -435,7 +434,6 @@ fn sweep_backlog<A: Acceptor>(
             "Accepted the listen backlog before closing"
         );
     }
-    swept
 }
 
 async fn serve_connection<Io>(

@@ -228,18 +228,12 @@ impl Master {
     /// a connection: new SYNs are dropped first (clients retry and land on
     /// another slot's socket), handshakes under way get 50 ms to land in the
     /// queue, then the slot's workers are asked to drain, which takes the
-    /// queue. Returns whether the slot had sockets of its own.
-    async fn close_slot_sockets(&mut self, slot: usize) -> bool {
-        let Some(listeners) = self.slot_listeners.remove(&slot) else {
-            return false;
-        };
-        for listener in &listeners {
-            if let Err(error) = sys::refuse_new_connections(sys::raw(listener)) {
-                tracing::debug!(%error, "Cannot stop new connections before closing");
-            }
+    /// queue. Does nothing for a slot without sockets of its own.
+    async fn close_slot_sockets(&mut self, slot: usize) {
+        if let Some(listeners) = self.slot_listeners.remove(&slot) {
+            sys::refuse_all(&listeners);
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        true
     }
 
     fn spawn(&mut self, slot: usize) -> Result<u32, SupervisorError> {
@@ -849,11 +843,7 @@ impl Master {
         } else {
             tracing::info!("Handing over to the new master");
         }
-        for listener in &closing {
-            if let Err(error) = sys::refuse_new_connections(sys::raw(*listener)) {
-                tracing::debug!(%error, "Cannot stop new connections before closing");
-            }
-        }
+        sys::refuse_all(closing.iter().copied());
         if !closing.is_empty() {
             // Let handshakes already under way complete into the backlog
             // before the workers take it and close.
@@ -1005,7 +995,7 @@ fn check_heartbeat(
             None => {
                 tracing::error!(
                         slot = worker.slot,
-                        pid = pid,
+                        pid,
                         silent_s = silent.as_secs(),
                         "Worker runtime blocked: no heartbeat from its async runtime for {} s; asking it to log its threads (SIGUSR1), killing it in {} ms",
                         silent.as_secs(),
@@ -1017,7 +1007,7 @@ fn check_heartbeat(
             Some(at) if now.saturating_duration_since(at) >= STALL_REPORT_WAIT => {
                 tracing::error!(
                         slot = worker.slot,
-                        pid = pid,
+                        pid,
                         silent_s = silent.as_secs(),
                         "Worker runtime blocked: no heartbeat from its async runtime for {} s; killing it (SIGKILL) and starting a new one",
                         silent.as_secs()
@@ -1037,7 +1027,7 @@ fn check_heartbeat(
     {
         tracing::warn!(
                 slot = worker.slot,
-                pid = pid,
+                pid,
                 silent_s = silent.as_secs(),
                 "Worker runtime stalled: no heartbeat for {} s; starting a replacement for its slot now (it is killed if still silent after WHARF_HEARTBEAT_TIMEOUT_SECONDS)",
                 silent.as_secs()
@@ -1049,7 +1039,7 @@ fn check_heartbeat(
     if worker.stall_reported.take().is_some() {
         tracing::warn!(
             slot = worker.slot,
-            pid = pid,
+            pid,
             "Worker runtime answered again after missing heartbeats; keeping it"
         );
     }

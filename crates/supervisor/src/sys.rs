@@ -263,6 +263,16 @@ pub(crate) fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
     }
 }
 
+/// [`refuse_new_connections`] on each of `listeners`; a socket that cannot
+/// be made to refuse is logged (debug) and otherwise left as it is.
+pub(crate) fn refuse_all<'a>(listeners: impl IntoIterator<Item = &'a std::net::TcpListener>) {
+    for listener in listeners {
+        if let Err(error) = refuse_new_connections(raw(listener)) {
+            tracing::debug!(%error, "Cannot stop new connections before closing");
+        }
+    }
+}
+
 /// The signal a master sends a worker whose runtime stopped sending
 /// heartbeats, before killing it: the worker logs what each thread is doing.
 pub(crate) const STALL_REPORT_SIGNAL: i32 = libc::SIGUSR1;
@@ -310,6 +320,10 @@ fn thread_states() -> String {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return String::new();
     };
+    // SAFETY: sysconf has no memory effects.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .unwrap_or(100)
+        .max(1);
     for task in tasks.flatten() {
         let dir = task.path();
         let tid = task.file_name().to_string_lossy().into_owned();
@@ -325,10 +339,6 @@ fn thread_states() -> String {
         let ticks: u64 = fields
             .get(11..13)
             .map_or(0, |t| t.iter().filter_map(|x| x.parse::<u64>().ok()).sum());
-        // SAFETY: sysconf has no memory effects.
-        let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
-            .unwrap_or(100)
-            .max(1);
         let syscall = std::fs::read_to_string(dir.join("syscall")).unwrap_or_default();
         let syscall = syscall.split_whitespace().next().unwrap_or("?");
         let syscall = match syscall.parse::<i64>() {

@@ -363,11 +363,7 @@ where
             .filter_map(|l| l.try_clone().ok())
             .collect();
         tokio::spawn(stop_on_signals(shutdown_tx, move || {
-            for listener in &refuse {
-                if let Err(error) = sys::refuse_new_connections(sys::raw(listener)) {
-                    tracing::debug!(%error, "Cannot stop new connections before closing");
-                }
-            }
+            sys::refuse_all(&refuse);
             // Handshakes already under way complete into the backlog first
             // (once, at shutdown).
             std::thread::sleep(Duration::from_millis(50));
