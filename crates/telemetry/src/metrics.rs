@@ -26,24 +26,46 @@ pub const DURATION_BUCKETS: [f64; 16] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Distinct `host` label values kept; further hosts count under `_other`
+/// (a scanner sending made-up `Host` headers cannot grow the scrape).
+pub const MAX_HOSTS: usize = 32;
+
+/// A series key: method, route template and status code. Method and route
+/// are `'static` strings from fixed sets, so comparing them is cheap.
+type Key = (&'static str, &'static str, u16);
+
+fn same(a: &Key, b: &Key) -> bool {
+    a.2 == b.2 && a.1 == b.1 && a.0 == b.0
+}
+
 #[derive(Debug, Default, Clone)]
 struct DurationSeries {
+    /// Observations in each bucket alone (not cumulative: one increment per
+    /// observation); `render` sums them into Prometheus' cumulative buckets.
     buckets: [u64; DURATION_BUCKETS.len()],
     count: u64,
     sum: f64,
 }
 
+#[derive(Debug)]
+struct HostSeries {
+    host: Box<str>,
+    counts: Vec<(Key, u64)>,
+}
+
+/// Every request updates this under one uncontended lock, so lookups are
+/// linear scans of short vectors (a few dozen series at most: methods and
+/// routes are fixed sets): no hashing, no allocation on a hit.
 #[derive(Debug, Default)]
 struct State {
-    /// host → (method, route, code) → count. Keyed so that a hit allocates
-    /// nothing: every request updates these.
-    requests: HashMap<String, HashMap<(&'static str, &'static str, u16), u64>>,
+    /// host → (method, route, code) → count.
+    requests: Vec<HostSeries>,
     /// (method, route, code) → histogram.
-    durations: HashMap<(&'static str, &'static str, u16), DurationSeries>,
+    durations: Vec<(Key, DurationSeries)>,
     /// status class → count.
     classes: [u64; 5],
     /// error name → count (5xx answers).
-    exceptions: HashMap<&'static str, u64>,
+    exceptions: Vec<(&'static str, u64)>,
 }
 
 /// Per-process HTTP request metrics. Cheap to update from any thread.
@@ -67,6 +89,44 @@ pub struct Observation<'a> {
     pub duration: Duration,
 }
 
+/// The index of the first item `matches` accepts, pushing `make()` first if
+/// there is none.
+fn find_or_push<T>(
+    items: &mut Vec<T>,
+    matches: impl Fn(&T) -> bool,
+    make: impl FnOnce() -> T,
+) -> usize {
+    if let Some(index) = items.iter().position(matches) {
+        return index;
+    }
+    items.push(make());
+    items.len() - 1
+}
+
+impl State {
+    /// The counts of `host` (case-insensitive), added if there is room.
+    fn host_counts(&mut self, host: &str) -> &mut Vec<(Key, u64)> {
+        let mut host = if sane_host(host) { host } else { OTHER_HOST };
+        if self.requests.len() >= MAX_HOSTS
+            && !self
+                .requests
+                .iter()
+                .any(|h| h.host.eq_ignore_ascii_case(host))
+        {
+            host = OTHER_HOST;
+        }
+        let index = find_or_push(
+            &mut self.requests,
+            |h| h.host.eq_ignore_ascii_case(host),
+            || HostSeries {
+                host: host.to_ascii_lowercase().into_boxed_str(),
+                counts: Vec::new(),
+            },
+        );
+        &mut self.requests[index].counts
+    }
+}
+
 impl HttpMetrics {
     /// Empty metrics.
     pub fn new() -> Self {
@@ -76,31 +136,36 @@ impl HttpMetrics {
     /// Records one finished request.
     pub fn observe(&self, o: &Observation<'_>) {
         let seconds = o.duration.as_secs_f64();
-        let method = normalise_method(o.method);
+        let key: Key = (normalise_method(o.method), o.route, o.status);
+        // The first bucket whose bound is ≥ the duration (none: only +Inf).
+        let bucket = DURATION_BUCKETS.partition_point(|bound| *bound < seconds);
         let Ok(mut state) = self.state.lock() else {
             return;
         };
-        let host = bounded_host(o.host);
-        let by_host = match state.requests.get_mut(host.as_ref()) {
-            Some(by_host) => by_host,
-            None => state.requests.entry(host.into_owned()).or_default(),
-        };
-        *by_host.entry((method, o.route, o.status)).or_default() += 1;
-        let series = state
-            .durations
-            .entry((method, o.route, o.status))
-            .or_default();
+        let counts = state.host_counts(o.host);
+        match counts.iter_mut().find(|(k, _)| same(k, &key)) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((key, 1)),
+        }
+        let index = find_or_push(
+            &mut state.durations,
+            |(k, _)| same(k, &key),
+            || (key, DurationSeries::default()),
+        );
+        let series = &mut state.durations[index].1;
         series.count += 1;
         series.sum += seconds;
-        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
-            if seconds <= *bound {
-                series.buckets[i] += 1;
-            }
+        if let Some(n) = series.buckets.get_mut(bucket) {
+            *n += 1;
         }
         let class = usize::from((o.status / 100).clamp(1, 5)) - 1;
         state.classes[class] += 1;
         if o.status >= 500 {
-            *state.exceptions.entry(error_name(o.status)).or_default() += 1;
+            let error = error_name(o.status);
+            match state.exceptions.iter_mut().find(|(e, _)| *e == error) {
+                Some((_, n)) => *n += 1,
+                None => state.exceptions.push((error, 1)),
+            }
         }
     }
 
@@ -114,12 +179,13 @@ impl HttpMetrics {
         let mut requests: Vec<_> = state
             .requests
             .iter()
-            .flat_map(|(host, by)| {
-                by.iter()
-                    .map(move |((m, r, c), n)| ((*m, host, *r, *c), *n))
+            .flat_map(|h| {
+                h.counts
+                    .iter()
+                    .map(move |((m, r, c), n)| ((*m, &*h.host, *r, *c), *n))
             })
             .collect();
-        requests.sort();
+        requests.sort_unstable();
         for ((method, host, route, code), n) in requests {
             let _ = writeln!(
                 out,
@@ -129,13 +195,15 @@ impl HttpMetrics {
         }
         let _ = writeln!(out, "# HELP http_server_request_duration_seconds Time to serve a request, until its response body was sent.\n# TYPE http_server_request_duration_seconds histogram");
         let mut durations: Vec<_> = state.durations.iter().collect();
-        durations.sort_by(|a, b| a.0.cmp(b.0));
+        durations.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for ((method, route, code), series) in durations {
             let labels = format!("method=\"{method}\",path=\"{route}\",code=\"{code}\"");
+            let mut cumulative = 0;
             for (bound, n) in DURATION_BUCKETS.iter().zip(series.buckets) {
+                cumulative += n;
                 let _ = writeln!(
                     out,
-                    "http_server_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {n}"
+                    "http_server_request_duration_seconds_bucket{{{labels},le=\"{bound}\"}} {cumulative}"
                 );
             }
             let _ = writeln!(
@@ -163,8 +231,8 @@ impl HttpMetrics {
             );
         }
         let _ = writeln!(out, "# HELP http_server_exceptions_total Requests answered with a server error, by error.\n# TYPE http_server_exceptions_total counter");
-        let mut exceptions: Vec<_> = state.exceptions.iter().collect();
-        exceptions.sort();
+        let mut exceptions = state.exceptions.clone();
+        exceptions.sort_unstable();
         for (error, n) in exceptions {
             let _ = writeln!(out, "http_server_exceptions_total{{error=\"{error}\"}} {n}");
         }
@@ -186,23 +254,17 @@ fn normalise_method(method: &str) -> &'static str {
     }
 }
 
-/// Hosts are client-supplied: keep only sane, short ones so a scanner cannot
-/// create unbounded series.
-fn bounded_host(host: &str) -> std::borrow::Cow<'_, str> {
-    use std::borrow::Cow;
-    if host.len() <= 64
+/// The `host` label of requests whose `Host` is missing, odd or one too many.
+const OTHER_HOST: &str = "_other";
+
+/// Hosts are client-supplied: keep only short ones of host-name characters
+/// (and at most [`MAX_HOSTS`] of them) so a scanner cannot create unbounded
+/// series.
+fn sane_host(host: &str) -> bool {
+    host.len() <= 64
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':'))
-    {
-        if host.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(host.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(host)
-        }
-    } else {
-        Cow::Borrowed("_other")
-    }
 }
 
 fn error_name(status: u16) -> &'static str {
@@ -420,6 +482,58 @@ mod tests {
         });
         let text = metrics.render();
         assert!(text.contains("method=\"_OTHER\",host=\"_other\""), "{text}");
+    }
+
+    #[test]
+    fn made_up_hosts_beyond_the_cap_share_one_series() {
+        let metrics = HttpMetrics::new();
+        for i in 0..MAX_HOSTS + 10 {
+            let host = format!("h{i}.example");
+            metrics.observe(&Observation {
+                method: "GET",
+                host: &host,
+                route: "other",
+                status: 404,
+                duration: Duration::ZERO,
+            });
+        }
+        // Known hosts are matched case-insensitively, even after the cap.
+        metrics.observe(&Observation {
+            method: "GET",
+            host: "H0.Example",
+            route: "other",
+            status: 404,
+            duration: Duration::ZERO,
+        });
+        let text = metrics.render();
+        let series = text
+            .lines()
+            .filter(|l| l.starts_with("http_server_requests_total{"))
+            .count();
+        assert_eq!(series, MAX_HOSTS + 1, "{text}");
+        assert!(
+            text.contains("host=\"h0.example\",path=\"other\",code=\"404\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("host=\"_other\",path=\"other\",code=\"404\"} 10"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn buckets_are_cumulative_and_slow_requests_only_reach_inf() {
+        let metrics = HttpMetrics::new();
+        observe(&metrics, "/_status", 200, 1);
+        observe(&metrics, "/_status", 200, 1);
+        observe(&metrics, "/_status", 200, 60_000);
+        let text = metrics.render();
+        for (le, n) in [("0.001", 2), ("0.0025", 2), ("30", 2), ("+Inf", 3)] {
+            let line = format!(
+                "http_server_request_duration_seconds_bucket{{method=\"GET\",path=\"/_status\",code=\"200\",le=\"{le}\"}} {n}"
+            );
+            assert!(text.contains(&line), "{line} in {text}");
+        }
     }
 
     #[test]

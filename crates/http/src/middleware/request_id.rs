@@ -31,21 +31,31 @@ fn process_seed() -> u64 {
 impl MakeWharfRequestId {
     /// A fresh id.
     pub fn next_id() -> String {
+        String::from_utf8_lossy(&Self::next_id_bytes()).into_owned()
+    }
+
+    /// A fresh id as ASCII hex digits, formatted without `fmt` machinery or
+    /// a heap allocation: every request without an id makes one.
+    fn next_id_bytes() -> [u8; 32] {
         static COUNTER: AtomicU64 = AtomicU64::new(1);
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         // Multiplying by an odd constant is a bijection on u64: ids stay unique
         // while not looking sequential.
-        format!(
-            "{:016x}{:016x}",
-            process_seed(),
-            n.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        )
+        let halves = [process_seed(), n.wrapping_mul(0x9E37_79B9_7F4A_7C15)];
+        let mut out = [0_u8; 32];
+        for (chunk, half) in out.chunks_exact_mut(16).zip(halves) {
+            for (i, digit) in chunk.iter_mut().enumerate() {
+                *digit = HEX[usize::try_from((half >> (60 - 4 * i)) & 0xf).unwrap_or(0)];
+            }
+        }
+        out
     }
 }
 
 impl MakeRequestId for MakeWharfRequestId {
     fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        HeaderValue::from_str(&Self::next_id())
+        HeaderValue::from_bytes(&Self::next_id_bytes())
             .ok()
             .map(RequestId::new)
     }
@@ -86,6 +96,12 @@ mod tests {
         let b = MakeWharfRequestId::next_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        // The process seed, then the scrambled counter, as lowercase hex.
+        assert_eq!(a[..16], format!("{:016x}", process_seed()));
+        assert!(
+            a.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+            "{a}"
+        );
         assert!(is_sane_request_id(&HeaderValue::from_str(&a).unwrap()));
     }
 
