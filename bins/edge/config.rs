@@ -69,6 +69,14 @@ pub(crate) struct EdgeConfig {
     /// (nginx's default is 503).
     #[serde(default = "default_limit_req_status")]
     pub(crate) limit_req_status: u16,
+    /// `[supervisor]` (nginx `worker_processes`): present, `edge` runs as a
+    /// master with `workers` worker processes (unset: one per CPU) of
+    /// `worker_threads` threads each (unset: CPUs ÷ workers), sharing the
+    /// listeners (`accept = "reuseport"` by default); HUP then replaces the
+    /// workers one by one after the master has checked the new file.
+    /// Absent (or `workers = 0`): one process, no master.
+    #[serde(default)]
+    pub(crate) supervisor: Option<wharf_supervisor::SupervisorSection>,
 }
 
 fn default_limit_req_status() -> u16 {
@@ -556,6 +564,8 @@ pub(crate) fn development() -> EdgeConfig {
         proxy: ProxySection::default(),
         limit_req: Vec::new(),
         limit_req_status: default_limit_req_status(),
+        // One process: each worker would make its own self-signed certificate.
+        supervisor: None,
         upstreams: vec![UpstreamSection {
             name: spanned("frontend"),
             servers: vec![UpstreamServerSection {

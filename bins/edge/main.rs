@@ -31,6 +31,7 @@ use tower_http::compression::CompressionLayer;
 use wharf_config::EXIT_CONFIG;
 use wharf_http::{Health, Listener, PlainAcceptor, Server, ServerConfig, StatusInfo};
 use wharf_proxy::proxy_protocol::ProxyProtocolAcceptor;
+use wharf_supervisor::{Supervisor, WorkerContext};
 use wharf_tls::{KeyKind, SelfSigned, TlsConfig, TlsSettings};
 
 use crate::app::{ConnLimits, EdgeAcceptor, EdgeApp, RedirectApp};
@@ -83,6 +84,17 @@ fn load(
 ) -> Result<(EdgeConfig, Source, Built), ConfigError> {
     let (mut config, source) = config::load(path)?;
     Overrides::from_env().apply(&mut config);
+    if config
+        .supervisor
+        .as_ref()
+        .is_some_and(|s| s.admin_address.is_some())
+    {
+        return Err(ConfigError {
+            file: path.map(ToOwned::to_owned),
+            line: None,
+            message: "[supervisor] admin_address is not used by edge: the master serves /metrics and health on [admin] address".to_owned(),
+        });
+    }
     let built = runtime::build(&config, &source, generation)?;
     Ok((config, source, built))
 }
@@ -140,22 +152,8 @@ fn healthcheck(path: Option<&std::path::Path>, timeout: u64) -> ExitCode {
 }
 
 fn check_config(path: Option<&std::path::Path>) -> ExitCode {
-    let (config, _, built) = match load(path, 0) {
-        Ok(loaded) => loaded,
-        Err(error) => return config_exit(&error),
-    };
-    if let Err(error) = config::load_env() {
-        eprintln!("edge: {error}");
-        return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
-    }
-    if !built.certificates.is_empty() {
-        if let Err(error) = TlsConfig::load(&tls_settings(&config, built.certificates.clone())) {
-            return config_exit(&ConfigError {
-                file: path.map(ToOwned::to_owned),
-                line: None,
-                message: error.to_string(),
-            });
-        }
+    if let Err(error) = validate(path) {
+        return config_exit(&error);
     }
     let name = path.map_or_else(
         || "<development defaults>".to_owned(),
@@ -164,6 +162,28 @@ fn check_config(path: Option<&std::path::Path>) -> ExitCode {
     println!("edge: the configuration file {name} syntax is ok");
     println!("edge: configuration file {name} test is successful");
     ExitCode::SUCCESS
+}
+
+/// Everything `check-config` checks: the file, the environment, and that the
+/// certificates load.
+fn validate(path: Option<&std::path::Path>) -> Result<(), ConfigError> {
+    let (config, _, built) = load(path, 0)?;
+    let file = path.map(ToOwned::to_owned);
+    config::load_env().map_err(|error| ConfigError {
+        file: file.clone(),
+        line: None,
+        message: error.to_string(),
+    })?;
+    if !built.certificates.is_empty() {
+        TlsConfig::load(&tls_settings(&config, built.certificates.clone())).map_err(|error| {
+            ConfigError {
+                file,
+                line: None,
+                message: error.to_string(),
+            }
+        })?;
+    }
+    Ok(())
 }
 
 fn tls_settings(config: &EdgeConfig, certificates: Vec<wharf_tls::CertificatePair>) -> TlsSettings {
@@ -248,6 +268,11 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
         }
     };
+    if let Some(section) = config.supervisor.clone().filter(|s| s.workers != Some(0)) {
+        let code = serve_supervised(path, config, built, section);
+        drop(traces);
+        return code;
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -258,10 +283,47 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(EXIT_UNAVAILABLE);
         }
     };
-    let code = runtime.block_on(run(path, config, built));
+    let code = runtime.block_on(run(path, config, built, None));
     drop(runtime);
     drop(traces);
     code
+}
+
+/// `[supervisor]`: this process becomes the master (binding the listeners
+/// once, serving the instance's `/metrics` and health on the admin address)
+/// and runs `run` in worker processes, each a re-execution of this binary
+/// that loads the file afresh, so a HUP (checked here first) rolls the new
+/// configuration and certificates out worker by worker.
+fn serve_supervised(
+    path: Option<PathBuf>,
+    config: EdgeConfig,
+    built: Built,
+    mut section: wharf_supervisor::SupervisorSection,
+) -> ExitCode {
+    section.admin_address = config.admin.enabled.then(|| config.admin.address.clone());
+    let mut supervisor = Supervisor::new(section)
+        .graceful_timeout(config.http.shutdown_timeout + Duration::from_secs(1));
+    for plan in &built.listeners {
+        supervisor = supervisor.listen(plan.addr);
+    }
+    let check_path = path.clone();
+    let supervisor = supervisor.reload_check(Arc::new(move || {
+        validate(check_path.as_deref()).map_err(|error| error.to_string())
+    }));
+    let result = supervisor.run(move |ctx| async move {
+        if run(path, config, built, Some(ctx)).await == ExitCode::SUCCESS {
+            Ok(())
+        } else {
+            Err("the worker could not start (see the log above)")
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "edge stopped with an error");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+    }
 }
 
 /// Makes the development certificate when no file configures one.
@@ -278,7 +340,12 @@ fn development_certificates() -> Result<Vec<wharf_tls::CertificatePair>, wharf_t
 }
 
 #[allow(clippy::too_many_lines)] // start-up in order: TLS, listeners, servers, signals
-async fn run(path: Option<PathBuf>, config: EdgeConfig, built: Built) -> ExitCode {
+async fn run(
+    path: Option<PathBuf>,
+    config: EdgeConfig,
+    built: Built,
+    mut worker: Option<WorkerContext>,
+) -> ExitCode {
     let Built {
         runtime,
         listeners: plans,
@@ -324,8 +391,16 @@ async fn run(path: Option<PathBuf>, config: EdgeConfig, built: Built) -> ExitCod
     };
 
     let mut tasks = Vec::new();
+    // A worker serves the master's sockets, in the order they were listed.
+    let mut inherited = worker.as_mut().map(|ctx| ctx.take_listeners().into_iter());
     for plan in &plans {
-        let listener = match Listener::bind(plan.addr) {
+        let bound = match inherited.as_mut() {
+            Some(sockets) => sockets.next().map(Listener::from_std).ok_or_else(|| {
+                std::io::Error::other(format!("no inherited socket for {}", plan.addr))
+            }),
+            None => Listener::bind(plan.addr).map_err(std::io::Error::other),
+        };
+        let listener = match bound {
             Ok(l) => l,
             Err(error) => {
                 tracing::error!(%error, "Cannot start");
@@ -349,7 +424,12 @@ async fn run(path: Option<PathBuf>, config: EdgeConfig, built: Built) -> ExitCod
         );
         tasks.push(task);
     }
-    if let Some(addr) = admin {
+    if let Some(ctx) = worker.as_mut() {
+        // The master serves /metrics (the sum over workers) and health.
+        let (current, tls) = (Arc::clone(&current), tls.clone());
+        ctx.set_metrics_source(Arc::new(move || app::metrics(&current, tls.as_ref())));
+        ctx.ready();
+    } else if let Some(addr) = admin {
         match Listener::bind(addr) {
             Ok(listener) => {
                 tracing::info!(address = %addr, "Admin listening: /metrics, /_status, /health/live, /health/ready");
@@ -390,7 +470,10 @@ async fn run(path: Option<PathBuf>, config: EdgeConfig, built: Built) -> ExitCod
         }
     }
 
-    signals(path, &plans, &current, tls.as_ref()).await;
+    match worker {
+        Some(ctx) => worker_signals(ctx).await,
+        None => signals(path, &plans, &current, tls.as_ref()).await,
+    }
     let _ = stop_tx.send(true);
     let mut forced = 0;
     for task in tasks {
@@ -511,6 +594,25 @@ fn compressible(
                 | "application/xml+rss"
                 | "image/svg+xml"
         )
+}
+
+/// A worker stops when its master says so; a HUP sent to the whole process
+/// group is the master's to act on (it replaces the workers), so a worker
+/// only notes it.
+async fn worker_signals(ctx: WorkerContext) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let shutdown = ctx.shutdown_signal();
+    tokio::pin!(shutdown);
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        shutdown.await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = &mut shutdown => return,
+            _ = hangup.recv() => tracing::debug!("SIGHUP in a worker: the master reloads"),
+        }
+    }
 }
 
 /// Waits for SIGTERM/SIGINT, reloading on every SIGHUP meanwhile.

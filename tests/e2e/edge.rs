@@ -335,55 +335,7 @@ fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
 fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_failed_request() {
     let dir = tempfile::tempdir().unwrap();
     let edge = start_edge(dir.path(), &dead_address(), "");
-    let url = edge.url("/fixed");
-    let resolve = edge.resolve();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let load: Vec<_> = (0..2)
-        .map(|_| {
-            let (stop, ok, failed, url, resolve) = (
-                Arc::clone(&stop),
-                Arc::clone(&ok),
-                Arc::clone(&failed),
-                url.clone(),
-                resolve.clone(),
-            );
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    let out = Command::new("curl")
-                        .args([
-                            "-sk",
-                            "--max-time",
-                            "5",
-                            "-w",
-                            "%{http_code}",
-                            "--resolve",
-                            &resolve,
-                            "-o",
-                            "/dev/null",
-                            &url,
-                            "-o",
-                            "/dev/null",
-                            &url,
-                            "-o",
-                            "/dev/null",
-                            &url,
-                        ])
-                        .output()
-                        .unwrap();
-                    let codes = String::from_utf8_lossy(&out.stdout).into_owned();
-                    for chunk in codes.as_bytes().chunks(3) {
-                        if chunk == b"200" {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            failed.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-
+    let load = CurlLoad::start(&edge, "/fixed", 2);
     std::thread::sleep(Duration::from_millis(300));
     // A typo: refused, old configuration keeps serving.
     let good = std::fs::read_to_string(&edge.config).unwrap();
@@ -404,22 +356,154 @@ fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_faile
         edge.reload();
     }
     std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    for thread in load {
-        thread.join().unwrap();
-    }
+    let (ok, failed) = load.stop();
     assert_eq!(edge.metric("edge_config_reloads_total"), 3);
     let (_, text) = edge.curl(&[], "/fixed");
     assert!(
         text.ends_with("fixed2\n"),
         "new connections get the new configuration: {text}"
     );
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed requests during reloads"
+    assert_eq!(failed, 0, "failed requests during reloads");
+    assert!(ok > 10);
+}
+
+/// Threads running curl against `path` (three requests per connection) until
+/// stopped, counting 200s and anything else.
+struct CurlLoad {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl CurlLoad {
+    fn start(edge: &Edge, path: &str, threads: usize) -> Self {
+        let (url, resolve) = (edge.url(path), edge.resolve());
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let threads = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed, url, resolve) = (
+                    Arc::clone(&stop),
+                    Arc::clone(&ok),
+                    Arc::clone(&failed),
+                    url.clone(),
+                    resolve.clone(),
+                );
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let out = Command::new("curl")
+                            .args(["-sk", "--max-time", "5", "-w", "%{http_code}"])
+                            .args(["--resolve", &resolve])
+                            .args(["-o", "/dev/null", &url, "-o", "/dev/null", &url])
+                            .args(["-o", "/dev/null", &url])
+                            .output()
+                            .unwrap();
+                        let codes = String::from_utf8_lossy(&out.stdout).into_owned();
+                        for chunk in codes.as_bytes().chunks(3) {
+                            if chunk == b"200" {
+                                ok.fetch_add(1, Ordering::Relaxed);
+                            } else {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self {
+            stop,
+            ok,
+            failed,
+            threads,
+        }
+    }
+
+    /// Stops and returns (200s, failures).
+    fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[test]
+fn with_worker_processes_hup_rolls_a_checked_configuration_out_with_no_failed_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(
+        dir.path(),
+        &dead_address(),
+        "\n[supervisor]\nworkers = 2\nworker_threads = 1\n",
     );
-    assert!(ok.load(Ordering::Relaxed) > 10);
+    let admin =
+        |path: &str| crate::support::curl(&[&format!("http://127.0.0.1:{}{path}", edge.admin)]);
+    let reloads = || {
+        let (_, text) = admin("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix("wharf_worker_restarts_total{reason=\"reload\"} "))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no reload count in {text}"))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    // The master serves health and one scrape summed over both workers.
+    loop {
+        let (ok, text) = admin("/metrics");
+        if ok
+            && text.contains("wharf_worker_rss_bytes{slot=\"1\"}")
+            && text.contains("edge_config_generation 1\n")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "workers not reporting: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(admin("/health/ready").0, "the instance is ready");
+    assert!(admin("/health/live").0);
+
+    let load = CurlLoad::start(&edge, "/fixed", 2);
+    std::thread::sleep(Duration::from_millis(300));
+    // A typo: the master's check refuses it; no worker is replaced.
+    let good = std::fs::read_to_string(&edge.config).unwrap();
+    std::fs::write(
+        &edge.config,
+        good.replace("[proxy]", "[proxy]\nconect_timeout = \"1s\""),
+    )
+    .unwrap();
+    edge.running.signal("HUP");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(reloads(), 0, "a refused reload replaced workers");
+    assert!(edge.curl(&[], "/fixed").1.ends_with("fixed\n"));
+    // A valid change: both workers are replaced, one by one.
+    std::fs::write(
+        &edge.config,
+        good.replace("body = \"fixed\\n\"", "body = \"fixed2\\n\""),
+    )
+    .unwrap();
+    edge.running.signal("HUP");
+    while reloads() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(10),
+            "reload did not finish"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let (ok, failed) = load.stop();
+    let (_, text) = edge.curl(&[], "/fixed");
+    assert!(
+        text.ends_with("fixed2\n"),
+        "new workers serve the new file: {text}"
+    );
+    assert_eq!(failed, 0, "failed requests during the rolling reload");
+    assert!(ok > 10);
 }
 
 #[test]

@@ -103,12 +103,29 @@ pub enum SupervisorError {
     Service(String),
 }
 
+/// A check the master runs on SIGHUP before replacing any worker (e.g. load
+/// and validate the new configuration); an `Err` refuses the reload, logs its
+/// text, and the workers keep serving as they are.
+pub type ReloadCheck = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Configures and runs supervision. See the [crate docs](crate).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Supervisor {
     config: SupervisorSection,
     graceful_timeout: Duration,
     addrs: Vec<SocketAddr>,
+    reload_check: Option<ReloadCheck>,
+}
+
+impl std::fmt::Debug for Supervisor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Supervisor")
+            .field("config", &self.config)
+            .field("graceful_timeout", &self.graceful_timeout)
+            .field("addrs", &self.addrs)
+            .field("reload_check", &self.reload_check.is_some())
+            .finish()
+    }
 }
 
 impl Supervisor {
@@ -118,7 +135,19 @@ impl Supervisor {
             config,
             graceful_timeout: Duration::from_secs(30),
             addrs: Vec::new(),
+            reload_check: None,
         }
+    }
+
+    /// Runs `check` in the master on SIGHUP before any worker is replaced:
+    /// an `Err` refuses the reload (logged with its text) and the running
+    /// workers keep serving, as `nginx -s reload` does with a bad file.
+    /// Without a check, a replacement that fails to start is what stops a
+    /// reload (the old worker is kept).
+    #[must_use]
+    pub fn reload_check(mut self, check: ReloadCheck) -> Self {
+        self.reload_check = Some(check);
+        self
     }
 
     /// How long a draining worker gets before it is killed (match the HTTP
@@ -167,7 +196,8 @@ impl Supervisor {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let master = master::Master::new(self.config, self.graceful_timeout, listeners)?;
+        let master = master::Master::new(self.config, self.graceful_timeout, listeners)?
+            .with_reload_check(self.reload_check);
         runtime.block_on(master.run())
     }
 

@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,7 +22,7 @@ use crate::sys::{self, ExitKind};
 use crate::worker::{
     Report, DRAIN, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT, INSTANCE_METRICS_TAG, METRICS_TAG,
 };
-use crate::SupervisorError;
+use crate::{ReloadCheck, SupervisorError};
 use wharf_telemetry::metrics::Aggregator;
 
 const TICK: Duration = Duration::from_millis(200);
@@ -130,6 +131,11 @@ pub(crate) struct Master {
     events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     metrics: Arc<Mutex<String>>,
+    /// Whether the instance serves: a worker is ready and no stop has begun
+    /// (the admin listener's `/health/ready`).
+    ready: Arc<AtomicBool>,
+    /// Run on SIGHUP before any worker is replaced: an error refuses the reload.
+    reload_check: Option<ReloadCheck>,
     aggregator: Aggregator,
     last_broadcast: Instant,
     reloading: bool,
@@ -143,6 +149,12 @@ pub(crate) struct Master {
 }
 
 impl Master {
+    /// Sets the check run before a SIGHUP reload.
+    pub(crate) fn with_reload_check(mut self, check: Option<ReloadCheck>) -> Self {
+        self.reload_check = check;
+        self
+    }
+
     pub(crate) fn new(
         config: SupervisorSection,
         graceful_timeout: Duration,
@@ -168,6 +180,8 @@ impl Master {
             events_tx,
             events_rx,
             metrics: Arc::new(Mutex::new(String::new())),
+            ready: Arc::new(AtomicBool::new(false)),
+            reload_check: None,
             aggregator: Aggregator::new(),
             last_broadcast: Instant::now(),
             reloading: false,
@@ -693,6 +707,11 @@ impl Master {
         if let Ok(mut metrics) = self.metrics.lock() {
             *metrics = out;
         }
+        let serving = self
+            .workers
+            .values()
+            .any(|w| w.ready && w.draining_since.is_none());
+        self.ready.store(serving, Ordering::Relaxed);
     }
 
     /// Runs until a stop signal; returns after every worker has exited.
@@ -741,6 +760,10 @@ impl Master {
                     self.check(now, sample);
                 }
                 _ = hup.recv() => {
+                    if let Some(Err(why)) = self.reload_check.as_ref().map(|check| check()) {
+                        tracing::error!(signal = "SIGHUP", error = %why, "Reload refused; the workers keep serving as they are");
+                        continue;
+                    }
                     tracing::info!(signal = "SIGHUP", "Reloading: replacing workers one by one");
                     crate::notify::sd_notify(&format!("RELOADING=1\n{}", crate::notify::monotonic_usec()));
                     self.reloading = true;
@@ -820,6 +843,7 @@ impl Master {
 
     async fn shutdown(&mut self, fast: bool) {
         crate::notify::sd_notify("STOPPING=1");
+        self.ready.store(false, Ordering::Relaxed);
         let grace = if fast {
             Duration::from_secs(1)
         } else {
@@ -876,6 +900,7 @@ impl Master {
 
     fn start_admin(&self, addr: &str) {
         let metrics = Arc::clone(&self.metrics);
+        let ready = Arc::clone(&self.ready);
         let addr = addr.to_owned();
         tokio::spawn(async move {
             // After a binary upgrade the old master holds the address until it
@@ -897,19 +922,24 @@ impl Master {
                     }
                 }
             };
-            tracing::info!(address = %addr, "Admin listener: /metrics, /health/live");
-            serve_admin(listener, metrics).await;
+            tracing::info!(address = %addr, "Admin listener: /metrics, /health/live, /health/ready");
+            serve_admin(listener, metrics, ready).await;
         });
     }
 }
 
-async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Mutex<String>>) {
+async fn serve_admin(
+    listener: tokio::net::TcpListener,
+    metrics: Arc<Mutex<String>>,
+    ready: Arc<AtomicBool>,
+) {
     {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 continue;
             };
             let metrics = Arc::clone(&metrics);
+            let ready = Arc::clone(&ready);
             tokio::spawn(async move {
                 let mut buf = vec![0_u8; 2048];
                 let Ok(Ok(n)) =
@@ -929,6 +959,16 @@ async fn serve_admin(listener: tokio::net::TcpListener, metrics: Arc<Mutex<Strin
                         "200 OK",
                         "application/json",
                         "{\"status\":\"ok\"}".to_owned(),
+                    ),
+                    "/health/ready" if ready.load(Ordering::Relaxed) => (
+                        "200 OK",
+                        "application/json",
+                        "{\"status\":\"ok\"}".to_owned(),
+                    ),
+                    "/health/ready" => (
+                        "503 Service Unavailable",
+                        "application/json",
+                        "{\"status\":\"unavailable\"}".to_owned(),
                     ),
                     _ => ("404 Not Found", "text/plain", "404 Not Found\n".to_owned()),
                 };

@@ -350,8 +350,21 @@ fn is_monotonic(kind: Option<&String>) -> bool {
     )
 }
 
+/// Gauges that state a fact about the whole instance, which every worker
+/// reports alike (a certificate's expiry, the configuration generation, an
+/// upstream's health, build info): summing them over workers would be wrong,
+/// so the aggregate is their maximum. By name: `*_timestamp_seconds`,
+/// `*_generation`, `*_up`, `*_info`.
+fn is_per_instance(family: &str, kind: Option<&String>) -> bool {
+    kind.is_some_and(|k| k == "gauge")
+        && ["_timestamp_seconds", "_generation", "_up", "_info"]
+            .iter()
+            .any(|suffix| family.ends_with(suffix))
+}
+
 /// Sums worker metrics by slot into one scrape, keeping counters monotonic
-/// across worker replacement.
+/// across worker replacement; per-instance gauges (see `is_per_instance`)
+/// take the maximum instead.
 #[derive(Debug, Default)]
 pub struct Aggregator {
     /// Latest text from each live worker, by worker id, with its slot.
@@ -411,7 +424,20 @@ impl Aggregator {
                 types.insert(name.clone(), kind.clone());
             }
             for (key, value) in &parsed.samples {
-                *sums.entry(key.clone()).or_default() += value;
+                let fam = family(&key.0, &parsed.types);
+                match sums.entry(key.clone()) {
+                    std::collections::btree_map::Entry::Vacant(entry) => {
+                        entry.insert(*value);
+                    }
+                    std::collections::btree_map::Entry::Occupied(mut entry) => {
+                        if is_per_instance(fam, parsed.types.get(fam)) {
+                            let max = entry.get().max(*value);
+                            entry.insert(max);
+                        } else {
+                            *entry.get_mut() += value;
+                        }
+                    }
+                }
             }
         }
         // Group samples under their family's HELP/TYPE lines.
@@ -534,6 +560,28 @@ mod tests {
             );
             assert!(text.contains(&line), "{line} in {text}");
         }
+    }
+
+    #[test]
+    fn per_instance_gauges_are_not_summed_over_workers() {
+        let text = |open: u32, up: u32| {
+            format!(
+                "# TYPE edge_connections_open gauge\nedge_connections_open {open}\n\
+                 # TYPE edge_tls_certificate_expiry_timestamp_seconds gauge\n\
+                 edge_tls_certificate_expiry_timestamp_seconds{{name=\"a\"}} 1900000000\n\
+                 # TYPE edge_upstream_up gauge\nedge_upstream_up{{server=\"x\"}} {up}\n"
+            )
+        };
+        let mut agg = Aggregator::new();
+        agg.update(1, 0, &text(3, 1));
+        agg.update(2, 1, &text(4, 0));
+        let out = agg.render();
+        assert!(out.contains("edge_connections_open 7\n"), "{out}");
+        assert!(
+            out.contains("edge_tls_certificate_expiry_timestamp_seconds{name=\"a\"} 1900000000\n"),
+            "{out}"
+        );
+        assert!(out.contains("edge_upstream_up{server=\"x\"} 1\n"), "{out}");
     }
 
     #[test]
