@@ -781,6 +781,9 @@ ssl_certificate_key = "{key}"
 [[server.location]]
 path = "/"
 proxy_pass = "backend"
+
+# nginx's `worker_processes auto`: a worker process per CPU, one thread each.
+[supervisor]
 """
         path = self.tmp / f"{name}.toml"
         path.write_text(toml)

@@ -311,15 +311,22 @@ impl ProxyInner {
         if let Some(host) = &host {
             parts.headers.insert(header::HOST, host.clone());
         }
+        // A reference-counted clone of the client's target (no copy).
         let path = parts
             .uri
             .path_and_query()
-            .map_or("/", http::uri::PathAndQuery::as_str)
-            .to_owned();
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
 
         if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
-            return crate::websocket::proxy_upgrade(&self, &parts, &path, protocol, client_upgrade)
-                .await;
+            return crate::websocket::proxy_upgrade(
+                &self,
+                &parts,
+                path.as_str(),
+                protocol,
+                client_upgrade,
+            )
+            .await;
         }
 
         let body = if settings.buffer_request_body || body.is_end_stream() {
@@ -337,7 +344,7 @@ impl ProxyInner {
     async fn forward(
         &self,
         parts: &http::request::Parts,
-        path: &str,
+        path: &http::uri::PathAndQuery,
         mut body: RequestBody,
     ) -> Response<ResponseBody> {
         let settings = &self.settings;
@@ -360,7 +367,7 @@ impl ProxyInner {
             tried.push(index);
             let peer = &upstream.peers[index];
             peer.requests.fetch_add(1, Ordering::Relaxed);
-            let Ok(uri) = Uri::try_from(format!("http://{}{path}", peer.config.addr)) else {
+            let Some(uri) = upstream_uri(peer.authority.as_ref(), path) else {
                 return error_page(StatusCode::BAD_REQUEST);
             };
             let mut attempt = Request::new(attempt_body);
@@ -452,6 +459,19 @@ impl ProxyInner {
         let body = UpstreamBody::new(body, self.settings.read_timeout, guard);
         Response::from_parts(parts, wbody::boxed(body))
     }
+}
+
+/// `http://<server><path>`: the authority is the server's, parsed once; the
+/// path and query are the client's (already a valid request target).
+fn upstream_uri(
+    authority: Option<&http::uri::Authority>,
+    path: &http::uri::PathAndQuery,
+) -> Option<Uri> {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(http::uri::Scheme::HTTP);
+    parts.authority = Some(authority?.clone());
+    parts.path_and_query = Some(path.clone());
+    Uri::from_parts(parts).ok()
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

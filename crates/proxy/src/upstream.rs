@@ -134,6 +134,8 @@ impl UpstreamConfig {
 #[derive(Debug)]
 pub(crate) struct Peer {
     pub(crate) config: UpstreamServer,
+    /// `config.addr` as a URI authority, made once rather than per request.
+    pub(crate) authority: Option<http::uri::Authority>,
     /// Requests in flight (for least-conn and metrics).
     pub(crate) active: AtomicUsize,
     /// Passive health: failures in the current window and when it started.
@@ -151,6 +153,7 @@ pub(crate) struct Peer {
 impl Peer {
     fn new(config: UpstreamServer) -> Self {
         Self {
+            authority: http::uri::Authority::try_from(config.addr.to_string()).ok(),
             config,
             active: AtomicUsize::new(0),
             fails: Mutex::new((0, None)),

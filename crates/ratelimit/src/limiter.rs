@@ -470,6 +470,36 @@ impl Limiter {
     #[allow(clippy::too_many_lines)] // one pass over the zones, in the order the doc describes
     async fn decide(&self, applied: &[Applied]) -> Decision {
         let inner = &*self.inner;
+        // One zone, in memory (the common case, and every check under
+        // attack): the same decision as the general path below, without its
+        // bookkeeping vectors.
+        if let [only] = applied {
+            let z = &inner.zones[only.zone];
+            if inner.redis.is_none() || z.zone.store != StoreKind::Shared {
+                let item = memory::Item {
+                    table: &z.table,
+                    policy: z.policy,
+                    key: &only.key,
+                };
+                let outcome = memory::check_one(&item, inner.clock.now());
+                let (delay, retry_after) = if outcome.allowed {
+                    (Duration::from_micros(outcome.delay), Duration::ZERO)
+                } else {
+                    (Duration::ZERO, Duration::from_micros(outcome.retry_after))
+                };
+                return Decision {
+                    allowed: outcome.allowed,
+                    delay,
+                    retry_after,
+                    zones: vec![self.result(
+                        only.zone,
+                        Some(&outcome),
+                        !outcome.allowed,
+                        Source::Memory,
+                    )],
+                };
+            }
+        }
         let mut results: Vec<Option<ZoneResult>> = vec![None; applied.len()];
         let mut memory_items: Vec<usize> = Vec::new();
         let mut redis_items: Vec<usize> = Vec::new();

@@ -121,7 +121,8 @@ pub(crate) fn check_all(items: &[Item<'_>], now: u64) -> Vec<Outcome> {
     outcomes
 }
 
-fn check_one(item: &Item<'_>, now: u64) -> Outcome {
+/// Decides (and charges, if it passes) one item at `now`.
+pub(crate) fn check_one(item: &Item<'_>, now: u64) -> Outcome {
     let mut shard = lock(&item.table.shards[item.table.shard_of(item.key)]);
     let tat = shard.map.get(item.key).copied().unwrap_or(0);
     let outcome = item.policy.decide(tat, now);

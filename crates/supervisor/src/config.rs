@@ -31,7 +31,7 @@ pub struct SupervisorSection {
     /// never. Default 0.
     pub max_memory_bytes: u64,
     /// `WHARF_ADMIN_ADDRESS`: the master's admin listener (`/metrics`,
-    /// `/health/live`), e.g. `127.0.0.1:9101`; unset = none.
+    /// `/health/live`, `/health/ready`), e.g. `127.0.0.1:9101`; unset = none.
     pub admin_address: Option<String>,
     /// `WHARF_ACCEPT`: how workers share a listening address. Default
     /// [`AcceptMode::ReusePort`] (docs/supervisor.md has the measurement).

@@ -20,7 +20,10 @@
 //!   (binary upgrade: a new master inherits the sockets, and the old one drains
 //!   only once the new workers are ready), TTIN/TTOU (one worker more/fewer), reaps every child (it can be PID 1), makes
 //!   workers die with it (`PR_SET_PDEATHSIG`), speaks systemd's notify protocol,
-//!   and serves one `/metrics` for the whole instance on an admin listener.
+//!   and serves one `/metrics` for the whole instance on an admin listener,
+//!   with `/health/live` and `/health/ready`;
+//! - runs an optional [`reload_check`](Supervisor::reload_check) on HUP first,
+//!   so a bad new configuration is refused before any worker is replaced.
 //!
 //! With `workers = 0` the service runs in this one process with no master.
 //!
