@@ -159,8 +159,13 @@ pub(crate) struct HttpSection {
     pub(crate) access_log: bool,
     /// `gzip on`. Default on.
     pub(crate) gzip: bool,
-    /// `gzip_min_length`. Default 1024.
+    /// `gzip_min_length`: the smallest body compressed (gzip or brotli).
+    /// Default 1024.
     pub(crate) gzip_min_length: u16,
+    /// Brotli (`ngx_brotli`'s `brotli on`) for clients that accept it, at
+    /// quality 4 (as Cloudflare serves dynamic content), preferred over gzip
+    /// at equal `q`. Same types and threshold as gzip. Default on.
+    pub(crate) brotli: bool,
     /// `Strict-Transport-Security` on TLS responses; empty for none.
     /// Default `max-age=63072000; includeSubDomains`.
     pub(crate) hsts: String,
@@ -185,6 +190,7 @@ impl Default for HttpSection {
             access_log: true,
             gzip: true,
             gzip_min_length: 1024,
+            brotli: true,
             hsts: "max-age=63072000; includeSubDomains".to_owned(),
             x_frame_options: "DENY".to_owned(),
             referrer_policy: "strict-origin-when-cross-origin".to_owned(),

@@ -99,8 +99,17 @@ return = {{ status = 200, body = "fixed\n" }}
 }
 
 fn start_edge(dir: &Path, upstream: &str, extra: &str) -> Edge {
+    start_edge_with_tail(dir, upstream, extra, "")
+}
+
+/// As [`start_edge`], with `tail` appended to the file (more locations of
+/// the one server, say).
+fn start_edge_with_tail(dir: &Path, upstream: &str, extra: &str, tail: &str) -> Edge {
     let (http, https, admin) = (free_port(), free_port(), free_port());
     let config = write_config(dir, http, https, admin, upstream, extra);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(tail);
+    std::fs::write(&config, text).unwrap();
     let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
     let running = start(EDGE, &["--config", config.to_str().unwrap()], &env, https);
     wait_for_port(([127, 0, 0, 1], http).into(), Duration::from_secs(10));
@@ -614,4 +623,46 @@ fn healthcheck_subcommand_asks_the_admin_listener() {
         .unwrap();
     assert_eq!(down.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&down.stderr).contains("/health/live"));
+}
+
+#[test]
+fn text_above_the_threshold_is_brotli_or_gzip_compressed_as_the_client_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let page = "<p>GOV.UK Notify document download</p>\n".repeat(60);
+    let tail = format!(
+        "\n[[server.location]]\npath = \"/page\"\nreturn = {{ status = 200, body = {page:?} }}\n"
+    );
+    let edge = start_edge_with_tail(dir.path(), &dead_address(), "", &tail);
+    let fetch = |accept: &str, path: &str| {
+        // --compressed: curl decodes what it was sent (and says what it accepts).
+        let (status, text) = edge.curl(
+            &["--compressed", "-H", &format!("Accept-Encoding: {accept}")],
+            path,
+        );
+        assert_eq!(status, 200, "{text}");
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let encoding = head.lines().find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-encoding: ")
+                .map(str::to_owned)
+        });
+        (head.to_ascii_lowercase(), encoding, body.to_owned())
+    };
+    // Both accepted at the same q: brotli, decoded back to the page.
+    let (head, encoding, body) = fetch("gzip, br", "/page");
+    assert_eq!(encoding.as_deref(), Some("br"), "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
+    assert_eq!(body, page);
+    // gzip only, or gzip preferred by q.
+    for accept in ["gzip", "br;q=0.5, gzip"] {
+        let (head, encoding, body) = fetch(accept, "/page");
+        assert_eq!(encoding.as_deref(), Some("gzip"), "{accept}: {head}");
+        assert_eq!(body, page);
+    }
+    // Nothing accepted, or a body under gzip_min_length (1024): as is.
+    let (head, encoding, body) = fetch("identity", "/page");
+    assert_eq!(encoding, None, "{head}");
+    assert_eq!(body, page);
+    let (head, encoding, _) = fetch("gzip, br", "/fixed");
+    assert_eq!(encoding, None, "a 6-byte body is not compressed: {head}");
 }
