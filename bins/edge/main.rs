@@ -15,10 +15,6 @@ mod app;
 mod config;
 mod runtime;
 
-/// The allocator (see Cargo.toml for why).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -10,10 +10,6 @@ mod config;
 mod healthcheck;
 mod metrics;
 
-/// The allocator (see Cargo.toml for why).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
