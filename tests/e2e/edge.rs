@@ -155,6 +155,21 @@ impl Edge {
         (status, text)
     }
 
+    /// Writes a misspelt key into the file; returns the good text.
+    fn write_typo(&self) -> String {
+        let good = std::fs::read_to_string(&self.config).unwrap();
+        let bad = good.replace("[proxy]", "[proxy]\nconect_timeout = \"1s\"");
+        std::fs::write(&self.config, bad).unwrap();
+        good
+    }
+
+    /// Writes `good` with the `/fixed` location answering `fixed2`.
+    fn write_fixed2(&self, good: &str) {
+        let changed = good.replace("body = \"fixed\\n\"", "body = \"fixed2\\n\"");
+        assert_ne!(changed, good);
+        std::fs::write(&self.config, changed).unwrap();
+    }
+
     fn reload(&self) {
         self.running.signal("HUP");
         std::thread::sleep(Duration::from_millis(300));
@@ -347,20 +362,11 @@ fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_faile
     let load = CurlLoad::start(&edge, "/fixed", 2);
     std::thread::sleep(Duration::from_millis(300));
     // A typo: refused, old configuration keeps serving.
-    let good = std::fs::read_to_string(&edge.config).unwrap();
-    std::fs::write(
-        &edge.config,
-        good.replace("[proxy]", "[proxy]\nconect_timeout = \"1s\""),
-    )
-    .unwrap();
+    let good = edge.write_typo();
     edge.reload();
     assert_eq!(edge.metric("edge_config_reload_failures_total"), 1);
     // A valid change: the fixed body changes for new connections.
-    std::fs::write(
-        &edge.config,
-        good.replace("body = \"fixed\\n\"", "body = \"fixed2\\n\""),
-    )
-    .unwrap();
+    edge.write_fixed2(&good);
     for _ in 0..3 {
         edge.reload();
     }
@@ -480,22 +486,13 @@ fn with_worker_processes_hup_rolls_a_checked_configuration_out_with_no_failed_re
     let load = CurlLoad::start(&edge, "/fixed", 2);
     std::thread::sleep(Duration::from_millis(300));
     // A typo: the master's check refuses it; no worker is replaced.
-    let good = std::fs::read_to_string(&edge.config).unwrap();
-    std::fs::write(
-        &edge.config,
-        good.replace("[proxy]", "[proxy]\nconect_timeout = \"1s\""),
-    )
-    .unwrap();
+    let good = edge.write_typo();
     edge.running.signal("HUP");
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(reloads(), 0, "a refused reload replaced workers");
     assert!(edge.curl(&[], "/fixed").1.ends_with("fixed\n"));
     // A valid change: both workers are replaced, one by one.
-    std::fs::write(
-        &edge.config,
-        good.replace("body = \"fixed\\n\"", "body = \"fixed2\\n\""),
-    )
-    .unwrap();
+    edge.write_fixed2(&good);
     edge.running.signal("HUP");
     while reloads() < 2 {
         assert!(

@@ -7,9 +7,11 @@ use std::hash::BuildHasher;
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use fred::prelude::{ClientLike, LuaInterface};
-use fred::types::config::{Options, ReconnectPolicy};
+use fred::clients::Pipeline;
+use fred::prelude::ClientLike;
+use fred::types::config::{ClusterDiscoveryPolicy, Options, ReconnectPolicy, Server, ServerConfig};
 use fred::types::scripts::Script;
+use fred::types::{CustomCommand, Value};
 
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::error::BuildError;
@@ -69,6 +71,15 @@ for i = 1, #KEYS do
 end
 return 1
 ";
+
+/// What fred answers a command Redis Cluster redirected (MOVED or ASK) when
+/// it may follow no redirection: Redis did not run the command.
+const REDIRECTED: &str = "Too many redirections.";
+
+/// Most commands one check sends: EVALSHA; again after a MOVED; after
+/// ASKING, once the slot is found migrating; again when it no longer is
+/// (MOVED then the retry); EVAL after NOSCRIPT.
+const MAX_SENDS: usize = 6;
 
 /// How the Redis store connects and behaves. Every field has a default.
 #[derive(Debug, Clone)]
@@ -171,6 +182,12 @@ impl RedisStore {
         // Retry the first connection with the reconnect policy instead of
         // failing: a replica must start (failing open) while Redis is down.
         config.fail_fast = false;
+        // Rediscover a Cluster through any master it knew, not only the
+        // node the URL names: with that node dead (a master that failed
+        // over), fred would otherwise never find the cluster again.
+        if let ServerConfig::Clustered { policy, .. } = &mut config.server {
+            *policy = ClusterDiscoveryPolicy::UseCache;
+        }
         let min = u32::try_from(options.reconnect_min_delay.as_millis())
             .unwrap_or(u32::MAX)
             .max(1);
@@ -186,6 +203,8 @@ impl RedisStore {
                 // One attempt: a check resent after a dropped connection could
                 // be charged twice. Failures go to the failure mode instead.
                 c.max_command_attempts = 1;
+                // fred follows no Cluster redirection: `run` does (see there).
+                c.max_redirections = 0;
                 c.connection_timeout = Duration::from_secs(2).max(timeout);
                 c.internal_command_timeout = Duration::from_secs(2).max(timeout);
                 c.tcp.nodelay = Some(true);
@@ -205,8 +224,11 @@ impl RedisStore {
             options: Options {
                 max_attempts: Some(1),
                 timeout: Some(timeout),
-                // While reconnecting, fail at once rather than queue.
-                fail_fast: true,
+                // While fred (re)connects, a check waits for it within its
+                // budget: the client connects in the background at start-up,
+                // and failing the first checks at once would open the breaker
+                // for its cool-down. (`ping` fails at once.)
+                fail_fast: false,
                 ..Options::default()
             },
             timeout,
@@ -242,7 +264,11 @@ impl RedisStore {
 
     /// PINGs Redis within the timeout budget (readiness).
     pub async fn ping(&self) -> Result<(), String> {
-        let client = self.client.with_options(&self.options);
+        // While reconnecting, fail at once rather than queue.
+        let client = self.client.with_options(&Options {
+            fail_fast: true,
+            ..self.options.clone()
+        });
         let ping = client.ping::<String>(None);
         match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
             Ok(Ok(_)) => Ok(()),
@@ -313,38 +339,191 @@ impl RedisStore {
     }
 
     /// EVALSHA, and on NOSCRIPT (Redis restarted or flushed its scripts) EVAL
-    /// with the body, which also caches it again: still one attempt each.
+    /// with the body, which also caches it again. No command is sent twice
+    /// unless Redis refused it (NOSCRIPT, or a Cluster redirection: it did
+    /// not run, so nothing is charged twice), and none is started once the
+    /// budget is spent: at most twice the budget in all.
+    ///
+    /// Redis Cluster redirections are followed here, not by fred (fred 10
+    /// sends the command that follows an `ASKING` back to the old node, and
+    /// reads the `ASKING` reply off a connection other commands are waiting
+    /// on). After a MOVED, fred has refreshed its slot map, so the same
+    /// command reaches the new owner. Redirected again, the slot is migrating
+    /// and the key already on the importing node: see [`Self::ask`].
+    ///
+    /// Both commands are custom commands routed to the keys' slot: fred's
+    /// `WithOptions` has no Lua interface, so `with_options(..).evalsha(..)`
+    /// would reach the plain client through `Deref`, without the options.
     async fn run(
         &self,
         script: &Script,
         keys: Vec<String>,
         args: Vec<i64>,
     ) -> Result<Vec<i64>, String> {
-        let client = self.client.with_options(&self.options);
-        let first = tokio::time::timeout(
-            self.timeout,
-            client.evalsha::<Vec<i64>, _, _, _>(script.sha1().clone(), keys.clone(), args.clone()),
-        )
-        .await;
-        match first {
-            Ok(Ok(values)) => Ok(values),
-            Ok(Err(e)) if e.details().starts_with("NOSCRIPT") => {
-                let body = script.lua().cloned().unwrap_or_default();
-                match tokio::time::timeout(
-                    self.timeout,
-                    client.eval::<Vec<i64>, _, _, _>(body, keys, args),
+        let started = Instant::now();
+        let slot = keys
+            .first()
+            .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
+        let command = |body: bool| {
+            let (name, first) = if body {
+                (
+                    "EVAL",
+                    Value::from(script.lua().cloned().unwrap_or_default()),
                 )
-                .await
-                {
-                    Ok(Ok(values)) => Ok(values),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
-                }
+            } else {
+                ("EVALSHA", Value::from(script.sha1().clone()))
+            };
+            let mut values = Vec::with_capacity(2 + keys.len() + args.len());
+            values.push(first);
+            values.push(Value::Integer(
+                i64::try_from(keys.len()).unwrap_or(i64::MAX),
+            ));
+            values.extend(keys.iter().map(|k| Value::from(k.as_str())));
+            values.extend(args.iter().map(|a| Value::Integer(*a)));
+            (CustomCommand::new_static(name, slot, false), values)
+        };
+        let (mut body, mut redirections) = (false, 0);
+        for _ in 0..MAX_SENDS {
+            let answer = if redirections >= 2 {
+                self.ask(slot, command(body)).await
+            } else {
+                self.send(command(body)).await
+            };
+            match answer {
+                Ok(values) => return Ok(values),
+                Err(Refused::NoScript) if !body => body = true,
+                Err(Refused::Redirected) => redirections += 1,
+                // The move ended meanwhile: the next answer is a MOVED.
+                Err(Refused::NotMigrating) => redirections = 0,
+                Err(other) => return Err(other.into_message()),
             }
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {} ms", self.timeout.as_millis())),
+            if started.elapsed() >= self.timeout {
+                break;
+            }
+        }
+        Err(format!(
+            "refused or redirected until {} ms had passed",
+            started.elapsed().as_millis()
+        ))
+    }
+
+    /// One custom command with the options and within the time budget.
+    async fn send(
+        &self,
+        (command, values): (CustomCommand, Vec<Value>),
+    ) -> Result<Vec<i64>, Refused> {
+        let client = self.client.with_options(&self.options);
+        let call = client.custom::<Vec<i64>, _>(command, values);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(result) => result.map_err(Refused::from),
+            Err(_) => Err(Refused::Failed(format!(
+                "no answer within {} ms",
+                self.timeout.as_millis()
+            ))),
         }
     }
+
+    /// Follows an ASK redirection for `slot`, within one time budget: the
+    /// node fred routes the slot to (the migrating one) names the importing
+    /// node in its own `CLUSTER NODES` line (`[slot->-id]`), and that node
+    /// gets `ASKING` and the command back to back in one pipeline, so that no
+    /// other command on the connection comes between them.
+    async fn ask(
+        &self,
+        slot: u16,
+        (command, values): (CustomCommand, Vec<Value>),
+    ) -> Result<Vec<i64>, Refused> {
+        let follow = async {
+            let nodes: String = self
+                .client
+                .with_options(&self.options)
+                .custom(
+                    CustomCommand::new_static("CLUSTER", slot, false),
+                    vec!["NODES"],
+                )
+                .await?;
+            let Some((host, port)) = importing_node(&nodes, slot) else {
+                return Err(Refused::NotMigrating);
+            };
+            let target = Options {
+                cluster_node: Some(Server::new(host, port)),
+                ..self.options.clone()
+            };
+            let pipeline = Pipeline::from(self.client.with_options(&target));
+            // Both are queued in memory, then sent by `try_all`.
+            let _: Value = pipeline
+                .custom(
+                    CustomCommand::new_static("ASKING", slot, false),
+                    Vec::<Value>::new(),
+                )
+                .await?;
+            let _: Value = pipeline.custom(command, values).await?;
+            match pipeline.try_all::<Value>().await.pop() {
+                Some(answer) => Ok(answer?.convert::<Vec<i64>>()?),
+                None => Err(Refused::Failed("no answer after ASKING".to_owned())),
+            }
+        };
+        match tokio::time::timeout(self.timeout, follow).await {
+            Ok(result) => result,
+            Err(_) => Err(Refused::Failed(format!(
+                "no answer within {} ms after ASK",
+                self.timeout.as_millis()
+            ))),
+        }
+    }
+}
+
+/// Why one command got no answer.
+enum Refused {
+    /// Redis Cluster redirected it (MOVED or ASK): it did not run.
+    Redirected,
+    /// The node does not have the script: it did not run.
+    NoScript,
+    /// Following an ASK: the slot no longer migrates (it did not run).
+    NotMigrating,
+    /// Anything else: an error, or no answer in time.
+    Failed(String),
+}
+
+impl From<fred::error::Error> for Refused {
+    fn from(e: fred::error::Error) -> Self {
+        if e.details() == REDIRECTED {
+            Self::Redirected
+        } else if e.details().starts_with("NOSCRIPT") {
+            Self::NoScript
+        } else {
+            Self::Failed(e.to_string())
+        }
+    }
+}
+
+impl Refused {
+    fn into_message(self) -> String {
+        match self {
+            Self::Redirected => REDIRECTED.to_owned(),
+            Self::NoScript => "NOSCRIPT".to_owned(),
+            Self::NotMigrating => "redirected, but the slot does not migrate".to_owned(),
+            Self::Failed(message) => message,
+        }
+    }
+}
+
+/// The address (host, port) of the node `slot` migrates to, from the
+/// migrating node's `CLUSTER NODES`: its own (`myself`) line lists
+/// `[<slot>->-<node id>]`, and that node's line starts with its id and
+/// `host:port@bus-port`.
+pub(crate) fn importing_node(nodes: &str, slot: u16) -> Option<(String, u16)> {
+    let marker = format!("[{slot}->-");
+    let me = nodes
+        .lines()
+        .find(|l| l.split(' ').nth(2).is_some_and(|f| f.contains("myself")))?;
+    let id = me
+        .split(' ')
+        .find_map(|f| f.strip_prefix(marker.as_str())?.strip_suffix(']'))?;
+    let line = nodes.lines().find(|l| l.split(' ').next() == Some(id))?;
+    let address = line.split(' ').nth(1)?.split(['@', ',']).next()?;
+    let (host, port) = address.rsplit_once(':')?;
+    Some((host.to_owned(), port.parse().ok()?))
 }
 
 fn parse_answer(values: &[i64], n: usize) -> Result<GroupAnswer, String> {

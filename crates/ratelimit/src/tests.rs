@@ -454,3 +454,29 @@ fn memory_is_bounded_and_evicts_expired_keys_first() {
     assert_eq!(memory::peek(&table, "hot"), Some(1 + 60_000_000));
     assert!(!memory::check_all(std::slice::from_ref(&hot), 50_000_100)[0].allowed);
 }
+
+/// The node a migrating slot goes to, read from the migrating node's
+/// `CLUSTER NODES` (Redis 7 format, with and without an announced hostname).
+#[test]
+fn importing_node_is_read_from_the_migrating_nodes_line() {
+    let nodes = "\
+07c37dfeb235213a872192d90877d0cd55635b91 127.0.0.1:30004@40004 slave e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 0 1426238317239 4 connected
+67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1 127.0.0.1:30002@40002,node-2.example master - 0 1426238316232 2 connected 5461-10922
+292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f 127.0.0.1:30003@40003 master - 0 1426238318243 3 connected 10923-16383
+e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0 0 1 connected 0-5460 [93->-67ed2db8d677e59ec4a4cefb06858cf2a1a89fa1] [77-<-292f8b365bb7edb5e285caf0b7e6ddc7265d2f4f]
+";
+    assert_eq!(
+        crate::redis::importing_node(nodes, 93),
+        Some(("127.0.0.1".to_owned(), 30002))
+    );
+    // Importing (not migrating) and untouched slots: no target.
+    assert_eq!(crate::redis::importing_node(nodes, 77), None);
+    assert_eq!(crate::redis::importing_node(nodes, 100), None);
+    // Only the node's own line counts.
+    let other = nodes.replace("myself,master", "master").replacen(
+        "master - 0 1426238318243",
+        "myself,master - 0 1426238318243",
+        1,
+    );
+    assert_eq!(crate::redis::importing_node(&other, 93), None);
+}

@@ -230,6 +230,8 @@ pub struct Edge {
     pub proc: Proc,
     pub https: Option<u16>,
     pub admin: u16,
+    /// The TLS listener's self-signed certificate (PEM), for clients to trust.
+    pub cert_pem: Option<String>,
 }
 
 impl Edge {
@@ -239,11 +241,13 @@ impl Edge {
         let https = spec.tls.then(free_port);
         let mut tls = String::new();
         let mut certificate = String::new();
+        let mut cert_pem = None;
         if let Some(https) = https {
-            wharf_tls::SelfSigned::generate(&["localhost"], wharf_tls::KeyKind::EcdsaP256)
-                .unwrap()
-                .write(dir.path(), "site")
-                .unwrap();
+            let site =
+                wharf_tls::SelfSigned::generate(&["localhost"], wharf_tls::KeyKind::EcdsaP256)
+                    .unwrap();
+            site.write(dir.path(), "site").unwrap();
+            cert_pem = Some(site.cert_pem);
             tls = format!("[[listen]]\naddress = \"127.0.0.1:{https}\"\nssl = true\n");
             certificate = format!(
                 "ssl_certificate = \"{}\"\nssl_certificate_key = \"{}\"\n",
@@ -313,7 +317,12 @@ proxy_pass = "app"
             wait_for_port(([127, 0, 0, 1], https).into(), Duration::from_secs(10));
         }
         wait_for_port(([127, 0, 0, 1], admin).into(), Duration::from_secs(10));
-        Self { proc, https, admin }
+        Self {
+            proc,
+            https,
+            admin,
+            cert_pem,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
