@@ -21,6 +21,11 @@ struct Redis(Child);
 
 impl Redis {
     fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// With more `redis-server` arguments (`--requirepass …`, say).
+    fn start_with(port: u16, extra: &[&str]) -> Self {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -34,6 +39,7 @@ impl Redis {
                 "--enable-debug-command",
                 "yes",
             ])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -246,4 +252,37 @@ fn a_slow_redis_hits_the_command_timeout_not_the_request_timeout() {
         "no 429 after Redis woke: {}",
         strict.logs()
     );
+}
+
+/// The password in `REDIS_URL` reaches no log line, with debug logging on,
+/// when Redis refuses it (a real `redis-server` with another password) and
+/// when nothing listens there: the client's connection errors are logged,
+/// the URL is not.
+#[test]
+fn the_redis_password_reaches_no_log_when_redis_refuses_it_or_is_down() {
+    const PASSWORD: &str = "wrong-redis-password-0x5ecret";
+    let port = free_port();
+    let _redis = Redis::start_with(port, &["--requirepass", "the-right-password"]);
+    for target in [port, free_port()] {
+        let front = frontend(&[
+            ("WHARF_RATELIMIT_ENABLED", "true".to_owned()),
+            ("REDIS_ENABLED", "true".to_owned()),
+            (
+                "REDIS_URL",
+                format!("redis://wharf:{PASSWORD}@127.0.0.1:{target}/0"),
+            ),
+            ("WHARF_RATELIMIT_ON_REDIS_FAILURE", "open".to_owned()),
+            ("RUST_LOG", "debug".to_owned()),
+        ]);
+        for _ in 0..10 {
+            // Fails open: served, whatever Redis says.
+            assert_eq!(get(front.addr(), PLAIN_DOC, &[]).status, 200);
+        }
+        let logs = front.stop();
+        // Not vacuous: the failure was noticed and logged.
+        assert!(logs.contains("Redis is failing"), "{logs}");
+        if let Some(line) = logs.lines().find(|l| l.contains(PASSWORD)) {
+            panic!("a log line shows the Redis password: {line}");
+        }
+    }
 }
