@@ -1088,20 +1088,11 @@ proxy_pass = "backend"
         on, off = self.server("frontend"), self.server("frontend-metrics-off")
         subjects = [("metrics-off", off.url()), ("metrics-on", on.url())]
         status = self.compare("metrics-overhead", subjects, self.cpu_runner({off.url(): off, on.url(): on}))
-        cpu = self.cpu_per_request(status["rows"])
+        summary = self.on_off_summary(status, "metrics-on", "metrics-off")
+        paired = summary["on_over_off_median_of_rounds"]
         rows = {row["name"]: row for row in status["rows"]}
-        paired = rows["metrics-on"]["median_round_ratio_to_metrics-off"]
         best = round(rows["metrics-on"]["rps"] / rows["metrics-off"]["rps"], 3) if rows["metrics-off"]["rps"] else None
-        result = {
-            "tool": self.tool_line(),
-            "status_runs": status,
-            "on_over_off_median_of_rounds": paired,
-            "on_over_off_best_runs": best,
-            "cost_pct": round((1 - paired) * 100, 1) if paired is not None else None,
-            "cpu_us_per_request": cpu,
-            "cpu_cost_pct": round((cpu["metrics-on"] / cpu["metrics-off"] - 1) * 100, 1)
-            if cpu.get("metrics-on") and cpu.get("metrics-off") else None,
-        }
+        result = {"tool": self.tool_line(), "status_runs": status, **summary, "on_over_off_best_runs": best}
         self.target("metrics-overhead", "frontend /_status with metrics ≥ 0.95× without (≤ 5 % cost)", paired, 0.95,
                     ">=", "×", detail="median of the per-round ratios metrics-on/metrics-off")
         traced = self.server("frontend-traces-on")
@@ -1111,21 +1102,27 @@ proxy_pass = "backend"
         before = dict(sink.counts)
         traces = self.compare("metrics-overhead", subjects,
                               self.cpu_runner({on.url(path): on, traced.url(path): traced}))
-        cpu = self.cpu_per_request(traces["rows"])
-        rows = {row["name"]: row for row in traces["rows"]}
-        paired = rows["traces-on"]["median_round_ratio_to_traces-off"]
         result["traces"] = {
             "path": path,
             "runs": traces,
-            "on_over_off_median_of_rounds": paired,
-            "cost_pct": round((1 - paired) * 100, 1) if paired is not None else None,
-            "cpu_us_per_request": cpu,
-            "cpu_cost_pct": round((cpu["traces-on"] / cpu["traces-off"] - 1) * 100, 1)
-            if cpu.get("traces-on") and cpu.get("traces-off") else None,
+            **self.on_off_summary(traces, "traces-on", "traces-off"),
             "exports": sink.counts["requests"] - before["requests"],
             "exported_bytes": sink.counts["bytes"] - before["bytes"],
         }
         return result
+
+    def on_off_summary(self, runs, on, off):
+        """The paired ratio `on`/`off` (median of the per-round ratios), its cost in
+        per cent, and the CPU per request of each with its cost in per cent."""
+        cpu = self.cpu_per_request(runs["rows"])
+        rows = {row["name"]: row for row in runs["rows"]}
+        paired = rows[on][f"median_round_ratio_to_{off}"]
+        return {
+            "on_over_off_median_of_rounds": paired,
+            "cost_pct": round((1 - paired) * 100, 1) if paired is not None else None,
+            "cpu_us_per_request": cpu,
+            "cpu_cost_pct": round((cpu[on] / cpu[off] - 1) * 100, 1) if cpu.get(on) and cpu.get(off) else None,
+        }
 
     def scenario_rss(self):
         if not hasattr(self, "rss_after"):
