@@ -707,11 +707,23 @@ impl Master {
         if let Ok(mut metrics) = self.metrics.lock() {
             *metrics = out;
         }
-        let serving = self
-            .workers
-            .values()
-            .any(|w| w.ready && w.draining_since.is_none());
-        self.ready.store(serving, Ordering::Relaxed);
+        self.ready.store(ready > 0, Ordering::Relaxed);
+    }
+
+    /// Runs the reload check, if any; whether it refused the reload (logged).
+    /// The check reads files (edge: its configuration and certificates), so
+    /// it runs off the loop that reads heartbeats.
+    async fn reload_refused(&self) -> bool {
+        let Some(check) = self.reload_check.clone() else {
+            return false;
+        };
+        let verdict = tokio::task::spawn_blocking(move || check())
+            .await
+            .unwrap_or_else(|error| Err(format!("the reload check panicked: {error}")));
+        if let Err(why) = &verdict {
+            tracing::error!(signal = "SIGHUP", error = %why, "Reload refused; the workers keep serving as they are");
+        }
+        verdict.is_err()
     }
 
     /// Runs until a stop signal; returns after every worker has exited.
@@ -760,8 +772,7 @@ impl Master {
                     self.check(now, sample);
                 }
                 _ = hup.recv() => {
-                    if let Some(Err(why)) = self.reload_check.as_ref().map(|check| check()) {
-                        tracing::error!(signal = "SIGHUP", error = %why, "Reload refused; the workers keep serving as they are");
+                    if self.reload_refused().await {
                         continue;
                     }
                     tracing::info!(signal = "SIGHUP", "Reloading: replacing workers one by one");
@@ -955,20 +966,15 @@ async fn serve_admin(
                         "text/plain; version=0.0.4",
                         metrics.lock().map(|m| m.clone()).unwrap_or_default(),
                     ),
-                    "/health/live" => (
-                        "200 OK",
-                        "application/json",
-                        "{\"status\":\"ok\"}".to_owned(),
-                    ),
-                    "/health/ready" if ready.load(Ordering::Relaxed) => (
-                        "200 OK",
-                        "application/json",
-                        "{\"status\":\"ok\"}".to_owned(),
-                    ),
-                    "/health/ready" => (
+                    "/health/ready" if !ready.load(Ordering::Relaxed) => (
                         "503 Service Unavailable",
                         "application/json",
                         "{\"status\":\"unavailable\"}".to_owned(),
+                    ),
+                    "/health/live" | "/health/ready" => (
+                        "200 OK",
+                        "application/json",
+                        "{\"status\":\"ok\"}".to_owned(),
                     ),
                     _ => ("404 Not Found", "text/plain", "404 Not Found\n".to_owned()),
                 };

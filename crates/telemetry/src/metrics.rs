@@ -30,13 +30,9 @@ pub const DURATION_BUCKETS: [f64; 16] = [
 /// (a scanner sending made-up `Host` headers cannot grow the scrape).
 pub const MAX_HOSTS: usize = 32;
 
-/// A series key: method, route template and status code. Method and route
-/// are `'static` strings from fixed sets, so comparing them is cheap.
+/// A series key: method, route template and status code (method and route
+/// come from fixed sets of short `'static` strings).
 type Key = (&'static str, &'static str, u16);
-
-fn same(a: &Key, b: &Key) -> bool {
-    a.2 == b.2 && a.1 == b.1 && a.0 == b.0
-}
 
 #[derive(Debug, Default, Clone)]
 struct DurationSeries {
@@ -103,26 +99,39 @@ fn find_or_push<T>(
     items.len() - 1
 }
 
+/// Adds one to the count of `key`, starting it at 1 if it is new.
+fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
+}
+
 impl State {
     /// The counts of `host` (case-insensitive), added if there is room.
     fn host_counts(&mut self, host: &str) -> &mut Vec<(Key, u64)> {
-        let mut host = if sane_host(host) { host } else { OTHER_HOST };
-        if self.requests.len() >= MAX_HOSTS
-            && !self
-                .requests
-                .iter()
-                .any(|h| h.host.eq_ignore_ascii_case(host))
-        {
-            host = OTHER_HOST;
-        }
-        let index = find_or_push(
-            &mut self.requests,
-            |h| h.host.eq_ignore_ascii_case(host),
-            || HostSeries {
-                host: host.to_ascii_lowercase().into_boxed_str(),
-                counts: Vec::new(),
-            },
-        );
+        let host = if sane_host(host) { host } else { OTHER_HOST };
+        let known = self
+            .requests
+            .iter()
+            .position(|h| h.host.eq_ignore_ascii_case(host));
+        let index = if let Some(index) = known {
+            index
+        } else {
+            let host = if self.requests.len() < MAX_HOSTS {
+                host
+            } else {
+                OTHER_HOST
+            };
+            find_or_push(
+                &mut self.requests,
+                |h| *h.host == *host,
+                || HostSeries {
+                    host: host.to_ascii_lowercase().into_boxed_str(),
+                    counts: Vec::new(),
+                },
+            )
+        };
         &mut self.requests[index].counts
     }
 }
@@ -143,13 +152,10 @@ impl HttpMetrics {
             return;
         };
         let counts = state.host_counts(o.host);
-        match counts.iter_mut().find(|(k, _)| same(k, &key)) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((key, 1)),
-        }
+        bump(counts, key);
         let index = find_or_push(
             &mut state.durations,
-            |(k, _)| same(k, &key),
+            |(k, _)| *k == key,
             || (key, DurationSeries::default()),
         );
         let series = &mut state.durations[index].1;
@@ -161,11 +167,7 @@ impl HttpMetrics {
         let class = usize::from((o.status / 100).clamp(1, 5)) - 1;
         state.classes[class] += 1;
         if o.status >= 500 {
-            let error = error_name(o.status);
-            match state.exceptions.iter_mut().find(|(e, _)| *e == error) {
-                Some((_, n)) => *n += 1,
-                None => state.exceptions.push((error, 1)),
-            }
+            bump(&mut state.exceptions, error_name(o.status));
         }
     }
 
@@ -424,20 +426,17 @@ impl Aggregator {
                 types.insert(name.clone(), kind.clone());
             }
             for (key, value) in &parsed.samples {
-                let fam = family(&key.0, &parsed.types);
-                match sums.entry(key.clone()) {
-                    std::collections::btree_map::Entry::Vacant(entry) => {
-                        entry.insert(*value);
-                    }
-                    std::collections::btree_map::Entry::Occupied(mut entry) => {
+                sums.entry(key.clone())
+                    .and_modify(|sum| {
+                        // Only a series two workers report needs its family.
+                        let fam = family(&key.0, &parsed.types);
                         if is_per_instance(fam, parsed.types.get(fam)) {
-                            let max = entry.get().max(*value);
-                            entry.insert(max);
+                            *sum = sum.max(*value);
                         } else {
-                            *entry.get_mut() += value;
+                            *sum += value;
                         }
-                    }
-                }
+                    })
+                    .or_insert(*value);
             }
         }
         // Group samples under their family's HELP/TYPE lines.
