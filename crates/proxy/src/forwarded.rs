@@ -8,13 +8,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 /// An IP network (`10.0.0.0/8`, `::1`): wharf-http's, shared with wharf-ratelimit.
 pub use wharf_http::{IpNet, IpNetError};
 
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        IpAddr::V4(_) => ip,
-    }
-}
-
 /// The peers whose forwarding headers are believed (`set_real_ip_from`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TrustedProxies(Vec<IpNet>);
@@ -35,9 +28,9 @@ impl TrustedProxies {
     /// (nginx `real_ip_header X-Forwarded-For; real_ip_recursive on`).
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.contains(peer) {
-            return canonical(peer);
+            return peer.to_canonical();
         }
-        let mut client = canonical(peer);
+        let mut client = peer.to_canonical();
         let entries: Vec<&str> = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
@@ -48,7 +41,7 @@ impl TrustedProxies {
             let Ok(ip) = entry.trim().parse::<IpAddr>() else {
                 break;
             };
-            client = canonical(ip);
+            client = ip.to_canonical();
             if !self.contains(client) {
                 break;
             }
@@ -106,7 +99,7 @@ pub(crate) fn set_forwarded(
     scheme: &str,
     host: Option<&HeaderValue>,
 ) {
-    let peer = canonical(peer);
+    let peer = peer.to_canonical();
     let xff = if peer_trusted {
         let previous: Vec<&str> = headers
             .get_all(X_FORWARDED_FOR)

@@ -2,7 +2,7 @@
 //! behind trusted proxies ([`ClientIp`]).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -180,18 +180,18 @@ impl ClientIp {
     pub fn peer(&self, parts: &Parts) -> Option<IpAddr> {
         #[cfg(feature = "wharf-http")]
         if let Some(info) = parts.extensions.get::<wharf_http::ConnectInfo>() {
-            return Some(canonical(info.peer.ip()));
+            return Some(info.peer.ip().to_canonical());
         }
         if let Some(addr) = parts.extensions.get::<SocketAddr>() {
-            return Some(canonical(addr.ip()));
+            return Some(addr.ip().to_canonical());
         }
         if let Some(ip) = parts.extensions.get::<IpAddr>() {
-            return Some(canonical(*ip));
+            return Some(ip.to_canonical());
         }
         self.peer_from
             .as_ref()
             .and_then(|f| f(parts))
-            .map(canonical)
+            .map(|ip| ip.to_canonical())
     }
 
     /// The real client address of the request.
@@ -223,10 +223,10 @@ impl ClientIp {
 
     /// The key of a client address: IPv4 as is, IPv6 masked to the prefix.
     pub fn group(&self, ip: IpAddr) -> String {
-        match canonical(ip) {
+        match ip.to_canonical() {
             IpAddr::V4(v4) => ipv4_text(v4),
             v6 @ IpAddr::V6(_) if self.ipv6_prefix >= 128 => v6.to_string(),
-            v6 @ IpAddr::V6(_) => format!("{}/{}", mask(v6, self.ipv6_prefix), self.ipv6_prefix),
+            v6 @ IpAddr::V6(_) => IpNet::new(v6, self.ipv6_prefix).to_string(),
         }
     }
 
@@ -269,47 +269,16 @@ impl ClientIp {
 /// Parses `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:80`.
 fn parse_node(text: &str) -> Option<IpAddr> {
     if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(canonical(ip));
+        return Some(ip.to_canonical());
     }
     if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Some(canonical(addr.ip()));
+        return Some(addr.ip().to_canonical());
     }
     let inner = text.strip_prefix('[')?.split(']').next()?;
     inner
         .parse::<Ipv6Addr>()
         .ok()
-        .map(|v6| canonical(IpAddr::V6(v6)))
-}
-
-/// IPv4-mapped IPv6 (`::ffff:1.2.3.4`) as IPv4.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 @ IpAddr::V4(_) => v4,
-    }
-}
-
-fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
-    match ip {
-        IpAddr::V4(v4) => {
-            let bits = u32::from(v4);
-            let keep = if prefix == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(prefix.min(32)))
-            };
-            IpAddr::V4(Ipv4Addr::from(bits & keep))
-        }
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let keep = if prefix == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(prefix.min(128)))
-            };
-            IpAddr::V6(Ipv6Addr::from(bits & keep))
-        }
-    }
+        .map(|v6| IpAddr::V6(v6).to_canonical())
 }
 
 /// `a.b.c.d`, as `Ipv4Addr`'s `Display` writes it, without the formatting

@@ -218,6 +218,26 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// A decision: a rejected request waits for nothing (`retry_after` is
+    /// what it is told), an allowed one gets no `retry_after`.
+    fn settled(
+        rejected: bool,
+        delay: Duration,
+        retry_after: Duration,
+        zones: Vec<ZoneResult>,
+    ) -> Self {
+        Self {
+            allowed: !rejected,
+            delay: if rejected { Duration::ZERO } else { delay },
+            retry_after: if rejected {
+                retry_after
+            } else {
+                Duration::ZERO
+            },
+            zones,
+        }
+    }
+
     fn unlimited() -> Self {
         Self {
             allowed: true,
@@ -475,36 +495,27 @@ impl Limiter {
         // bookkeeping vectors.
         if let [only] = applied {
             let z = &inner.zones[only.zone];
-            if inner.redis.is_none() || z.zone.store != StoreKind::Shared {
+            if !self.in_redis(only.zone) {
                 let item = memory::Item {
                     table: &z.table,
                     policy: z.policy,
                     key: &only.key,
                 };
                 let outcome = memory::check_one(&item, inner.clock.now());
-                let (delay, retry_after) = if outcome.allowed {
-                    (Duration::from_micros(outcome.delay), Duration::ZERO)
-                } else {
-                    (Duration::ZERO, Duration::from_micros(outcome.retry_after))
-                };
-                return Decision {
-                    allowed: outcome.allowed,
-                    delay,
-                    retry_after,
-                    zones: vec![self.result(
-                        only.zone,
-                        Some(&outcome),
-                        !outcome.allowed,
-                        Source::Memory,
-                    )],
-                };
+                let rejected = !outcome.allowed;
+                return Decision::settled(
+                    rejected,
+                    Duration::from_micros(outcome.delay),
+                    Duration::from_micros(outcome.retry_after),
+                    vec![self.result(only.zone, Some(&outcome), rejected, Source::Memory)],
+                );
             }
         }
         let mut results: Vec<Option<ZoneResult>> = vec![None; applied.len()];
         let mut memory_items: Vec<usize> = Vec::new();
         let mut redis_items: Vec<usize> = Vec::new();
         for (i, a) in applied.iter().enumerate() {
-            if inner.redis.is_some() && inner.zones[a.zone].zone.store == StoreKind::Shared {
+            if self.in_redis(a.zone) {
                 redis_items.push(i);
             } else {
                 memory_items.push(i);
@@ -627,12 +638,11 @@ impl Limiter {
             let outcomes = memory::check_all(&items, inner.clock.now());
             for (&i, outcome) in memory_items.iter().zip(&outcomes) {
                 let zone = applied[i].zone;
-                let source =
-                    if inner.redis.is_some() && inner.zones[zone].zone.store == StoreKind::Shared {
-                        Source::Fallback
-                    } else {
-                        Source::Memory
-                    };
+                let source = if self.in_redis(zone) {
+                    Source::Fallback
+                } else {
+                    Source::Memory
+                };
                 if outcome.allowed {
                     delay = delay.max(Duration::from_micros(outcome.delay));
                 } else {
@@ -650,16 +660,17 @@ impl Limiter {
                 }
             }
         }
-        Decision {
-            allowed: !rejected,
-            delay: if rejected { Duration::ZERO } else { delay },
-            retry_after: if rejected {
-                retry_after
-            } else {
-                Duration::ZERO
-            },
-            zones: results.into_iter().flatten().collect(),
-        }
+        Decision::settled(
+            rejected,
+            delay,
+            retry_after,
+            results.into_iter().flatten().collect(),
+        )
+    }
+
+    /// Whether `zone` keeps its state in Redis (a shared zone, and a store).
+    fn in_redis(&self, zone: usize) -> bool {
+        self.inner.redis.is_some() && self.inner.zones[zone].zone.store == StoreKind::Shared
     }
 
     fn result(

@@ -364,34 +364,36 @@ impl RedisStore {
         let slot = keys
             .first()
             .map_or(0, |k| fred::util::redis_keyslot(k.as_bytes()));
-        let command = |body: bool| {
-            let (name, first) = if body {
-                (
-                    "EVAL",
-                    Value::from(script.lua().cloned().unwrap_or_default()),
-                )
-            } else {
-                ("EVALSHA", Value::from(script.sha1().clone()))
-            };
-            let mut values = Vec::with_capacity(2 + keys.len() + args.len());
-            values.push(first);
-            values.push(Value::Integer(
-                i64::try_from(keys.len()).unwrap_or(i64::MAX),
-            ));
-            values.extend(keys.iter().map(|k| Value::from(k.as_str())));
-            values.extend(args.iter().map(|a| Value::Integer(*a)));
-            (CustomCommand::new_static(name, slot, false), values)
+        // Built once (the keys moved in, not copied); a resend clones the
+        // vector, which only bumps the reference counts of its strings.
+        let mut values = Vec::with_capacity(2 + keys.len() + args.len());
+        values.push(Value::from(script.sha1().clone()));
+        values.push(Value::Integer(
+            i64::try_from(keys.len()).unwrap_or(i64::MAX),
+        ));
+        values.extend(keys.into_iter().map(Value::from));
+        values.extend(args.into_iter().map(Value::Integer));
+        let command = |body: bool, values: &[Value]| {
+            let name = if body { "EVAL" } else { "EVALSHA" };
+            (
+                CustomCommand::new_static(name, slot, false),
+                values.to_vec(),
+            )
         };
         let (mut body, mut redirections) = (false, 0);
         for _ in 0..MAX_SENDS {
             let answer = if redirections >= 2 {
-                self.ask(slot, command(body)).await
+                self.ask(slot, command(body, &values)).await
             } else {
-                self.send(command(body)).await
+                self.send(command(body, &values)).await
             };
             match answer {
                 Ok(values) => return Ok(values),
-                Err(Refused::NoScript) if !body => body = true,
+                Err(Refused::NoScript) if !body => {
+                    // EVAL with the body, which also caches the script again.
+                    body = true;
+                    values[0] = Value::from(script.lua().cloned().unwrap_or_default());
+                }
                 Err(Refused::Redirected) => redirections += 1,
                 // The move ended meanwhile: the next answer is a MOVED.
                 Err(Refused::NotMigrating) => redirections = 0,
