@@ -471,7 +471,8 @@ async fn run(
     }
 
     match worker {
-        Some(ctx) => worker_signals(ctx).await,
+        // The supervisor's worker handles the signals (HUP is the master's).
+        Some(ctx) => ctx.shutdown_signal().await,
         None => signals(path, &plans, &current, tls.as_ref()).await,
     }
     let _ = stop_tx.send(true);
@@ -596,25 +597,6 @@ fn compressible(
                 | "application/xml+rss"
                 | "image/svg+xml"
         )
-}
-
-/// A worker stops when its master says so; a HUP sent to the whole process
-/// group is the master's to act on (it replaces the workers), so a worker
-/// only notes it.
-async fn worker_signals(ctx: WorkerContext) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let shutdown = ctx.shutdown_signal();
-    tokio::pin!(shutdown);
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        shutdown.await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            () = &mut shutdown => return,
-            _ = hangup.recv() => tracing::debug!("SIGHUP in a worker: the master reloads"),
-        }
-    }
 }
 
 /// Waits for SIGTERM/SIGINT, reloading on every SIGHUP meanwhile.

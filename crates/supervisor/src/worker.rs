@@ -310,7 +310,7 @@ where
             Arc::clone(&stats),
             Arc::clone(&metrics_source),
         ));
-        tokio::spawn(stop_on_signals(shutdown_tx, || {}));
+        tokio::spawn(stop_on_signals(shutdown_tx, true, || {}));
         if test_hook(ENV_TEST_FAIL_BEFORE_READY).is_some_and(|v| v == "1") {
             return Err(SupervisorError::Service(
                 "test hook: failing before ready".to_owned(),
@@ -362,7 +362,7 @@ where
             .iter()
             .filter_map(|l| l.try_clone().ok())
             .collect();
-        tokio::spawn(stop_on_signals(shutdown_tx, move || {
+        tokio::spawn(stop_on_signals(shutdown_tx, false, move || {
             sys::refuse_all(&refuse);
             // Handshakes already under way complete into the backlog first
             // (once, at shutdown).
@@ -473,7 +473,12 @@ async fn write_reports(
     }
 }
 
-async fn stop_on_signals(shutdown: watch::Sender<bool>, before_stop: impl FnOnce()) {
+/// Waits for SIGTERM/SIGINT, then runs `before_stop` and signals shutdown.
+/// A worker (`worker: true`) also takes SIGHUP, which its master acts on (it
+/// replaces the workers): a HUP sent to the whole process group (`kill -HUP
+/// -<pgid>`, `pkill -HUP`) is noted, not left to its default, which would
+/// kill the worker.
+async fn stop_on_signals(shutdown: watch::Sender<bool>, worker: bool, before_stop: impl FnOnce()) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -482,9 +487,25 @@ async fn stop_on_signals(shutdown: watch::Sender<bool>, before_stop: impl FnOnce
         tracing::warn!("Cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!(signal = "SIGTERM", "Shutting down"),
-        _ = int.recv() => tracing::info!(signal = "SIGINT", "Shutting down"),
+    let mut hangup = if worker {
+        signal(SignalKind::hangup()).ok()
+    } else {
+        None
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => {
+                tracing::info!(signal = "SIGTERM", "Shutting down");
+                break;
+            }
+            _ = int.recv() => {
+                tracing::info!(signal = "SIGINT", "Shutting down");
+                break;
+            }
+            Some(()) = async { hangup.as_mut()?.recv().await } => {
+                tracing::debug!(signal = "SIGHUP", "SIGHUP in a worker: the master reloads");
+            }
+        }
     }
     before_stop();
     let _ = shutdown.send(true);
