@@ -256,11 +256,20 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
         eprintln!("edge: {error}");
         return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
     }
-    // Traces (WHARF_TRACING=otlp), flushed when `serve` returns.
+    let supervised = config.supervisor.clone().filter(|s| s.workers != Some(0));
+    // Traces (WHARF_TRACING=otlp), flushed when `serve` returns. The
+    // variables are checked everywhere; the master of worker processes serves
+    // no request, so only workers (or the single process) export spans.
+    let serves_requests = supervised.is_none() || Supervisor::is_worker();
     let traces = match config::load_env()
         .map_err(|error| error.to_string())
         .and_then(|env| {
-            wharf_telemetry::trace::init(&env.tracing, "edge").map_err(|error| error.to_string())
+            let section = if serves_requests {
+                env.tracing
+            } else {
+                wharf_telemetry::trace::TraceSection::default()
+            };
+            wharf_telemetry::trace::init(&section, "edge").map_err(|error| error.to_string())
         }) {
         Ok(guard) => guard,
         Err(error) => {
@@ -268,7 +277,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
         }
     };
-    if let Some(section) = config.supervisor.clone().filter(|s| s.workers != Some(0)) {
+    if let Some(section) = supervised {
         let code = serve_supervised(path, config, built, section);
         drop(traces);
         return code;
