@@ -46,21 +46,25 @@ impl tower::Service<Request<Body>> for EdgeApp {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let runtime = request
-            .extensions()
-            .get::<Snapshot>()
-            .map_or_else(|| self.current.get(), |s| Arc::clone(&s.0));
+        let runtime = snapshot(&self.current, request.extensions());
         route(runtime, request)
     }
 }
 
-fn host_of<B>(request: &Request<B>) -> Option<String> {
-    request
-        .headers()
+/// The configuration a request is served under: the one its connection was
+/// accepted under, else the current one.
+fn snapshot(current: &Current, extensions: &http::Extensions) -> Arc<Runtime> {
+    extensions
+        .get::<Snapshot>()
+        .map_or_else(|| current.get(), |s| Arc::clone(&s.0))
+}
+
+/// The host a request names: `Host`, else the URI's authority (HTTP/2).
+fn host_of<'a>(headers: &'a http::HeaderMap, uri: &'a http::Uri) -> Option<&'a str> {
+    headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.uri().authority().map(|a| a.as_str().to_owned()))
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))
 }
 
 /// Applies the `limit_req` zones, then [`dispatch`].
@@ -95,16 +99,8 @@ pub(crate) fn request_facts(
     current: &Current,
     parts: &http::request::Parts,
 ) -> wharf_telemetry::trace::RequestFacts {
-    let runtime = parts
-        .extensions
-        .get::<Snapshot>()
-        .map_or_else(|| current.get(), |s| Arc::clone(&s.0));
-    let host = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.authority().map(http::uri::Authority::as_str));
-    let vhost = runtime.vhost_index(host);
+    let runtime = snapshot(current, &parts.extensions);
+    let vhost = runtime.vhost_index(host_of(&parts.headers, &parts.uri));
     let route = find_location(&runtime, vhost, parts.uri.path())
         .map_or_else(|| "other".to_owned(), |l| l.prefix.clone());
     let scheme = if parts.extensions.get::<TlsInfo>().is_some() {
@@ -118,10 +114,8 @@ pub(crate) fn request_facts(
 /// Routes a request to its location's action.
 fn dispatch(runtime: Arc<Runtime>, request: Request<Body>) -> BoxFuture<Response<ResponseBody>> {
     let tls = request.extensions().get::<TlsInfo>().is_some();
-    let host = host_of(&request);
-    let vhost = runtime.vhost_index(host.as_deref());
-    let path = request.uri().path().to_owned();
-    let location = find_location(&runtime, vhost, &path);
+    let vhost = runtime.vhost_index(host_of(request.headers(), request.uri()));
+    let location = find_location(&runtime, vhost, request.uri().path());
     // Futures are made here, outside any async block, so their types are
     // concrete (an async block over the proxy's generic call trips a rustc
     // higher-ranked lifetime limitation).
@@ -255,8 +249,8 @@ impl tower::Service<Request<Body>> for RedirectApp {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
-        let host = host_of(&request).unwrap_or_else(|| "localhost".to_owned());
-        let name = strip_port(&host);
+        let host = host_of(request.headers(), request.uri()).unwrap_or("localhost");
+        let name = strip_port(host);
         let port = if self.https_port == 443 {
             String::new()
         } else {

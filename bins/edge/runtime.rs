@@ -174,16 +174,12 @@ fn header_pair(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
 fn limit_req(
     config: &EdgeConfig,
     source: &Source,
+    trusted: &[IpNet],
 ) -> Result<Option<wharf_ratelimit::RateLimitLayer>, ConfigError> {
     if config.limit_req.is_empty() {
         return Ok(None);
     }
-    let mut client_ip = wharf_ratelimit::ClientIp::new();
-    for net in &config.http.set_real_ip_from {
-        if let Ok(net) = net.get_ref().parse::<wharf_ratelimit::IpNet>() {
-            client_ip = client_ip.trust(net);
-        }
-    }
+    let client_ip = wharf_ratelimit::ClientIp::new().trust_all(trusted.iter().copied());
     let mut builder = wharf_ratelimit::Limiter::builder().client_ip(client_ip);
     let mut names = HashSet::new();
     for zone in &config.limit_req {
@@ -260,7 +256,8 @@ pub(crate) fn build(
                 .map_err(|e| err(Some(net.span()), format!("set_real_ip_from: {e}")))?,
         );
     }
-    let trusted = TrustedProxies::new(trusted);
+    let trusted_nets = trusted;
+    let trusted = TrustedProxies::new(trusted_nets.clone());
 
     let mut listeners = Vec::new();
     for l in &config.listen {
@@ -442,7 +439,7 @@ pub(crate) fn build(
                 .map_err(|_| err(None, format!("hsts: invalid value {:?}", http.hsts)))?,
         )
     };
-    let limit_req = limit_req(config, source)?;
+    let limit_req = limit_req(config, source, &trusted_nets)?;
     Ok(Built {
         runtime: Runtime {
             limit_req,
