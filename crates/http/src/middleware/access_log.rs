@@ -160,34 +160,25 @@ struct Record {
     method: Method,
     /// The request URI (a reference-counted clone: no copy of the path).
     uri: http::Uri,
-    query: Option<String>,
     version: Version,
     request_id: Option<String>,
     peer: Option<String>,
     user_agent: Option<String>,
-    /// `:authority` or `Host` (reference-counted clones).
-    host: Option<HostName>,
+    /// The `Host` header (a reference-counted clone), kept only when the URI
+    /// has no authority (HTTP/2 `:authority` and absolute-form have one).
+    host_header: Option<http::HeaderValue>,
     trace_id: Option<String>,
     status: StatusCode,
     log: bool,
     observer: Option<RequestObserver>,
 }
 
-/// Where a request's host name is, without copying it.
-enum HostName {
-    /// The request URI's authority (HTTP/2 `:authority`, absolute-form).
-    Authority,
-    /// The `Host` header.
-    Header(http::HeaderValue),
-}
-
 impl Record {
     fn host(&self) -> Option<&str> {
-        match &self.host {
-            Some(HostName::Authority) => self.uri.authority().map(http::uri::Authority::as_str),
-            Some(HostName::Header(value)) => value.to_str().ok(),
-            None => None,
-        }
+        self.uri
+            .authority()
+            .map(http::uri::Authority::as_str)
+            .or_else(|| self.host_header.as_ref()?.to_str().ok())
     }
 }
 
@@ -229,11 +220,6 @@ where
             start: Instant::now(),
             method: request.method().clone(),
             uri: request.uri().clone(),
-            query: if log {
-                request.uri().query().map(redact_query)
-            } else {
-                None
-            },
             version: request.version(),
             request_id: log
                 .then(|| {
@@ -260,14 +246,10 @@ where
                         .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned())
                 })
                 .flatten(),
-            host: if request.uri().authority().is_some() {
-                Some(HostName::Authority)
+            host_header: if request.uri().authority().is_some() {
+                None
             } else {
-                request
-                    .headers()
-                    .get(header::HOST)
-                    .cloned()
-                    .map(HostName::Header)
+                request.headers().get(header::HOST).cloned()
             },
             trace_id: log
                 .then(|| {
@@ -411,7 +393,7 @@ fn log(record: &Record, bytes: u64) {
         target: ACCESS_LOG_TARGET,
         method = %record.method,
         path = %record.uri.path(),
-        query = record.query.as_deref(),
+        query = record.uri.query().map(redact_query).as_deref(),
         protocol = ?record.version,
         status = record.status.as_u16(),
         bytes,
