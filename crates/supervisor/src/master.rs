@@ -240,13 +240,13 @@ impl Master {
 
     /// Closes slot `slot`'s own sockets (`reuseport` mode) without resetting
     /// a connection: new SYNs are dropped first (clients retry and land on
-    /// another slot's socket), handshakes under way get 50 ms to land in the
+    /// another slot's socket), handshakes under way get `HANDSHAKE_SETTLE` to land in the
     /// queue, then the slot's workers are asked to drain, which takes the
     /// queue. Does nothing for a slot without sockets of its own.
     async fn close_slot_sockets(&mut self, slot: usize) {
         if let Some(listeners) = self.slot_listeners.remove(&slot) {
             sys::refuse_all(&listeners);
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(sys::HANDSHAKE_SETTLE).await;
         }
     }
 
@@ -882,7 +882,7 @@ impl Master {
         if !closing.is_empty() {
             // Let handshakes already under way complete into the backlog
             // before the workers take it and close.
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(sys::HANDSHAKE_SETTLE).await;
         }
         self.listeners.clear();
         self.slot_listeners.clear();

@@ -215,7 +215,7 @@ pub(crate) fn monotonic_usec() -> u64 {
 ///
 /// The filter belongs to the socket, so it affects every process sharing it:
 /// only for a full stop, never a rolling replacement.
-pub(crate) fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
+fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
     // Drop only bare SYNs (a new connection attempt); everything else,
     // including the final ACK of a handshake already under way, passes, so
     // such a connection still lands in the backlog the workers sweep.
@@ -262,6 +262,11 @@ pub(crate) fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
         Err(filter_error)
     }
 }
+
+/// How long handshakes already under way get to land in the accept queue
+/// once a socket refuses new connections, before its queue is taken and it
+/// is closed.
+pub(crate) const HANDSHAKE_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// [`refuse_new_connections`] on each of `listeners`; a socket that cannot
 /// be made to refuse is logged (debug) and otherwise left as it is.

@@ -366,7 +366,7 @@ where
             sys::refuse_all(&refuse);
             // Handshakes already under way complete into the backlog first
             // (once, at shutdown).
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(sys::HANDSHAKE_SETTLE);
         }));
         let context = WorkerContext {
             listeners,
