@@ -1,6 +1,7 @@
 //! Response bodies streamed from an upstream: counted as in flight on their
-//! server until finished, and cut off when the upstream stalls longer than the
-//! read timeout between two reads.
+//! server until finished, cut off when the upstream stalls longer than the
+//! read timeout between two reads, and their connection given back to the
+//! server's pool once read to the end.
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -14,13 +15,18 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use wharf_http::BoxError;
 
+use crate::pool::Sender;
 use crate::upstream::Upstream;
 
-/// Counts one request in flight on a server until dropped.
+/// Counts one request in flight on a server until dropped, and holds the
+/// connection it went over: back to the server's pool when the answer was
+/// read to the end ([`finish`](Self::finish)), closed otherwise.
 #[derive(Debug)]
 pub(crate) struct ActiveGuard {
     upstream: Arc<Upstream>,
     index: usize,
+    connection: Option<Sender>,
+    finished: bool,
 }
 
 impl ActiveGuard {
@@ -29,15 +35,29 @@ impl ActiveGuard {
         Self {
             upstream: Arc::clone(upstream),
             index,
+            connection: None,
+            finished: false,
         }
+    }
+
+    /// The connection the answer is read from.
+    pub(crate) fn hold(&mut self, connection: Sender) {
+        self.connection = Some(connection);
+    }
+
+    /// The answer was read to the end: the connection may serve another.
+    pub(crate) fn finish(mut self) {
+        self.finished = true;
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.upstream.peers[self.index]
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        let peer = &self.upstream.peers[self.index];
+        peer.active.fetch_sub(1, Ordering::Relaxed);
+        if let (true, Some(connection)) = (self.finished, self.connection.take()) {
+            peer.pool.put(connection);
+        }
     }
 }
 
@@ -59,12 +79,22 @@ pin_project! {
 }
 
 impl<B> UpstreamBody<B> {
-    pub(crate) fn new(inner: B, read_timeout: Duration, guard: ActiveGuard) -> Self {
+    /// An answer body with no bytes to come hands its connection back at once.
+    pub(crate) fn new(inner: B, read_timeout: Duration, guard: ActiveGuard) -> Self
+    where
+        B: Body,
+    {
+        let guard = if inner.is_end_stream() {
+            guard.finish();
+            None
+        } else {
+            Some(guard)
+        };
         Self {
             inner,
             stall: tokio::time::sleep(read_timeout),
             read_timeout,
-            guard: Some(guard),
+            guard,
         }
     }
 }
@@ -82,12 +112,21 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        match this.inner.poll_frame(cx) {
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(None) => {
-                this.guard.take();
+                if let Some(guard) = this.guard.take() {
+                    guard.finish();
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
+                // The server stops polling a body that says it has ended
+                // (a known length read whole): hand the connection back now.
+                if frame.is_ok() && this.inner.is_end_stream() {
+                    if let Some(guard) = this.guard.take() {
+                        guard.finish();
+                    }
+                }
                 this.stall
                     .as_mut()
                     .reset(Instant::now() + *this.read_timeout);

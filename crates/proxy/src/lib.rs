@@ -42,6 +42,7 @@
 
 mod body;
 mod forwarded;
+mod pool;
 mod proxy;
 pub mod proxy_protocol;
 mod upstream;

@@ -13,13 +13,12 @@ use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body;
 use http_body_util::{BodyExt, Empty, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use wharf_http::{body as wbody, BoxError, ConnectInfo, ResponseBody, TlsInfo};
+use wharf_telemetry::trace::ClientSpan;
 
 use crate::body::{ActiveGuard, UpstreamBody};
 use crate::forwarded::{remove_hop_by_hop, set_forwarded, TrustedProxies};
+use crate::pool::SendError;
 use crate::upstream::Upstream;
 
 /// The body type sent upstream.
@@ -94,7 +93,6 @@ pub struct Proxy {
 pub(crate) struct ProxyInner {
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) settings: ProxySettings,
-    pub(crate) client: Client<HttpConnector, UpstreamRequestBody>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -110,23 +108,13 @@ impl Proxy {
     /// A proxy to `upstream`. Must be created inside a tokio runtime only if
     /// [`spawn_health_checks`](Self::spawn_health_checks) is called.
     pub fn new(upstream: Arc<Upstream>, settings: ProxySettings) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        connector.enforce_http(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(upstream.keepalive)
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_timer(TokioTimer::new())
-            .set_host(false)
-            .build(connector);
-        Self {
-            inner: Arc::new(ProxyInner {
-                upstream,
-                settings,
-                client,
-            }),
+        let inner = Arc::new(ProxyInner { upstream, settings });
+        // Idle connections past the idle timeout are closed by a sweep, when
+        // there is a runtime to run it (they are also dropped when next met).
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(sweep_loop(Arc::downgrade(&inner)));
         }
+        Self { inner }
     }
 
     /// The upstream group (for its [`stats`](Upstream::stats)).
@@ -357,6 +345,7 @@ impl ProxyInner {
         let mut tried = Vec::with_capacity(2);
         let mut failure = Failure::NoServer;
         let mut last_response = None;
+        let mut retried_reused = false;
         while tried.len() < max_tries {
             let Some(index) = upstream.pick(&tried) else {
                 break;
@@ -367,28 +356,7 @@ impl ProxyInner {
             tried.push(index);
             let peer = &upstream.peers[index];
             peer.requests.fetch_add(1, Ordering::Relaxed);
-            let Some(uri) = upstream_uri(peer.authority.as_ref(), path) else {
-                return error_page(StatusCode::BAD_REQUEST);
-            };
-            let mut attempt = Request::new(attempt_body);
-            *attempt.method_mut() = parts.method.clone();
-            *attempt.uri_mut() = uri;
-            *attempt.version_mut() = Version::HTTP_11;
-            *attempt.headers_mut() = parts.headers.clone();
-            // With tracing on: a client span per attempt, and its
-            // `traceparent` replaces the client's (which is passed on as is
-            // when tracing is off).
-            let span = wharf_telemetry::trace::ClientSpan::start(&parts.method, attempt.uri());
-            span.inject(attempt.headers_mut());
-            let guard = ActiveGuard::new(upstream, index);
-            let wait = settings.connect_timeout + settings.send_timeout + settings.read_timeout;
-            let result = tokio::time::timeout(wait, self.client.request(attempt)).await;
-            match &result {
-                Ok(Ok(response)) => span.set_status(response.status()),
-                Ok(Err(_)) => span.set_error("upstream_error"),
-                Err(_) => span.set_error("timeout"),
-            }
-            drop(span);
+            let (result, guard) = self.attempt(index, parts, path, attempt_body).await;
             let retryable = idempotent && body.can_resend();
             match result {
                 Ok(Ok(response)) => {
@@ -411,10 +379,21 @@ impl ProxyInner {
                     }
                     return self.respond(response, guard);
                 }
+                Ok(Err(SendError::Request {
+                    reused: true,
+                    error,
+                })) if retryable && !retried_reused => {
+                    // A kept-alive connection the server closed as it was
+                    // used: not the server's fault (nginx tries again too).
+                    tracing::debug!(upstream = %upstream.name, server = %peer.config.addr, %error, "Reused upstream connection failed; trying a new one");
+                    retried_reused = true;
+                    tried.pop();
+                    continue;
+                }
                 Ok(Err(error)) => {
                     peer.failed(&upstream.name);
                     // A connect timeout is a timeout (504, as nginx), not a refusal.
-                    failure = if wharf_http::is_timeout(&error) {
+                    failure = if error.is_timeout() {
                         Failure::Timeout
                     } else {
                         Failure::Error
@@ -428,7 +407,7 @@ impl ProxyInner {
                 Err(_) => {
                     peer.failed(&upstream.name);
                     failure = Failure::Timeout;
-                    tracing::warn!(upstream = %upstream.name, server = %peer.config.addr, timeout_s = wait.as_secs_f64(), "Upstream timed out");
+                    tracing::warn!(upstream = %upstream.name, server = %peer.config.addr, timeout_s = self.attempt_timeout().as_secs_f64(), "Upstream timed out");
                     if !retryable {
                         break;
                     }
@@ -447,6 +426,69 @@ impl ProxyInner {
             }
             Failure::Error => error_page(StatusCode::BAD_GATEWAY),
         }
+    }
+
+    /// The longest one attempt may take to get an answer's head.
+    fn attempt_timeout(&self) -> Duration {
+        let settings = &self.settings;
+        settings.connect_timeout + settings.send_timeout + settings.read_timeout
+    }
+
+    /// One try on server `index`: its answer's head (or why none came), and
+    /// the guard that counts it in flight and holds its connection.
+    async fn attempt(
+        &self,
+        index: usize,
+        parts: &http::request::Parts,
+        path: &http::uri::PathAndQuery,
+        body: UpstreamRequestBody,
+    ) -> (
+        Result<Result<Response<hyper::body::Incoming>, SendError>, tokio::time::error::Elapsed>,
+        ActiveGuard,
+    ) {
+        let upstream = &self.upstream;
+        let peer = &upstream.peers[index];
+        peer.requests.fetch_add(1, Ordering::Relaxed);
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        // Origin form (`/path?query`): what an HTTP/1.1 server is sent.
+        *request.uri_mut() = Uri::from(path.clone());
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = parts.headers.clone();
+        // With tracing on: a client span per attempt, and its `traceparent`
+        // replaces the client's (which is passed on as is when tracing is off).
+        let span = match upstream_uri(peer.authority.as_ref(), path) {
+            Some(uri) if wharf_telemetry::trace::enabled() => {
+                ClientSpan::start(&parts.method, &uri)
+            }
+            _ => ClientSpan::default(),
+        };
+        span.inject(request.headers_mut());
+        let mut guard = ActiveGuard::new(upstream, index);
+        let settings = &self.settings;
+        let sent = crate::pool::send(
+            &peer.pool,
+            peer.config.addr,
+            settings.connect_timeout,
+            settings.pool_idle_timeout,
+            request,
+        );
+        let result = match tokio::time::timeout(self.attempt_timeout(), sent).await {
+            Ok(Ok((response, connection))) => {
+                guard.hold(connection);
+                span.set_status(response.status());
+                Ok(Ok(response))
+            }
+            Ok(Err(error)) => {
+                span.set_error("upstream_error");
+                Ok(Err(error))
+            }
+            Err(elapsed) => {
+                span.set_error("timeout");
+                Err(elapsed)
+            }
+        };
+        (result, guard)
     }
 
     fn respond(
@@ -507,7 +549,7 @@ async fn probe(
     addr: std::net::SocketAddr,
     check: &crate::upstream::HealthCheck,
 ) -> bool {
-    let Ok(uri) = Uri::try_from(format!("http://{addr}{}", check.path)) else {
+    let Ok(uri) = Uri::try_from(check.path.as_str()) else {
         return false;
     };
     let mut request = Request::new(
@@ -519,14 +561,34 @@ async fn probe(
     if let Ok(host) = HeaderValue::from_str(&addr.to_string()) {
         request.headers_mut().insert(header::HOST, host);
     }
-    match tokio::time::timeout(check.timeout, inner.client.request(request)).await {
-        Ok(Ok(response)) => {
-            let ok = response.status().is_success() || response.status().is_redirection();
-            // Drain so the connection goes back to the pool.
-            let _ = tokio::time::timeout(check.timeout, response.into_body().collect()).await;
-            ok
+    // A new connection per check, as nginx's checks: a pooled one could hide
+    // a server that no longer accepts connections.
+    let checked = async {
+        let mut sender = crate::pool::connect(addr, inner.settings.connect_timeout)
+            .await
+            .ok()?;
+        let response = sender.send_request(request).await.ok()?;
+        Some(response.status().is_success() || response.status().is_redirection())
+    };
+    matches!(
+        tokio::time::timeout(check.timeout, checked).await,
+        Ok(Some(true))
+    )
+}
+
+/// Every idle timeout, closes the pools' connections idle for longer; ends
+/// with the proxy.
+async fn sweep_loop(weak: Weak<ProxyInner>) {
+    let Some(period) = weak.upgrade().map(|inner| inner.settings.pool_idle_timeout) else {
+        return;
+    };
+    let period = period.max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(inner) = weak.upgrade() else { return };
+        for peer in &inner.upstream.peers {
+            peer.pool.sweep(inner.settings.pool_idle_timeout);
         }
-        _ => false,
     }
 }
 

@@ -138,6 +138,8 @@ pub(crate) struct Peer {
     pub(crate) authority: Option<http::uri::Authority>,
     /// Requests in flight (for least-conn and metrics).
     pub(crate) active: AtomicUsize,
+    /// Idle keep-alive connections (`keepalive N`).
+    pub(crate) pool: crate::pool::Pool,
     /// Passive health: failures in the current window and when it started.
     fails: Mutex<(u32, Option<Instant>)>,
     /// Passive health: out until this instant.
@@ -151,11 +153,12 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    fn new(config: UpstreamServer) -> Self {
+    fn new(config: UpstreamServer, keepalive: usize) -> Self {
         Self {
             authority: http::uri::Authority::try_from(config.addr.to_string()).ok(),
             config,
             active: AtomicUsize::new(0),
+            pool: crate::pool::Pool::new(keepalive),
             fails: Mutex::new((0, None)),
             down_until: Mutex::new(None),
             healthy: AtomicBool::new(true),
@@ -250,7 +253,6 @@ pub struct Upstream {
     pub(crate) name: String,
     pub(crate) peers: Vec<Peer>,
     balance: Balance,
-    pub(crate) keepalive: usize,
     pub(crate) health_check: Option<HealthCheck>,
     /// Smooth weighted round robin's current weights, one per peer.
     current: Mutex<Vec<i64>>,
@@ -265,9 +267,12 @@ impl Upstream {
         let n = config.servers.len();
         Some(Arc::new(Self {
             name: config.name,
-            peers: config.servers.into_iter().map(Peer::new).collect(),
+            peers: config
+                .servers
+                .into_iter()
+                .map(|server| Peer::new(server, config.keepalive))
+                .collect(),
             balance: config.balance,
-            keepalive: config.keepalive,
             health_check: config.health_check,
             current: Mutex::new(vec![0; n]),
         }))

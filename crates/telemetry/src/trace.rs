@@ -737,6 +737,13 @@ impl std::fmt::Debug for ClientSpan {
     }
 }
 
+/// No span: what [`ClientSpan::start`] gives when tracing is off.
+impl Default for ClientSpan {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
 impl ClientSpan {
     /// Starts a span for `method` to `uri` (nothing when tracing is off).
     /// `url.full` leaves out the query: it may hold secrets.
