@@ -71,17 +71,19 @@ impl Acceptor for PlainAcceptor {
     }
 }
 
-/// Present in the extensions of every request that arrived over TLS.
+/// Present in the extensions of every request that arrived over TLS. Cheap
+/// to clone (it is copied into every request of its connection): no field
+/// allocates.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct TlsInfo {
     /// The negotiated protocol version, e.g. `TLSv1.3`.
-    pub version: String,
+    pub version: &'static str,
     /// The ALPN protocol agreed, e.g. `h2` or `http/1.1`, if any.
-    pub alpn: Option<String>,
+    pub alpn: Option<std::sync::Arc<str>>,
     /// The server name (SNI) the client asked for, if any.
-    pub server_name: Option<String>,
+    pub server_name: Option<std::sync::Arc<str>>,
     /// The negotiated cipher suite, e.g. `TLS13_AES_128_GCM_SHA256`.
-    pub cipher_suite: String,
+    pub cipher_suite: &'static str,
     /// Whether the session was resumed (ticket or session id).
     pub resumed: bool,
 }

@@ -337,9 +337,11 @@ impl http_body::Body for TrackedBody {
 
 /// The per-connection hyper service: counts requests, adds connection facts,
 /// asks HTTP/1 clients to go away while draining, and calls the app stack.
-#[derive(Clone)]
 pub(crate) struct ConnService {
-    pub(crate) app: AppService,
+    /// The connection's own copy of the app stack. Its requests come one at
+    /// a time from the connection's task, so the lock is never contended; it
+    /// spares a clone of the whole stack per request.
+    pub(crate) app: std::sync::Mutex<AppService>,
     pub(crate) state: Arc<ConnState>,
     pub(crate) info: ConnectInfo,
     /// From the acceptor (e.g. TLS facts); copied into every request.
@@ -378,7 +380,21 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         if !self.extensions.is_empty() {
             req.extensions_mut().extend((*self.extensions).clone());
         }
-        let response = self.app.clone().oneshot(req);
+        let response = {
+            let mut app = self
+                .app
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // tower's contract is `poll_ready` before `call`. Every layer of
+            // the stack is always ready; were one not, a clone of the stack
+            // waits for readiness on its own, as `oneshot` does.
+            let waker = std::task::Waker::noop();
+            match tower::Service::poll_ready(&mut *app, &mut Context::from_waker(waker)) {
+                Poll::Ready(Ok(())) => tower::Service::call(&mut *app, req),
+                Poll::Ready(Err(never)) => match never {},
+                Poll::Pending => Box::pin(app.clone().oneshot(req)),
+            }
+        };
         let state = Arc::clone(&self.state);
         Box::pin(async move {
             let Ok(mut response) = response.await;

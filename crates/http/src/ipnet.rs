@@ -236,3 +236,49 @@ mod tests {
         assert_eq!(IpNet::new(ip("10.1.2.3"), 8).prefix(), 8);
     }
 }
+
+/// An address as text, exactly as `Display` writes it; IPv4 (the common case
+/// in forwarding headers, log lines and rate-limit keys) without the
+/// formatting machinery, which costs over a thousand instructions per address.
+pub fn ip_text(ip: IpAddr) -> String {
+    let IpAddr::V4(ip) = ip else {
+        return ip.to_string();
+    };
+    let mut out = String::with_capacity(15);
+    for (i, octet) in ip.octets().into_iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        if octet >= 100 {
+            out.push(char::from(b'0' + octet / 100));
+        }
+        if octet >= 10 {
+            out.push(char::from(b'0' + octet / 10 % 10));
+        }
+        out.push(char::from(b'0' + octet % 10));
+    }
+    out
+}
+
+#[cfg(test)]
+mod ip_text_tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::ip_text;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for octet in 0..=255_u8 {
+            for ip in [
+                Ipv4Addr::new(octet, 0, 9, 255),
+                Ipv4Addr::new(10, octet, 99, 100),
+                Ipv4Addr::new(192, 168, octet, 1),
+                Ipv4Addr::new(1, 20, 200, octet),
+            ] {
+                assert_eq!(ip_text(IpAddr::V4(ip)), ip.to_string());
+            }
+        }
+        let v6: IpAddr = "2001:db8::1".parse().unwrap();
+        assert_eq!(ip_text(v6), "2001:db8::1");
+    }
+}

@@ -52,7 +52,7 @@ pub use conn::{ConnectInfo, RequestHook, TrackedBody};
 pub use health::{
     Health, HealthLayer, HealthRoutes, StatusInfo, LIVE_PATH, READY_PATH, STATUS_PATH,
 };
-pub use ipnet::{IpNet, IpNetError};
+pub use ipnet::{ip_text, IpNet, IpNetError};
 pub use listener::{Listener, ListenerError, BACKLOG};
 pub use middleware::access_log::{Exchange, RequestObserver};
 pub use server::{DrainReport, ServeError, Server};

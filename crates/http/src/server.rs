@@ -447,7 +447,7 @@ async fn serve_connection<Io>(
 {
     let state = Arc::new(ConnState::new(shared.config.max_request_line_bytes));
     let service = ConnService {
-        app: shared.app.clone(),
+        app: std::sync::Mutex::new(shared.app.clone()),
         state: Arc::clone(&state),
         info,
         extensions: Arc::new(extensions),

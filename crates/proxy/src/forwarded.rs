@@ -76,6 +76,10 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// name in the others removed (the `forwarded` fuzz target found that such a
 /// byte made the whole header, and so every name in it, ignored).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names (no hashing) says so.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -85,6 +89,12 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
+}
+
+/// One of the fixed hop-by-hop names (every name `Connection` lists is only
+/// looked for when a `Connection` header is there, and it is one of these).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
 }
 
 /// Sets the forwarding headers on a request about to go upstream.
@@ -100,24 +110,31 @@ pub(crate) fn set_forwarded(
     host: Option<&HeaderValue>,
 ) {
     let peer = peer.to_canonical();
-    let xff = if peer_trusted {
-        let previous: Vec<&str> = headers
+    let previous: Vec<&str> = if peer_trusted {
+        headers
             .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .collect();
-        if previous.is_empty() {
-            peer.to_string()
-        } else {
-            format!("{}, {peer}", previous.join(", "))
-        }
+            .collect()
     } else {
-        peer.to_string()
+        Vec::new()
     };
-    if let Ok(value) = HeaderValue::from_str(&xff) {
+    let xff = if previous.is_empty() {
+        wharf_http::ip_text(peer)
+    } else {
+        format!("{}, {}", previous.join(", "), wharf_http::ip_text(peer))
+    };
+    let xff = HeaderValue::try_from(xff).ok();
+    // Most often (an untrusted peer, or no hop before it) the client is the
+    // peer, and one value serves both headers.
+    let real_ip = match &xff {
+        Some(value) if previous.is_empty() && client == peer => Some(value.clone()),
+        _ => HeaderValue::try_from(wharf_http::ip_text(client)).ok(),
+    };
+    if let Some(value) = xff {
         headers.insert(X_FORWARDED_FOR, value);
     }
-    if let Ok(value) = HeaderValue::from_str(&client.to_string()) {
+    if let Some(value) = real_ip {
         headers.insert(X_REAL_IP, value);
     }
     if !(peer_trusted && headers.contains_key(X_FORWARDED_PROTO)) {

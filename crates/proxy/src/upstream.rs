@@ -303,6 +303,11 @@ impl Upstream {
     /// available backups. When none is available, `None` (a 502), unless the
     /// group has a single server (which, as in nginx, is always tried).
     pub(crate) fn pick(&self, tried: &[usize]) -> Option<usize> {
+        // One server: tried once, available or not (as below, without the
+        // candidate lists).
+        if self.peers.len() == 1 {
+            return tried.is_empty().then_some(0);
+        }
         let now = Instant::now();
         let eligible = |i: usize, backup: bool| {
             let p = &self.peers[i];

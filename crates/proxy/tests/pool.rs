@@ -4,7 +4,7 @@
 //! reused (the race every keep-alive proxy meets with gunicorn's
 //! `--keep-alive`).
 // Test helpers may unwrap: a failure is a failed test with a line number.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::unused_async)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -224,7 +224,7 @@ impl ClientIp {
     /// The key of a client address: IPv4 as is, IPv6 masked to the prefix.
     pub fn group(&self, ip: IpAddr) -> String {
         match ip.to_canonical() {
-            IpAddr::V4(v4) => ipv4_text(v4),
+            v4 @ IpAddr::V4(_) => wharf_http::ip_text(v4),
             v6 @ IpAddr::V6(_) if self.ipv6_prefix >= 128 => v6.to_string(),
             v6 @ IpAddr::V6(_) => IpNet::new(v6, self.ipv6_prefix).to_string(),
         }
@@ -279,44 +279,4 @@ fn parse_node(text: &str) -> Option<IpAddr> {
         .parse::<Ipv6Addr>()
         .ok()
         .map(|v6| IpAddr::V6(v6).to_canonical())
-}
-
-/// `a.b.c.d`, as `Ipv4Addr`'s `Display` writes it, without the formatting
-/// machinery: this runs on every rate-limited request.
-fn ipv4_text(ip: std::net::Ipv4Addr) -> String {
-    let mut out = String::with_capacity(15);
-    for (i, octet) in ip.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use std::net::Ipv4Addr;
-
-    use super::ipv4_text;
-
-    #[test]
-    fn ipv4_keys_are_written_as_display_writes_them() {
-        for octet in 0..=255_u8 {
-            for ip in [
-                Ipv4Addr::new(octet, 0, 9, 255),
-                Ipv4Addr::new(10, octet, 99, 100),
-                Ipv4Addr::new(192, 168, octet, 1),
-                Ipv4Addr::new(1, 20, 200, octet),
-            ] {
-                assert_eq!(ipv4_text(ip), ip.to_string());
-            }
-        }
-    }
 }

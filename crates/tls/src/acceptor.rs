@@ -32,12 +32,13 @@ impl std::fmt::Debug for TlsAcceptor {
     }
 }
 
-fn version_name(version: Option<ProtocolVersion>) -> String {
+fn version_name(version: Option<ProtocolVersion>) -> &'static str {
     match version {
-        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(other) => format!("{other:?}"),
-        None => "unknown".to_owned(),
+        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        // Only 1.2 and 1.3 are ever negotiated (see `TlsConfig`).
+        Some(other) => other.as_str().unwrap_or("unknown"),
+        None => "unknown",
     }
 }
 
@@ -69,12 +70,12 @@ impl TlsAcceptor {
                     version: version_name(conn.protocol_version()),
                     alpn: conn
                         .alpn_protocol()
-                        .map(|p| String::from_utf8_lossy(p).into_owned()),
-                    server_name: conn.server_name().map(str::to_owned),
+                        .map(|p| Arc::from(String::from_utf8_lossy(p))),
+                    server_name: conn.server_name().map(Arc::from),
                     cipher_suite: conn
                         .negotiated_cipher_suite()
-                        .map(|s| format!("{:?}", s.suite()))
-                        .unwrap_or_default(),
+                        .and_then(|s| s.suite().as_str())
+                        .unwrap_or("unknown"),
                     resumed,
                 };
                 self.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
