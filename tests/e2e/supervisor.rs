@@ -194,6 +194,7 @@ fn a_worker_with_a_blocked_runtime_is_killed_and_replaced() {
             ("_WHARF_TEST_HOOKS", "1"),
             ("_WHARF_TEST_BLOCK_SLOT", "1"),
             ("WHARF_HEARTBEAT_TIMEOUT_SECONDS", "1"),
+            ("WHARF_WORKER_THREADS", "1"),
         ],
     );
     instance.wait_for(Duration::from_secs(10), |i| {
@@ -217,10 +218,13 @@ fn a_worker_with_a_blocked_runtime_is_killed_and_replaced() {
         .position(|l| l.contains("Runtime blocked: the master saw no heartbeat"))
         .unwrap_or_else(|| panic!("the blocked worker logged no thread report:\n{logs}"));
     assert!(asked < report && report < killed, "{logs}");
-    // The report names the runtime's threads (tokio names them "tokio-r…"),
-    // asleep in the blocking call.
+    // The report names the runtime's thread asleep in the blocking call. One
+    // thread per worker (set above) is tokio's current-thread runtime, which
+    // runs on the process's main thread: `frontend[tid] S clock_nanosleep …`.
     assert!(
-        lines[report].contains("tokio-r") && lines[report].contains("nanosleep"),
+        lines[report]
+            .split(';')
+            .any(|thread| thread.contains("frontend[") && thread.contains("nanosleep")),
         "{}",
         lines[report]
     );
