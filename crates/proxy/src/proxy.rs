@@ -317,7 +317,10 @@ impl ProxyInner {
             .await;
         }
 
-        let body = if settings.buffer_request_body || body.is_end_stream() {
+        let body = if body.is_end_stream() {
+            // Nothing to read (a GET, say): no read, no timer.
+            RequestBody::Buffered(Bytes::new())
+        } else if settings.buffer_request_body {
             match buffer_body(body, settings).await {
                 Ok(bytes) => RequestBody::Buffered(bytes),
                 Err(response) => return response,
