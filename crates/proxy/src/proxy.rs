@@ -4,7 +4,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -93,6 +93,9 @@ pub struct Proxy {
 pub(crate) struct ProxyInner {
     pub(crate) upstream: Arc<Upstream>,
     pub(crate) settings: ProxySettings,
+    /// The idle-connection sweep runs (started by the first request, inside
+    /// the runtime that serves it).
+    sweeping: AtomicBool,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -108,13 +111,13 @@ impl Proxy {
     /// A proxy to `upstream`. Must be created inside a tokio runtime only if
     /// [`spawn_health_checks`](Self::spawn_health_checks) is called.
     pub fn new(upstream: Arc<Upstream>, settings: ProxySettings) -> Self {
-        let inner = Arc::new(ProxyInner { upstream, settings });
-        // Idle connections past the idle timeout are closed by a sweep, when
-        // there is a runtime to run it (they are also dropped when next met).
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(sweep_loop(Arc::downgrade(&inner)));
+        Self {
+            inner: Arc::new(ProxyInner {
+                upstream,
+                settings,
+                sweeping: AtomicBool::new(false),
+            }),
         }
-        Self { inner }
     }
 
     /// The upstream group (for its [`stats`](Upstream::stats)).
@@ -256,6 +259,9 @@ impl ProxyInner {
         self: Arc<Self>,
         mut request: Request<UpstreamRequestBody>,
     ) -> Response<ResponseBody> {
+        if !self.sweeping.load(Ordering::Relaxed) && !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(sweep_loop(Arc::downgrade(&self)));
+        }
         let settings = &self.settings;
         if request
             .headers()
@@ -579,8 +585,8 @@ async fn probe(
     )
 }
 
-/// Every idle timeout, closes the pools' connections idle for longer; ends
-/// with the proxy.
+/// Every idle timeout, closes the pools' connections idle for longer (they
+/// are also dropped when a request next meets them); ends with the proxy.
 async fn sweep_loop(weak: Weak<ProxyInner>) {
     let Some(period) = weak.upgrade().map(|inner| inner.settings.pool_idle_timeout) else {
         return;
