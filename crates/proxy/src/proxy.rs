@@ -55,7 +55,8 @@ pub struct ProxySettings {
     /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are believed
     /// (`set_real_ip_from`). Default none.
     pub trusted_proxies: TrustedProxies,
-    /// Idle upstream connections are closed after this. Default 60 s.
+    /// Idle upstream connections are closed after this (a sweep runs every
+    /// this long, so at the latest after twice it). Default 60 s.
     pub pool_idle_timeout: Duration,
 }
 
