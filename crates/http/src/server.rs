@@ -504,7 +504,13 @@ async fn serve_connection<Io>(
             Some(close_by) => (close_by, None),
             None => (deadline, Some(action)),
         };
+        // `biased`: the connection first. After a stall (a loaded machine
+        // that did not run this task for a while), bytes that arrived before the
+        // deadline are read before the timer is looked at, as nginx handles
+        // events before expiring timers; otherwise a request already in the
+        // socket could be closed as a silent client.
         tokio::select! {
+            biased;
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     tracing::debug!(peer = %info.peer, %error, "Connection ended with an error");
