@@ -365,7 +365,6 @@ impl ProxyInner {
             };
             tried.push(index);
             let peer = &upstream.peers[index];
-            peer.requests.fetch_add(1, Ordering::Relaxed);
             let (result, guard) = self.attempt(index, parts, path, attempt_body).await;
             let retryable = idempotent && body.can_resend();
             match result {

@@ -140,25 +140,26 @@ async fn front(
     backend: SocketAddr,
     keepalive: usize,
     settings: ProxySettings,
-) -> (SocketAddr, oneshot::Sender<()>) {
+) -> (SocketAddr, Proxy, oneshot::Sender<()>) {
     let mut config = UpstreamConfig::new("raw", vec![UpstreamServer::new(backend)]);
     config.keepalive = keepalive;
     let proxy = Proxy::new(Upstream::new(config).unwrap(), settings);
     let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel::<()>();
+    let service = proxy.clone();
     tokio::spawn(async move {
         Server::new(ServerConfig {
             access_log: false,
             ..ServerConfig::default()
         })
-        .serve(vec![listener], proxy, async {
+        .serve(vec![listener], service, async {
             let _ = rx.await;
         })
         .await
         .unwrap();
     });
-    (addr, tx)
+    (addr, proxy, tx)
 }
 
 async fn call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, Bytes) {
@@ -199,7 +200,7 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_upstream_connection_serves_sequential_requests_of_every_body_framing() {
     let backend = RawBackend::start().await;
-    let (front, _stop) = front(backend.addr, 32, settings()).await;
+    let (front, proxy, _stop) = front(backend.addr, 32, settings()).await;
     for round in 0..5 {
         assert_eq!(
             call(front, "GET", "/").await,
@@ -224,6 +225,7 @@ async fn one_upstream_connection_serves_sequential_requests_of_every_body_framin
         );
     }
     assert_eq!(backend.requests().len(), 25);
+    assert_eq!(proxy.upstream().stats()[0].requests, 25, "one attempt each");
     assert_eq!(
         backend.accepted(),
         1,
@@ -234,7 +236,7 @@ async fn one_upstream_connection_serves_sequential_requests_of_every_body_framin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_beyond_the_cap_close_at_once_and_the_rest_after_the_idle_timeout() {
     let backend = RawBackend::start().await;
-    let (front, _stop) = front(
+    let (front, _proxy, _stop) = front(
         backend.addr,
         2,
         ProxySettings {
@@ -274,7 +276,7 @@ async fn a_kept_alive_connection_closed_by_the_server_as_it_is_reused_costs_a_ge
         .counts
         .drop_second_request
         .store(true, Ordering::SeqCst);
-    let (front, _stop) = front(backend.addr, 32, settings()).await;
+    let (front, _proxy, _stop) = front(backend.addr, 32, settings()).await;
     // Each GET after the first lands on a kept-alive connection that the
     // server closes unanswered: tried again on a new connection.
     for _ in 0..4 {
