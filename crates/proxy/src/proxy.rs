@@ -466,12 +466,8 @@ impl ProxyInner {
         *request.headers_mut() = parts.headers.clone();
         // With tracing on: a client span per attempt, and its `traceparent`
         // replaces the client's (which is passed on as is when tracing is off).
-        let span = match upstream_uri(peer.authority.as_ref(), path) {
-            Some(uri) if wharf_telemetry::trace::enabled() => {
-                ClientSpan::start(&parts.method, &uri)
-            }
-            _ => ClientSpan::default(),
-        };
+        let span =
+            ClientSpan::start_parts(&parts.method, "http", peer.authority.as_ref(), path.path());
         span.inject(request.headers_mut());
         let mut guard = ActiveGuard::new(upstream, index);
         let settings = &self.settings;
@@ -510,19 +506,6 @@ impl ProxyInner {
         let body = UpstreamBody::new(body, self.settings.read_timeout, guard);
         Response::from_parts(parts, wbody::boxed(body))
     }
-}
-
-/// `http://<server><path>`: the authority is the server's, parsed once; the
-/// path and query are the client's (already a valid request target).
-fn upstream_uri(
-    authority: Option<&http::uri::Authority>,
-    path: &http::uri::PathAndQuery,
-) -> Option<Uri> {
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(http::uri::Scheme::HTTP);
-    parts.authority = Some(authority?.clone());
-    parts.path_and_query = Some(path.clone());
-    Uri::from_parts(parts).ok()
 }
 
 fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

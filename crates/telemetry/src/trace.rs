@@ -737,17 +737,27 @@ impl std::fmt::Debug for ClientSpan {
     }
 }
 
-/// No span: what [`ClientSpan::start`] gives when tracing is off.
-impl Default for ClientSpan {
-    fn default() -> Self {
-        Self(None)
-    }
-}
-
 impl ClientSpan {
     /// Starts a span for `method` to `uri` (nothing when tracing is off).
     /// `url.full` leaves out the query: it may hold secrets.
     pub fn start(method: &Method, uri: &Uri) -> Self {
+        Self::start_parts(
+            method,
+            uri.scheme_str().unwrap_or("http"),
+            uri.authority(),
+            uri.path(),
+        )
+    }
+
+    /// [`start`](Self::start) from the pieces of the URI, for a caller that
+    /// has them apart (a proxy: the server's authority, the client's path):
+    /// no URI is built, and nothing at all is done when tracing is off.
+    pub fn start_parts(
+        method: &Method,
+        scheme: &str,
+        authority: Option<&http::uri::Authority>,
+        path: &str,
+    ) -> Self {
         let Some(tracer) = TRACER.get() else {
             return Self(None);
         };
@@ -758,23 +768,17 @@ impl ClientSpan {
             KeyValue::new(
                 "url.full",
                 format!(
-                    "{}://{}{}",
-                    uri.scheme_str().unwrap_or("http"),
-                    uri.authority().map_or("", http::uri::Authority::as_str),
-                    uri.path()
+                    "{scheme}://{}{path}",
+                    authority.map_or("", http::uri::Authority::as_str),
                 ),
             ),
         ];
-        if let Some(host) = uri.host() {
+        if let Some(host) = authority.map(http::uri::Authority::host) {
             attributes.push(KeyValue::new("server.address", host.to_owned()));
         }
-        let port = uri
-            .port_u16()
-            .unwrap_or(if uri.scheme_str() == Some("https") {
-                443
-            } else {
-                80
-            });
+        let port = authority
+            .and_then(http::uri::Authority::port_u16)
+            .unwrap_or(if scheme == "https" { 443 } else { 80 });
         attributes.push(KeyValue::new("server.port", i64::from(port)));
         let name = if method_name == "_OTHER" {
             "HTTP"
