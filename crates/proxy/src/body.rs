@@ -26,7 +26,6 @@ pub(crate) struct ActiveGuard {
     upstream: Arc<Upstream>,
     index: usize,
     connection: Option<Sender>,
-    finished: bool,
 }
 
 impl ActiveGuard {
@@ -36,7 +35,6 @@ impl ActiveGuard {
             upstream: Arc::clone(upstream),
             index,
             connection: None,
-            finished: false,
         }
     }
 
@@ -47,17 +45,24 @@ impl ActiveGuard {
 
     /// The answer was read to the end: the connection may serve another.
     pub(crate) fn finish(mut self) {
-        self.finished = true;
+        if let Some(connection) = self.connection.take() {
+            self.upstream.peers[self.index].pool.put(connection);
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        let peer = &self.upstream.peers[self.index];
-        peer.active.fetch_sub(1, Ordering::Relaxed);
-        if let (true, Some(connection)) = (self.finished, self.connection.take()) {
-            peer.pool.put(connection);
-        }
+        self.upstream.peers[self.index]
+            .active
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Finishes the guard still held, if any.
+fn finish(guard: &mut Option<ActiveGuard>) {
+    if let Some(guard) = guard.take() {
+        guard.finish();
     }
 }
 
@@ -84,12 +89,10 @@ impl<B> UpstreamBody<B> {
     where
         B: Body,
     {
-        let guard = if inner.is_end_stream() {
-            guard.finish();
-            None
-        } else {
-            Some(guard)
-        };
+        let mut guard = Some(guard);
+        if inner.is_end_stream() {
+            finish(&mut guard);
+        }
         Self {
             inner,
             stall: tokio::time::sleep(read_timeout),
@@ -114,18 +117,14 @@ where
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(None) => {
-                if let Some(guard) = this.guard.take() {
-                    guard.finish();
-                }
+                finish(this.guard);
                 Poll::Ready(None)
             }
             Poll::Ready(Some(frame)) => {
                 // The server stops polling a body that says it has ended
                 // (a known length read whole): hand the connection back now.
                 if frame.is_ok() && this.inner.is_end_stream() {
-                    if let Some(guard) = this.guard.take() {
-                        guard.finish();
-                    }
+                    finish(this.guard);
                 }
                 this.stall
                     .as_mut()
