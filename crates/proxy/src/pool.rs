@@ -157,8 +157,12 @@ fn expire(idle: &mut Vec<Idle>, idle_timeout: Duration) {
     idle.drain(..stale);
 }
 
-/// A new connection to `addr`, its connection task spawned.
-pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendError> {
+/// A TCP connection to `addr` within `timeout` (`proxy_connect_timeout`),
+/// for pooled requests and for upgrades alike.
+pub(crate) async fn connect_tcp(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> Result<TcpStream, SendError> {
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => return Err(SendError::Connect(error)),
@@ -166,6 +170,12 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sende
     };
     // Requests and answers are written whole: Nagle would only add delay.
     let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// A new connection to `addr`, its connection task spawned.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> Result<Sender, SendError> {
+    let stream = connect_tcp(addr, timeout).await?;
     let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(SendError::Handshake)?;

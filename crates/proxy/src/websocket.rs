@@ -14,7 +14,6 @@ use http_body_util::Empty;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use wharf_http::{body as wbody, ResponseBody};
 
 use crate::body::ActiveGuard;
@@ -35,21 +34,14 @@ pub(crate) async fn proxy_upgrade(
         let peer = &upstream.peers[index];
         peer.requests.fetch_add(1, Ordering::Relaxed);
         let addr = peer.config.addr;
-        let stream = match tokio::time::timeout(settings.connect_timeout, TcpStream::connect(addr))
-            .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(error)) => {
-                tracing::warn!(upstream = %upstream.name, server = %addr, %error, "Upstream connection failed");
-                peer.failed(&upstream.name);
-                continue;
-            }
-            Err(_) => {
+        let stream = match crate::pool::connect_tcp(addr, settings.connect_timeout).await {
+            Ok(stream) => stream,
+            Err(error) => {
+                tracing::warn!(upstream = %upstream.name, server = %addr, error = %crate::proxy::error_chain(&error), "Upstream connection failed");
                 peer.failed(&upstream.name);
                 continue;
             }
         };
-        let _ = stream.set_nodelay(true);
         let Ok((mut sender, connection)) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
         else {
