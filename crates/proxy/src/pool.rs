@@ -143,13 +143,10 @@ impl Pool {
 
 /// Drops the entries idle too long: they are oldest first.
 fn expire(idle: &mut Vec<Idle>, idle_timeout: Duration) {
-    let Some(first) = idle.first() else {
-        return;
-    };
-    let now = Instant::now();
-    if now.duration_since(first.since) <= idle_timeout {
+    if idle.is_empty() {
         return;
     }
+    let now = Instant::now();
     let stale = idle
         .iter()
         .take_while(|entry| now.duration_since(entry.since) > idle_timeout)
