@@ -18,9 +18,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::oneshot;
-use wharf_http::{Listener, Server, ServerConfig};
-use wharf_proxy::{Proxy, ProxySettings, Upstream, UpstreamConfig, UpstreamServer};
+mod common;
+
+use wharf_proxy::{ProxySettings, UpstreamConfig, UpstreamServer};
 
 #[derive(Default)]
 struct Counts {
@@ -135,31 +135,11 @@ async fn serve(mut stream: TcpStream, counts: &Counts) {
     }
 }
 
-/// wharf-http serving the proxy, as `edge` does.
-async fn front(
-    backend: SocketAddr,
-    keepalive: usize,
-    settings: ProxySettings,
-) -> (SocketAddr, Proxy, oneshot::Sender<()>) {
+/// The front of `common`, to one server with a pool of `keepalive`.
+async fn front(backend: SocketAddr, keepalive: usize, settings: ProxySettings) -> common::Front {
     let mut config = UpstreamConfig::new("raw", vec![UpstreamServer::new(backend)]);
     config.keepalive = keepalive;
-    let proxy = Proxy::new(Upstream::new(config).unwrap(), settings);
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let service = proxy.clone();
-    tokio::spawn(async move {
-        Server::new(ServerConfig {
-            access_log: false,
-            ..ServerConfig::default()
-        })
-        .serve(vec![listener], service, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    (addr, proxy, tx)
+    common::front(config, settings).await
 }
 
 async fn call(addr: SocketAddr, method: &str, path: &str) -> (StatusCode, Bytes) {
@@ -200,32 +180,36 @@ async fn eventually(what: &str, f: impl Fn() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_upstream_connection_serves_sequential_requests_of_every_body_framing() {
     let backend = RawBackend::start().await;
-    let (front, proxy, _stop) = front(backend.addr, 32, settings()).await;
+    let front = front(backend.addr, 32, settings()).await;
     for round in 0..5 {
         assert_eq!(
-            call(front, "GET", "/").await,
+            call(front.addr, "GET", "/").await,
             (StatusCode::OK, Bytes::from("ok")),
             "round {round}"
         );
         assert_eq!(
-            call(front, "GET", "/chunked").await,
+            call(front.addr, "GET", "/chunked").await,
             (StatusCode::OK, Bytes::from("ok"))
         );
         assert_eq!(
-            call(front, "HEAD", "/").await,
+            call(front.addr, "HEAD", "/").await,
             (StatusCode::OK, Bytes::new())
         );
         assert_eq!(
-            call(front, "GET", "/empty").await,
+            call(front.addr, "GET", "/empty").await,
             (StatusCode::NO_CONTENT, Bytes::new())
         );
         assert_eq!(
-            call(front, "POST", "/").await,
+            call(front.addr, "POST", "/").await,
             (StatusCode::OK, Bytes::from("ok"))
         );
     }
     assert_eq!(backend.requests().len(), 25);
-    assert_eq!(proxy.upstream().stats()[0].requests, 25, "one attempt each");
+    assert_eq!(
+        front.proxy.upstream().stats()[0].requests,
+        25,
+        "one attempt each"
+    );
     assert_eq!(
         backend.accepted(),
         1,
@@ -236,7 +220,7 @@ async fn one_upstream_connection_serves_sequential_requests_of_every_body_framin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_connections_beyond_the_cap_close_at_once_and_the_rest_after_the_idle_timeout() {
     let backend = RawBackend::start().await;
-    let (front, _proxy, _stop) = front(
+    let front = front(
         backend.addr,
         2,
         ProxySettings {
@@ -247,7 +231,7 @@ async fn idle_connections_beyond_the_cap_close_at_once_and_the_rest_after_the_id
     .await;
     // Six at once: six connections (each /slow holds its own).
     let calls: Vec<_> = (0..6)
-        .map(|_| tokio::spawn(call(front, "GET", "/slow")))
+        .map(|_| tokio::spawn(call(front.addr, "GET", "/slow")))
         .collect();
     for call in calls {
         assert_eq!(call.await.unwrap().0, StatusCode::OK);
@@ -255,7 +239,7 @@ async fn idle_connections_beyond_the_cap_close_at_once_and_the_rest_after_the_id
     assert_eq!(backend.accepted(), 6);
     eventually("all but the 2 kept idle are closed", || backend.open() == 2).await;
     // The two kept are reused...
-    assert_eq!(call(front, "GET", "/").await.0, StatusCode::OK);
+    assert_eq!(call(front.addr, "GET", "/").await.0, StatusCode::OK);
     assert_eq!(backend.accepted(), 6);
     // ...and closed once idle for longer than the idle timeout.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -264,7 +248,7 @@ async fn idle_connections_beyond_the_cap_close_at_once_and_the_rest_after_the_id
         0,
         "idle connections closed after the idle timeout"
     );
-    assert_eq!(call(front, "GET", "/").await.0, StatusCode::OK);
+    assert_eq!(call(front.addr, "GET", "/").await.0, StatusCode::OK);
     assert_eq!(backend.accepted(), 7);
 }
 
@@ -276,18 +260,18 @@ async fn a_kept_alive_connection_closed_by_the_server_as_it_is_reused_costs_a_ge
         .counts
         .drop_second_request
         .store(true, Ordering::SeqCst);
-    let (front, _proxy, _stop) = front(backend.addr, 32, settings()).await;
+    let front = front(backend.addr, 32, settings()).await;
     // Each GET after the first lands on a kept-alive connection that the
     // server closes unanswered: tried again on a new connection.
     for _ in 0..4 {
         assert_eq!(
-            call(front, "GET", "/").await,
+            call(front.addr, "GET", "/").await,
             (StatusCode::OK, Bytes::from("ok"))
         );
     }
     assert_eq!(backend.accepted(), 4);
     // A POST is never sent twice: the server saw it once, the client gets 502.
-    let (status, _) = call(front, "POST", "/form").await;
+    let (status, _) = call(front.addr, "POST", "/form").await;
     assert_eq!(status, StatusCode::BAD_GATEWAY);
     let posts = backend
         .requests()

@@ -19,9 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use wharf_http::{body, Body, Listener, ResponseBody, Server, ServerConfig};
-use wharf_proxy::{
-    HealthCheck, Proxy, ProxySettings, TrustedProxies, Upstream, UpstreamConfig, UpstreamServer,
-};
+mod common;
+
+use common::{front, Front};
+use wharf_proxy::{HealthCheck, ProxySettings, TrustedProxies, UpstreamConfig, UpstreamServer};
 
 /// A test upstream: answers with its name, counts requests, and has a few
 /// special routes.
@@ -155,38 +156,6 @@ async fn backend(
             response
         }
         _ => Response::new(body::full(name)),
-    }
-}
-
-/// `edge`-like front: wharf-http serving the proxy.
-struct Front {
-    addr: SocketAddr,
-    proxy: Proxy,
-    _stop: oneshot::Sender<()>,
-}
-
-async fn front(upstream: UpstreamConfig, settings: ProxySettings) -> Front {
-    let proxy = Proxy::new(Upstream::new(upstream).unwrap(), settings);
-    let _ = proxy.spawn_health_checks();
-    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let service = proxy.clone();
-    tokio::spawn(async move {
-        Server::new(ServerConfig {
-            access_log: false,
-            ..ServerConfig::default()
-        })
-        .serve(vec![listener], service, async {
-            let _ = rx.await;
-        })
-        .await
-        .unwrap();
-    });
-    Front {
-        addr,
-        proxy,
-        _stop: tx,
     }
 }
 
