@@ -51,6 +51,9 @@ pub(crate) enum Deadline {
     HeaderRead,
     /// The connection sat idle for the keep-alive timeout.
     Idle,
+    /// An HTTP/1 connection has been at rest long enough to release its
+    /// hyper state (buffers) until the next request.
+    Release,
     /// Nothing is due; look again.
     Recheck,
 }
@@ -79,6 +82,12 @@ pub(crate) struct ConnState {
     /// Longest request line (method, target, version) before answering 414.
     max_request_line: usize,
     uri_too_long: AtomicBool,
+    /// Bytes were written to the stream since it was last flushed (hyper
+    /// flushes the stream only once its own write buffer is empty).
+    unflushed: AtomicBool,
+    /// The latest request came with a body that may not have been read to
+    /// its end (hyper would still have to read or discard it).
+    body_unread: AtomicBool,
 }
 
 impl ConnState {
@@ -99,6 +108,8 @@ impl ConnState {
             line_ended: AtomicBool::new(false),
             max_request_line,
             uri_too_long: AtomicBool::new(false),
+            unflushed: AtomicBool::new(false),
+            body_unread: AtomicBool::new(false),
         }
     }
 
@@ -164,6 +175,24 @@ impl ConnState {
         !self.http2.load(Ordering::Relaxed) && self.in_flight.load(Ordering::Acquire) == 0
     }
 
+    /// Whether an HTTP/1 connection has nothing under way: no request in
+    /// flight, no byte of the next one read, every response byte flushed and
+    /// the last request's body read. Its hyper state can then be dropped and
+    /// rebuilt when the next request arrives.
+    pub(crate) fn is_at_rest_http1(&self) -> bool {
+        self.is_idle_http1()
+            && self.head_started.load(Ordering::Acquire) == NONE
+            && !self.unflushed.load(Ordering::Relaxed)
+            && !self.body_unread.load(Ordering::Relaxed)
+            && !self.draining.load(Ordering::Relaxed)
+            && !self.timed_out.load(Ordering::Relaxed)
+    }
+
+    /// When the connection last became idle.
+    pub(crate) fn idle_since(&self) -> Instant {
+        self.at(self.idle_since.load(Ordering::Acquire))
+    }
+
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -218,6 +247,9 @@ pin_project! {
         inner: T,
         state: Arc<ConnState>,
         answered_timeout: bool,
+        // Bytes already read from `inner` (and counted) that the next reads
+        // return first.
+        prefix: Bytes,
     }
 }
 
@@ -227,6 +259,22 @@ impl<T> TrackedIo<T> {
             inner,
             state,
             answered_timeout: false,
+            prefix: Bytes::new(),
+        }
+    }
+
+    /// Puts bytes already read back in front of the stream.
+    pub(crate) fn unread(&mut self, bytes: Bytes) {
+        if bytes.is_empty() {
+            return;
+        }
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut joined = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            joined.extend_from_slice(&bytes);
+            joined.extend_from_slice(&self.prefix);
+            self.prefix = joined.freeze();
         }
     }
 }
@@ -245,6 +293,17 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
             if !*this.answered_timeout && this.state.head_bytes.load(Ordering::Relaxed) {
                 *this.answered_timeout = true;
                 let _ = this.inner.as_mut().poll_write(cx, RESPONSE_408);
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if !this.prefix.is_empty() {
+            let n = this.prefix.len().min(buf.remaining());
+            buf.put_slice(&this.prefix[..n]);
+            if n == this.prefix.len() {
+                // Not `split_to`: an empty remainder would keep the buffer.
+                *this.prefix = Bytes::new();
+            } else {
+                bytes::Buf::advance(this.prefix, n);
             }
             return Poll::Ready(Ok(()));
         }
@@ -275,7 +334,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
+        let this = self.project();
+        this.state.unflushed.store(true, Ordering::Relaxed);
+        this.inner.poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -283,7 +344,9 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
+        let this = self.project();
+        this.state.unflushed.store(true, Ordering::Relaxed);
+        this.inner.poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -291,7 +354,10 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
+        let this = self.project();
+        ready!(this.inner.poll_flush(cx))?;
+        this.state.unflushed.store(false, Ordering::Relaxed);
+        Poll::Ready(Ok(()))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -374,6 +440,10 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }))));
         }
         let in_flight = self.state.request_started();
+        self.state.body_unread.store(
+            !http_body::Body::is_end_stream(req.body()),
+            Ordering::Relaxed,
+        );
         let hook_guard = self.hook.as_ref().map(|hook| hook());
         let http1 = req.version() < Version::HTTP_2;
         req.extensions_mut().insert(self.info);

@@ -13,6 +13,14 @@
 //! the handler panics. Optional [`Health`] routes answer `/_status`,
 //! `/health/live` and `/health/ready`.
 //!
+//! **Idle connections are cheap.** An HTTP/1 keep-alive connection that has
+//! been at rest for 200 ms (no request in flight, nothing of the next one
+//! read, its response flushed) drops hyper's connection state — its read and
+//! write buffers — and its clone of your service, keeping only the stream,
+//! as nginx frees a keep-alive connection's request buffers; the next
+//! request's first bytes build them again. HTTP/2 is recognised by its
+//! preface and served by hyper's HTTP/2 connection for its whole life.
+//!
 //! **What it is not for:** routing (bring a router) and TLS itself: serve TLS
 //! with [`Server::serve_with`] and an [`Acceptor`] such as `wharf-tls`'s. It is tokio-specific: the timers and drain need tokio.
 //!

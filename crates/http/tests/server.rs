@@ -700,3 +700,163 @@ fn a_request_that_arrived_in_time_is_served_after_a_stall_past_the_head_deadline
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
     }
 }
+
+/// Config for the idle-release tests: a keep-alive long enough that closing
+/// an idle connection is never what frees its state.
+fn release_config() -> ServerConfig {
+    ServerConfig {
+        keepalive_timeout: Duration::from_secs(30),
+        header_read_timeout: Duration::from_secs(5),
+        ..fast_config()
+    }
+}
+
+/// Reads from `stream` until `count` complete responses (each ending in the
+/// test app's `ok\n` body) have arrived, or `wait` passes.
+async fn read_responses(stream: &mut TcpStream, count: usize, wait: Duration) -> String {
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, async {
+        let mut buf = [0_u8; 8192];
+        while String::from_utf8_lossy(&out).matches("HTTP/1.1 ").count() < count
+            || !out.ends_with(b"ok\n")
+        {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An idle keep-alive HTTP/1 connection gives back its per-connection state
+/// (hyper's connection, buffers and the application's service clone) a
+/// little after its last response, as nginx frees its request buffers, and
+/// serves its next request as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_http1_connection_releases_its_service_and_serves_on() {
+    let token = Arc::new(());
+    let service = {
+        let token = Arc::clone(&token);
+        tower::service_fn(move |request| {
+            // Used, so that the closure (each clone of the service) holds it.
+            std::hint::black_box(&token);
+            app(request)
+        })
+    };
+    let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    let server =
+        tokio::spawn(
+            Server::new(release_config()).serve(vec![listener], service, async {
+                let _ = rx.await;
+            }),
+        );
+    // Wait until the server has started (made its own copies of the app).
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let base = Arc::strong_count(&token);
+    let count_settles_at = |want: usize| {
+        let token = Arc::clone(&token);
+        async move {
+            // `token` here is one more reference than the server's.
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Arc::strong_count(&token) != want + 1 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Arc::strong_count(&token) - 1
+        }
+    };
+    for round in 0..3 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let answer = read_responses(&mut stream, 1, Duration::from_secs(3)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "round {round}: {answer:?}"
+        );
+        assert!(
+            Arc::strong_count(&token) > base,
+            "round {round}: a connection serving requests holds a service"
+        );
+        assert_eq!(
+            count_settles_at(base).await,
+            base,
+            "round {round}: the idle connection still holds its service"
+        );
+    }
+    let _ = tx.send(());
+    server.await.unwrap().unwrap();
+}
+
+/// Bytes that arrive around a release are not lost: pipelined requests, a
+/// head split by a pause longer than the release delay, and a request body
+/// sent late.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_split_and_late_body_bytes_survive_the_idle_release() {
+    let server = TestServer::start(release_config()).await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_responses(&mut stream, 1, Duration::from_secs(3))
+        .await
+        .starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two pipelined requests and the start of a third, then a pause.
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stream
+        .write_all(b"TP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_responses(&mut stream, 3, Duration::from_secs(3)).await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 3, "{answer:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A body whose second half comes late: read as body, not as a new
+    // request, then the next request is served.
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nhello")
+        .await
+        .unwrap();
+    // Past the release delay (200 ms), within the request timeout (500 ms).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    stream
+        .write_all(b"worldGET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = read_responses(&mut stream, 2, Duration::from_secs(3)).await;
+    assert_eq!(answer.matches("HTTP/1.1 200").count(), 2, "{answer:?}");
+    assert!(answer.contains("\r\n\r\n10HTTP/1.1 200"), "{answer:?}");
+    server.stop().await;
+}
+
+/// HTTP/2 connections (prior knowledge) are told apart from HTTP/1 by their
+/// preface and keep serving across idle pauses.
+#[tokio::test(flavor = "multi_thread")]
+async fn h2c_connections_serve_across_idle_pauses() {
+    let server = TestServer::start(release_config()).await;
+    let client = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<Bytes>>();
+    for _ in 0..3 {
+        let response = client
+            .request(Request::get(server.url("/")).body(Full::default()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.version(), http::Version::HTTP_2);
+        assert_eq!(
+            response.into_body().collect().await.unwrap().to_bytes(),
+            "ok\n"
+        );
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    server.stop().await;
+}
