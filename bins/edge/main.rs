@@ -15,6 +15,11 @@ mod app;
 mod config;
 mod runtime;
 
+/// mimalloc: per-thread free lists without glibc's fastbin consolidation;
+/// measured in bench/ (edge-tls, idle).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::ExitCode;
