@@ -147,6 +147,29 @@ impl ConnState {
             .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
     }
 
+    /// Counts bytes hyper had read but not used when its connection was
+    /// released (the start of a pipelined request that arrived while the
+    /// previous one was in flight, when reads are not counted): the next
+    /// request's head has begun, so the header-read timeout applies to it
+    /// and the connection is not at rest.
+    pub(crate) fn on_pending(&self, bytes: &[u8]) {
+        self.on_read(bytes);
+    }
+
+    /// Records the protocol the connection turned out to speak. The first
+    /// read only guesses (a first read of `P` could begin either the HTTP/2
+    /// preface or `PUT`); the server knows once it hands the connection to
+    /// hyper. An HTTP/1 connection taken for HTTP/2 has its head start now.
+    pub(crate) fn set_http2(&self, http2: bool) {
+        if self.http2.swap(http2, Ordering::Relaxed) && !http2 {
+            self.head_bytes.store(true, Ordering::Relaxed);
+            let now = self.now_ms();
+            let _ =
+                self.head_started
+                    .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
+        }
+    }
+
     fn request_started(self: &Arc<Self>) -> InFlight {
         self.started.fetch_add(1, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -415,12 +438,55 @@ pub(crate) struct ConnService {
     pub(crate) hook: Option<RequestHook>,
 }
 
+pin_project! {
+    /// A request's body as hyper delivers it; clears the connection's
+    /// `body_unread` once read to its end.
+    pub(crate) struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        state: Option<Arc<ConnState>>,
+    }
+}
+
+impl std::fmt::Debug for RequestBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestBody").finish_non_exhaustive()
+    }
+}
+
+impl http_body::Body for RequestBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let mut this = self.project();
+        let frame = ready!(this.inner.as_mut().poll_frame(cx));
+        if frame.is_none() || this.inner.is_end_stream() {
+            if let Some(state) = this.state.take() {
+                state.body_unread.store(false, Ordering::Relaxed);
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 impl hyper::service::Service<Request<Incoming>> for ConnService {
     type Response = Response<TrackedBody>;
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
-    fn call(&self, mut req: Request<Incoming>) -> Self::Future {
+    fn call(&self, req: Request<Incoming>) -> Self::Future {
         if req.version() == Version::HTTP_11
             && req.headers().get_all(http::header::HOST).iter().count() != 1
         {
@@ -440,10 +506,13 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             }))));
         }
         let in_flight = self.state.request_started();
-        self.state.body_unread.store(
-            !http_body::Body::is_end_stream(req.body()),
-            Ordering::Relaxed,
-        );
+        let has_body = !http_body::Body::is_end_stream(req.body());
+        self.state.body_unread.store(has_body, Ordering::Relaxed);
+        let body_state = has_body.then(|| Arc::clone(&self.state));
+        let mut req = req.map(|inner| RequestBody {
+            inner,
+            state: body_state,
+        });
         let hook_guard = self.hook.as_ref().map(|hook| hook());
         let http1 = req.version() < Version::HTTP_2;
         req.extensions_mut().insert(self.info);

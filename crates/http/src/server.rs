@@ -573,6 +573,7 @@ where
             ..
         } = waiting;
         io.unread(Bytes::copy_from_slice(&buf[..filled]));
+        conn.state.set_http2(http2);
         let service = conn.service();
         *self = if http2 {
             Stage::Http2(Box::pin(
@@ -607,6 +608,9 @@ where
         // Copied: hyper's read buffer is what releasing frees.
         let pending = !parts.read_buf.is_empty();
         if pending {
+            // The start of the next request (one that arrived while the last
+            // was in flight): its head has begun, and the header timeout runs.
+            conn.state.on_pending(&parts.read_buf);
             io.unread(Bytes::copy_from_slice(&parts.read_buf));
         }
         *self = Stage::Waiting(Waiting {

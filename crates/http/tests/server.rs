@@ -788,6 +788,27 @@ async fn an_idle_http1_connection_releases_its_service_and_serves_on() {
             "round {round}: the idle connection still holds its service"
         );
     }
+    // A request whose body the application read to its end leaves the
+    // connection at rest too.
+    stream
+        .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0_u8; 1024];
+    while !answer.ends_with(b"\r\n\r\n5") {
+        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
+            .await
+            .expect("the echo answer")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(
+        count_settles_at(base).await,
+        base,
+        "after a request with a body, the idle connection still holds its service"
+    );
     let _ = tx.send(());
     server.await.unwrap().unwrap();
 }
@@ -858,5 +879,34 @@ async fn h2c_connections_serve_across_idle_pauses() {
         );
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
+    server.stop().await;
+}
+
+/// The start of a request pipelined behind another (its bytes arrived while
+/// the first was in flight) is a request head like any other: when the rest
+/// never comes it gets 408 after the header-read timeout, even though the
+/// connection's hyper state was released in between (the keep-alive timeout
+/// here is far longer).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pipelined_partial_head_gets_408_after_the_header_timeout() {
+    let server = TestServer::start(ServerConfig {
+        header_read_timeout: Duration::from_secs(1),
+        ..release_config()
+    })
+    .await;
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\nGET /b HT")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_to_close(&mut stream, Duration::from_secs(6)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert_eq!(answer.matches("HTTP/1.1 408").count(), 1, "{answer:?}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "{waited:?}"
+    );
     server.stop().await;
 }

@@ -24,7 +24,6 @@ use std::task::{Context, Poll};
 
 use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
@@ -35,6 +34,7 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::body::{boxed, full, Body, BoxError, ResponseBody};
 use crate::config::ServerConfig;
+use crate::conn::RequestBody;
 use crate::health::{Health, HealthLayer};
 
 use access_log::AccessLogLayer;
@@ -43,7 +43,7 @@ use request_id::{drop_insane_request_id, MakeWharfRequestId};
 
 /// The whole request pipeline as one cloneable service.
 pub(crate) type AppService =
-    BoxCloneSyncService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Infallible>;
 
 #[allow(clippy::needless_pass_by_value)] // tower-http's ResponseForPanic hands the payload over by value.
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<ResponseBody> {
@@ -168,7 +168,7 @@ where
         .layer(CatchPanicLayer::custom(panic_response))
         .map_response(|response: Response<_>| response.map(boxed))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
-        .map_request(|request: Request<tower_http::body::Limited<Incoming>>| {
+        .map_request(|request: Request<tower_http::body::Limited<RequestBody>>| {
             request.map(|body| body.map_err(Into::into).boxed_unsync())
         })
         .service(app);
