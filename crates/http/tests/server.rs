@@ -154,10 +154,20 @@ async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
 }
 
 async fn read_to_close(stream: &mut TcpStream, wait: Duration) -> String {
+    read_until(stream, wait, |_| false).await
+}
+
+/// Reads from `stream` until `done` says what has arrived is enough, the
+/// server closes it, or `wait` passes.
+async fn read_until(
+    stream: &mut TcpStream,
+    wait: Duration,
+    done: impl Fn(&[u8]) -> bool,
+) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, async {
         let mut buf = [0_u8; 8192];
-        loop {
+        while !done(&out) {
             match stream.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => out.extend_from_slice(&buf[..n]),
@@ -714,20 +724,10 @@ fn release_config() -> ServerConfig {
 /// Reads from `stream` until `count` complete responses (each ending in the
 /// test app's `ok\n` body) have arrived, or `wait` passes.
 async fn read_responses(stream: &mut TcpStream, count: usize, wait: Duration) -> String {
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(wait, async {
-        let mut buf = [0_u8; 8192];
-        while String::from_utf8_lossy(&out).matches("HTTP/1.1 ").count() < count
-            || !out.ends_with(b"ok\n")
-        {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
+    read_until(stream, wait, |out| {
+        String::from_utf8_lossy(out).matches("HTTP/1.1 ").count() >= count && out.ends_with(b"ok\n")
     })
-    .await;
-    String::from_utf8_lossy(&out).into_owned()
+    .await
 }
 
 /// An idle keep-alive HTTP/1 connection gives back its per-connection state
@@ -794,16 +794,11 @@ async fn an_idle_http1_connection_releases_its_service_and_serves_on() {
         .write_all(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let mut buf = [0_u8; 1024];
-    while !answer.ends_with(b"\r\n\r\n5") {
-        let n = tokio::time::timeout(Duration::from_secs(3), stream.read(&mut buf))
-            .await
-            .expect("the echo answer")
-            .unwrap();
-        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&answer));
-        answer.extend_from_slice(&buf[..n]);
-    }
+    let answer = read_until(&mut stream, Duration::from_secs(3), |out| {
+        out.ends_with(b"\r\n\r\n5")
+    })
+    .await;
+    assert!(answer.ends_with("\r\n\r\n5"), "{answer:?}");
     assert_eq!(
         count_settles_at(base).await,
         base,
