@@ -211,11 +211,6 @@ impl ConnState {
             && !self.timed_out.load(Ordering::Relaxed)
     }
 
-    /// When the connection last became idle.
-    pub(crate) fn idle_since(&self) -> Instant {
-        self.at(self.idle_since.load(Ordering::Acquire))
-    }
-
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -224,8 +219,37 @@ impl ConnState {
         self.timed_out.store(true, Ordering::Relaxed);
     }
 
-    /// The next deadline and what to do at it.
+    /// The next deadline and what to do at it. `release_after`, for an
+    /// HTTP/1 connection whose hyper state can be released: how long it
+    /// stays at rest first. Nothing wakes the connection's loop when it
+    /// comes to rest, so one not at rest is looked at again that much later.
     pub(crate) fn next_deadline(
+        &self,
+        header_read_timeout: Duration,
+        keepalive_timeout: Duration,
+        release_after: Option<Duration>,
+    ) -> (Instant, Deadline) {
+        let timer = self.timer_deadline(header_read_timeout, keepalive_timeout);
+        let Some(after) = release_after else {
+            return timer;
+        };
+        let release = if self.is_at_rest_http1() {
+            (
+                self.at(self.idle_since.load(Ordering::Acquire)) + after,
+                Deadline::Release,
+            )
+        } else {
+            (Instant::now() + after, Deadline::Recheck)
+        };
+        if release.0 < timer.0 {
+            release
+        } else {
+            timer
+        }
+    }
+
+    /// The header-read or keep-alive deadline.
+    fn timer_deadline(
         &self,
         header_read_timeout: Duration,
         keepalive_timeout: Duration,

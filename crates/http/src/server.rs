@@ -762,12 +762,20 @@ where
                     }
                 }
             }
-            let (deadline, action) = next_wake(
-                conn_state,
-                (header_timeout, keepalive),
-                matches!(stage, Stage::Http1(_)),
-                next_request_by.is_some(),
-            );
+            let release_after = matches!(stage, Stage::Http1(_)).then_some(RELEASE_AT_REST);
+            let (deadline, action) =
+                conn_state.next_deadline(header_timeout, keepalive, release_after);
+            // While a drain waits for a fresh connection's first request,
+            // look again soon.
+            let now = tokio::time::Instant::now();
+            let (deadline, action) = if next_request_by.is_some() && deadline > now {
+                (
+                    deadline.min(now + Duration::from_millis(20)),
+                    Deadline::Recheck,
+                )
+            } else {
+                (deadline, action)
+            };
             let (deadline, action) = match close_by {
                 Some(close_by) => (close_by, None),
                 None => (deadline, Some(action)),
@@ -797,27 +805,28 @@ where
                     match action {
                         None => return,
                         Some(Deadline::Recheck) => {}
-                        Some(Deadline::Release) => {
-                            if conn_state.is_at_rest_http1()
-                                && conn_state.idle_since() + RELEASE_AT_REST <= tokio::time::Instant::now()
-                            {
-                                stage.release(&conn);
-                            }
-                        }
                         Some(expected) => {
                             // Only act if the deadline still stands (a request may
                             // have started since the timer was set).
-                            let (now_due, now_action) = conn_state.next_deadline(header_timeout, keepalive);
+                            let (now_due, now_action) =
+                                conn_state.next_deadline(header_timeout, keepalive, release_after);
                             if now_action == expected && now_due <= tokio::time::Instant::now() {
-                                if expected == Deadline::HeaderRead {
-                                    tracing::debug!(peer = %info.peer, "Request head not received in time; closing");
-                                    // The stream now reads as ended (after a 408
-                                    // where part of a request came).
-                                    conn_state.set_timed_out();
-                                } else if stage.graceful_shutdown() {
-                                    return stage.close().await;
+                                match expected {
+                                    Deadline::Release => stage.release(&conn),
+                                    Deadline::HeaderRead => {
+                                        tracing::debug!(peer = %info.peer, "Request head not received in time; closing");
+                                        // The stream now reads as ended (after a 408
+                                        // where part of a request came).
+                                        conn_state.set_timed_out();
+                                        close_by = Some(tokio::time::Instant::now() + FORCE_CLOSE_WAIT);
+                                    }
+                                    _ => {
+                                        if stage.graceful_shutdown() {
+                                            return stage.close().await;
+                                        }
+                                        close_by = Some(tokio::time::Instant::now() + FORCE_CLOSE_WAIT);
+                                    }
                                 }
-                                close_by = Some(tokio::time::Instant::now() + FORCE_CLOSE_WAIT);
                             }
                         }
                     }
@@ -825,39 +834,4 @@ where
             }
         }
     }
-}
-
-/// When a connection's loop should next wake, and what is due then: the
-/// connection's own deadline (header read, keep-alive), an HTTP/1
-/// connection's release of its hyper state, or a look again soon while a
-/// drain waits for a fresh connection's first request.
-fn next_wake(
-    conn_state: &ConnState,
-    (header_timeout, keepalive): (Duration, Duration),
-    http1: bool,
-    awaiting_request: bool,
-) -> (tokio::time::Instant, Deadline) {
-    let now = tokio::time::Instant::now();
-    let (mut deadline, mut action) = conn_state.next_deadline(header_timeout, keepalive);
-    // An HTTP/1 connection at rest releases its hyper state a little after
-    // its last response; one that is not (a request in flight, a response
-    // still being flushed) looks again that much later, as nothing else
-    // wakes this loop when it comes to rest.
-    if http1 {
-        let release_at = if conn_state.is_at_rest_http1() {
-            conn_state.idle_since() + RELEASE_AT_REST
-        } else {
-            now + RELEASE_AT_REST
-        };
-        if release_at < deadline {
-            (deadline, action) = (release_at, Deadline::Release);
-        }
-    }
-    if awaiting_request && deadline > now {
-        (deadline, action) = (
-            deadline.min(now + Duration::from_millis(20)),
-            Deadline::Recheck,
-        );
-    }
-    (deadline, action)
 }
