@@ -121,7 +121,11 @@ impl ConnState {
         self.start + Duration::from_millis(ms)
     }
 
-    fn on_read(&self, bytes: &[u8]) {
+    /// Counts bytes of a request head as they are read. Also called with the
+    /// bytes hyper had read but not used when its connection was released:
+    /// the start of a request pipelined behind the last one (read while it
+    /// was in flight, when reads are not counted), whose head has begun.
+    pub(crate) fn on_read(&self, bytes: &[u8]) {
         if !self.first_read.swap(true, Ordering::Relaxed) {
             let probe = &bytes[..bytes.len().min(HTTP2_PREFACE.len())];
             if HTTP2_PREFACE.starts_with(probe) {
@@ -141,19 +145,15 @@ impl ConnState {
                 self.uri_too_long.store(true, Ordering::Relaxed);
             }
         }
+        self.mark_head_started();
+    }
+
+    /// The current request head began now, unless it had already.
+    fn mark_head_started(&self) {
         let now = self.now_ms();
         let _ = self
             .head_started
             .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
-    }
-
-    /// Counts bytes hyper had read but not used when its connection was
-    /// released (the start of a pipelined request that arrived while the
-    /// previous one was in flight, when reads are not counted): the next
-    /// request's head has begun, so the header-read timeout applies to it
-    /// and the connection is not at rest.
-    pub(crate) fn on_pending(&self, bytes: &[u8]) {
-        self.on_read(bytes);
     }
 
     /// Records the protocol the connection turned out to speak. The first
@@ -163,10 +163,7 @@ impl ConnState {
     pub(crate) fn set_http2(&self, http2: bool) {
         if self.http2.swap(http2, Ordering::Relaxed) && !http2 {
             self.head_bytes.store(true, Ordering::Relaxed);
-            let now = self.now_ms();
-            let _ =
-                self.head_started
-                    .compare_exchange(NONE, now, Ordering::AcqRel, Ordering::Relaxed);
+            self.mark_head_started();
         }
     }
 
@@ -465,16 +462,11 @@ pub(crate) struct ConnService {
 pin_project! {
     /// A request's body as hyper delivers it; clears the connection's
     /// `body_unread` once read to its end.
+    #[derive(Debug)]
     pub(crate) struct RequestBody {
         #[pin]
         inner: Incoming,
         state: Option<Arc<ConnState>>,
-    }
-}
-
-impl std::fmt::Debug for RequestBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RequestBody").finish_non_exhaustive()
     }
 }
 

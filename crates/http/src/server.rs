@@ -577,15 +577,13 @@ where
         let service = conn.service();
         *self = if http2 {
             Stage::Http2(Box::pin(
-                conn.open
-                    .0
+                conn.shared()
                     .http2
                     .serve_connection(TokioIo::new(io), service),
             ))
         } else {
             Stage::Http1(Box::new(
-                conn.open
-                    .0
+                conn.shared()
                     .http1
                     .serve_connection(TokioIo::new(io), service)
                     .with_upgrades(),
@@ -610,7 +608,7 @@ where
         if pending {
             // The start of the next request (one that arrived while the last
             // was in flight): its head has begun, and the header timeout runs.
-            conn.state.on_pending(&parts.read_buf);
+            conn.state.on_read(&parts.read_buf);
             io.unread(Bytes::copy_from_slice(&parts.read_buf));
         }
         *self = Stage::Waiting(Waiting {
@@ -665,14 +663,18 @@ struct Connection {
 }
 
 impl Connection {
+    fn shared(&self) -> &Shared {
+        &self.open.0
+    }
+
     /// The hyper service for the connection's next stretch of requests.
     fn service(&self) -> ConnService {
         ConnService {
-            app: std::sync::Mutex::new(self.open.0.app.clone()),
+            app: std::sync::Mutex::new(self.shared().app.clone()),
             state: Arc::clone(&self.state),
             info: self.info,
             extensions: Arc::clone(&self.extensions),
-            hook: self.open.0.hook.clone(),
+            hook: self.shared().hook.clone(),
         }
     }
 }
@@ -727,7 +729,7 @@ where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     async move {
-        let shared: &Shared = &conn.open.0;
+        let shared = conn.shared();
         let conn_state = &conn.state;
         let info = conn.info;
         let header_timeout = shared.config.header_read_timeout;
