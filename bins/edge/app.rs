@@ -73,13 +73,10 @@ fn route(
     request: Request<Body>,
 ) -> BoxFuture<Result<Response<ResponseBody>, Infallible>> {
     let Some(limit) = runtime.limit_req.clone() else {
-        let response = dispatch(runtime, request);
-        return Box::pin(async move { Ok(response.await) });
+        return dispatch(runtime, request);
     };
-    let inner = tower::service_fn(move |request: Request<Body>| {
-        let response = dispatch(Arc::clone(&runtime), request);
-        async move { Ok::<_, Infallible>(response.await) }
-    });
+    let inner =
+        tower::service_fn(move |request: Request<Body>| dispatch(Arc::clone(&runtime), request));
     let call = tower::ServiceExt::oneshot(tower::Layer::layer(&limit, inner), request);
     Box::pin(wharf_http::body::BoxedResponse::new(call))
 }
@@ -112,38 +109,37 @@ pub(crate) fn request_facts(
 }
 
 /// Routes a request to its location's action.
-fn dispatch(runtime: Arc<Runtime>, request: Request<Body>) -> BoxFuture<Response<ResponseBody>> {
+fn dispatch(
+    runtime: Arc<Runtime>,
+    request: Request<Body>,
+) -> BoxFuture<Result<Response<ResponseBody>, Infallible>> {
     let tls = request.extensions().get::<TlsInfo>().is_some();
     let vhost = runtime.vhost_index(host_of(request.headers(), request.uri()));
     let location = find_location(&runtime, vhost, request.uri().path());
     // Futures are made here, outside any async block, so their types are
     // concrete (an async block over the proxy's generic call trips a rustc
     // higher-ranked lifetime limitation).
-    let pending: BoxFuture<Response<ResponseBody>> = match location {
-        None => Box::pin(std::future::ready(wharf_proxy::error_page(
+    // The proxy's future is already boxed: it is awaited as it is.
+    let pending: BoxFuture<Result<Response<ResponseBody>, Infallible>> = match location {
+        None => Box::pin(std::future::ready(Ok(wharf_proxy::error_page(
             StatusCode::NOT_FOUND,
-        ))),
+        )))),
         Some(location) => match &location.action {
-            Action::Proxy(proxy) => {
-                let call = tower::Service::call(&mut proxy.clone(), request);
-                Box::pin(async move {
-                    match call.await {
-                        Ok(response) => response,
-                        Err(never) => match never {},
-                    }
-                })
-            }
+            Action::Proxy(proxy) => tower::Service::call(&mut proxy.clone(), request),
             Action::Static {
                 dir,
                 expires,
                 immutable,
-            } => Box::pin(serve_static(
-                dir.clone(),
-                location.prefix.clone(),
-                request,
-                *expires,
-                *immutable,
-            )),
+            } => {
+                let serving = serve_static(
+                    dir.clone(),
+                    location.prefix.clone(),
+                    request,
+                    *expires,
+                    *immutable,
+                );
+                Box::pin(async move { Ok(serving.await) })
+            }
             Action::Return {
                 status,
                 body: text,
@@ -162,12 +158,12 @@ fn dispatch(runtime: Arc<Runtime>, request: Request<Body>) -> BoxFuture<Response
                         HeaderValue::from_static("text/plain; charset=utf-8"),
                     );
                 }
-                Box::pin(std::future::ready(response))
+                Box::pin(std::future::ready(Ok(response)))
             }
         },
     };
     Box::pin(async move {
-        let mut response = pending.await;
+        let Ok(mut response) = pending.await;
         let headers = response.headers_mut();
         let vhost = &runtime.vhosts[vhost];
         for (name, value) in runtime.security.iter().chain(vhost.headers.iter()) {
@@ -178,7 +174,7 @@ fn dispatch(runtime: Arc<Runtime>, request: Request<Body>) -> BoxFuture<Response
                 headers.insert(header::STRICT_TRANSPORT_SECURITY, hsts.clone());
             }
         }
-        response
+        Ok(response)
     })
 }
 

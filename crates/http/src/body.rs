@@ -33,7 +33,22 @@ where
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    body.map_err(Into::into).boxed_unsync()
+    // A body that is already a `ResponseBody` is returned as it is: boxing
+    // it again would add an allocation and a virtual call per frame for
+    // each layer that boxes (the stack and its applications box in turn).
+    let mut slot = Some(body);
+    if let Some(boxed) =
+        (&mut slot as &mut dyn std::any::Any).downcast_mut::<Option<ResponseBody>>()
+    {
+        if let Some(body) = boxed.take() {
+            return body;
+        }
+    }
+    match slot {
+        Some(body) => body.map_err(Into::into).boxed_unsync(),
+        // Only the downcast above takes the body out, and it returned.
+        None => empty(),
+    }
 }
 
 /// Whether reading a request body failed because it was larger than the
@@ -101,5 +116,19 @@ where
             .inner
             .poll(cx)
             .map(|result| result.map(|response| response.map(boxed)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn boxing_keeps_the_bytes_whether_or_not_already_boxed() {
+        let once = boxed(Full::new(Bytes::from_static(b"hello")));
+        let twice = boxed(once);
+        assert_eq!(http_body::Body::size_hint(&twice).exact(), Some(5));
+        let bytes = twice.collect().await.unwrap().to_bytes();
+        assert_eq!(bytes, "hello");
     }
 }

@@ -3,6 +3,7 @@
 //! read timeout between two reads, and their connection given back to the
 //! server's pool once read to the end.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 use wharf_http::BoxError;
 
 use crate::pool::Sender;
@@ -76,8 +77,9 @@ pin_project! {
     pub(crate) struct UpstreamBody<B> {
         #[pin]
         inner: B,
-        #[pin]
-        stall: Sleep,
+        // Armed when a read finds nothing ready, not before: a response
+        // that arrives whole (most do) never touches the timer wheel.
+        stall: Option<Pin<Box<Sleep>>>,
         read_timeout: Duration,
         guard: Option<ActiveGuard>,
     }
@@ -95,7 +97,7 @@ impl<B> UpstreamBody<B> {
         }
         Self {
             inner,
-            stall: tokio::time::sleep(read_timeout),
+            stall: None,
             read_timeout,
             guard,
         }
@@ -126,13 +128,16 @@ where
                 if frame.is_ok() && this.inner.is_end_stream() {
                     finish(this.guard);
                 }
-                this.stall
-                    .as_mut()
-                    .reset(Instant::now() + *this.read_timeout);
+                // The pause before the next read starts now.
+                *this.stall = None;
                 Poll::Ready(Some(frame.map_err(Into::into)))
             }
             Poll::Pending => {
-                if std::future::Future::poll(this.stall, cx).is_ready() {
+                let read_timeout = *this.read_timeout;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(read_timeout)));
+                if stall.as_mut().poll(cx).is_ready() {
                     this.guard.take();
                     return Poll::Ready(Some(Err(Box::new(UpstreamStalled(*this.read_timeout)))));
                 }

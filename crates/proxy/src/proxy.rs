@@ -150,7 +150,8 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let inner = Arc::clone(&self.inner);
-        let request = request.map(|b| b.map_err(Into::into).boxed_unsync());
+        // Not boxed again when it already is (wharf-http's request body).
+        let request = request.map(wharf_http::body::boxed);
         Box::pin(async move { Ok(inner.handle(request).await) })
     }
 }

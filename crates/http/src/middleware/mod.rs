@@ -13,6 +13,7 @@
 //! 8. health routes, then the application.
 
 pub mod access_log;
+pub mod default_headers;
 pub mod error_body;
 pub mod request_id;
 
@@ -22,14 +23,13 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{header, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 
 use crate::body::{boxed, full, Body, BoxError, ResponseBody};
@@ -38,6 +38,7 @@ use crate::conn::RequestBody;
 use crate::health::{Health, HealthLayer};
 
 use access_log::AccessLogLayer;
+use default_headers::DefaultHeadersLayer;
 use error_body::ErrorBodyLayer;
 use request_id::{drop_insane_request_id, MakeWharfRequestId};
 
@@ -143,21 +144,20 @@ where
         .layer(SetRequestIdLayer::x_request_id(MakeWharfRequestId))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(AccessLogLayer::new(config.access_log).with_observer(observer))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_CONTENT_TYPE_OPTIONS,
-            HeaderValue::from_static("nosniff"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::X_FRAME_OPTIONS,
-            HeaderValue::from_static("DENY"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            header::REFERRER_POLICY,
-            HeaderValue::from_static("no-referrer"),
-        ))
-        .layer(SetResponseHeaderLayer::if_not_present(
-            HeaderName::from_static("strict-transport-security"),
-            hsts,
+        .layer(DefaultHeadersLayer::new(
+            [
+                (
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                ),
+                (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+                (
+                    header::REFERRER_POLICY,
+                    HeaderValue::from_static("no-referrer"),
+                ),
+            ]
+            .into_iter()
+            .chain(hsts.map(|value| (header::STRICT_TRANSPORT_SECURITY, value))),
         ))
         .layer(ErrorBodyLayer)
         .layer(TimeoutLayer::with_status_code(
