@@ -29,7 +29,6 @@ use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceBuilder};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::limit::RequestBodyLimitLayer;
-use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 
 use crate::body::{boxed, full, Body, BoxError, ResponseBody};
@@ -40,7 +39,7 @@ use crate::health::{Health, HealthLayer};
 use access_log::AccessLogLayer;
 use default_headers::DefaultHeadersLayer;
 use error_body::ErrorBodyLayer;
-use request_id::{drop_insane_request_id, MakeWharfRequestId};
+use request_id::RequestIdLayer;
 
 /// The whole request pipeline as one cloneable service.
 pub(crate) type AppService =
@@ -140,9 +139,7 @@ where
         .option_layer(health.map(HealthLayer::new))
         .service(App { inner: app });
     let pipeline = ServiceBuilder::new()
-        .map_request(drop_insane_request_id)
-        .layer(SetRequestIdLayer::x_request_id(MakeWharfRequestId))
-        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(RequestIdLayer)
         .layer(AccessLogLayer::new(config.access_log).with_observer(observer))
         .layer(DefaultHeadersLayer::new(
             [

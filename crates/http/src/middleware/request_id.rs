@@ -4,7 +4,13 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
-use http::{HeaderValue, Request};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_http::request_id::{MakeRequestId, RequestId};
 
 /// The header carrying the request id.
@@ -84,6 +90,90 @@ pub(crate) fn drop_insane_request_id<B>(mut request: Request<B>) -> Request<B> {
         request.headers_mut().remove(X_REQUEST_ID);
     }
     request
+}
+
+/// Keeps a sane incoming `X-Request-Id` (an insane or repeated one is
+/// dropped), else makes one; puts it in the request's extensions as a
+/// [`RequestId`] and echoes it on the response unless the application set
+/// its own. One layer for what tower-http's `SetRequestId` and
+/// `PropagateRequestId` do in two, plus the sanity check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = WharfRequestId<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        WharfRequestId { inner }
+    }
+}
+
+/// The service made by [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct WharfRequestId<S> {
+    inner: S,
+}
+
+impl<S, B, ResB> Service<Request<B>> for WharfRequestId<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+{
+    type Response = Response<ResB>;
+    type Error = S::Error;
+    type Future = RequestIdFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let mut request = drop_insane_request_id(request);
+        let id = if let Some(id) = request.headers().get(X_REQUEST_ID) {
+            Some(id.clone())
+        } else {
+            let made = HeaderValue::from_bytes(&MakeWharfRequestId::next_id_bytes()).ok();
+            if let Some(id) = &made {
+                request
+                    .headers_mut()
+                    .insert(HeaderName::from_static(X_REQUEST_ID), id.clone());
+            }
+            made
+        };
+        if let Some(id) = &id {
+            request.extensions_mut().insert(RequestId::new(id.clone()));
+        }
+        RequestIdFuture {
+            inner: self.inner.call(request),
+            id,
+        }
+    }
+}
+
+pin_project! {
+    /// Future of [`WharfRequestId`].
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, B, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = ready!(this.inner.poll(cx))?;
+        if let Some(id) = this.id.take() {
+            if let http::header::Entry::Vacant(entry) = response.headers_mut().entry(X_REQUEST_ID) {
+                entry.insert(id);
+            }
+        }
+        Poll::Ready(Ok(response))
+    }
 }
 
 #[cfg(test)]
