@@ -11,14 +11,16 @@
 //! the old one keeps serving). SIGTERM/SIGINT drain and stop.
 //! See docs/edge.md for the configuration and its nginx equivalents.
 
+mod alloc;
 mod app;
 mod config;
 mod runtime;
 
 /// mimalloc: per-thread free lists without glibc's fastbin consolidation;
-/// measured in bench/ (edge-tls, idle).
+/// measured in bench/ (edge-tls, idle, instructions.sh). See `alloc` for why
+/// it is entered through edge's own wrapper.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: alloc::MiMalloc = alloc::MiMalloc;
 
 use std::convert::Infallible;
 use std::path::PathBuf;
