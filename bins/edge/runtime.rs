@@ -73,21 +73,23 @@ impl Runtime {
 
     pub(crate) fn vhost(&self, host: Option<&str>) -> &VirtualHost {
         if let Some(host) = host {
-            let host = host.to_ascii_lowercase();
-            let host = strip_port(&host);
-            if let Some(v) = self
-                .vhosts
-                .iter()
-                .find(|v| v.names.iter().any(|n| n == host))
-            {
+            // Names are stored lower-case; the host is compared without
+            // case and without a lower-cased copy (no allocation per request).
+            let host = strip_port(host).as_bytes();
+            if let Some(v) = self.vhosts.iter().find(|v| {
+                v.names
+                    .iter()
+                    .any(|n| n.as_bytes().eq_ignore_ascii_case(host))
+            }) {
                 return v;
             }
             let wildcard = self.vhosts.iter().find(|v| {
                 v.names.iter().any(|n| {
                     n.strip_prefix("*.").is_some_and(|suffix| {
-                        host.ends_with(suffix)
-                            && host.len() > suffix.len() + 1
-                            && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
+                        host.len() > suffix.len() + 1
+                            && host[host.len() - suffix.len()..]
+                                .eq_ignore_ascii_case(suffix.as_bytes())
+                            && host[host.len() - suffix.len() - 1] == b'.'
                     })
                 })
             });
@@ -596,4 +598,41 @@ fn build_location(
         return Err(source.error(Some(location.path.span()), "location has no action"));
     };
     Ok(Location { prefix, action })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime(text: &str) -> Runtime {
+        let (config, source) = crate::config::parse(None, text.to_owned()).unwrap();
+        build(&config, &source, 1).unwrap().runtime
+    }
+
+    #[test]
+    fn hosts_match_names_without_case_or_port_and_wildcards_a_whole_label() {
+        let server = |names: &str, default: bool| {
+            format!(
+                "[[server]]\nserver_name = [{names}]\ndefault_server = {default}\n\
+                 [[server.location]]\npath = \"/\"\nreturn = {{ status = 200 }}\n"
+            )
+        };
+        let runtime = runtime(&format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n{}{}{}",
+            server("\"default.test\"", true),
+            server("\"Exact.Example.com\"", false),
+            server("\"*.example.org\"", false),
+        ));
+        let names = |host| runtime.vhost(host).names[0].as_str();
+        assert_eq!(names(Some("exact.example.com")), "exact.example.com");
+        assert_eq!(names(Some("EXACT.example.COM:8443")), "exact.example.com");
+        assert_eq!(names(Some("a.Example.ORG")), "*.example.org");
+        assert_eq!(names(Some("b.a.example.org:80")), "*.example.org");
+        // A wildcard needs a whole label in front of its suffix.
+        assert_eq!(names(Some("example.org")), "default.test");
+        assert_eq!(names(Some("badexample.org")), "default.test");
+        assert_eq!(names(Some("é.example.org")), "*.example.org");
+        assert_eq!(names(Some("é")), "default.test");
+        assert_eq!(names(None), "default.test");
+    }
 }

@@ -453,8 +453,8 @@ pub(crate) struct ConnService {
     /// spares a clone of the whole stack per request.
     pub(crate) app: std::sync::Mutex<AppService>,
     pub(crate) state: Arc<ConnState>,
-    pub(crate) info: ConnectInfo,
-    /// From the acceptor (e.g. TLS facts); copied into every request.
+    /// The connection's `ConnectInfo` and what the acceptor added (e.g. TLS
+    /// facts); copied into every request.
     pub(crate) extensions: Arc<http::Extensions>,
     pub(crate) hook: Option<RequestHook>,
 }
@@ -531,9 +531,14 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
         });
         let hook_guard = self.hook.as_ref().map(|hook| hook());
         let http1 = req.version() < Version::HTTP_2;
-        req.extensions_mut().insert(self.info);
-        if !self.extensions.is_empty() {
-            req.extensions_mut().extend((*self.extensions).clone());
+        // The connection's extensions hold its `ConnectInfo` and what the
+        // acceptor added (TLS facts, say): one clone of a map sized for them,
+        // instead of inserts that grow the request's map entry by entry.
+        let conn_extensions = (*self.extensions).clone();
+        if req.extensions().is_empty() {
+            *req.extensions_mut() = conn_extensions;
+        } else {
+            req.extensions_mut().extend(conn_extensions);
         }
         let response = {
             let mut app = self

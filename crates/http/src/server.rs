@@ -672,7 +672,6 @@ impl Connection {
         ConnService {
             app: std::sync::Mutex::new(self.shared().app.clone()),
             state: Arc::clone(&self.state),
-            info: self.info,
             extensions: Arc::clone(&self.extensions),
             hook: self.shared().hook.clone(),
         }
@@ -702,7 +701,13 @@ where
         _permit: permit,
         state: conn_state,
         info,
-        extensions: Arc::new(extensions),
+        extensions: Arc::new({
+            // Every request gets the connection's facts in one clone of
+            // this map (see `ConnService::call`).
+            let mut extensions = extensions;
+            extensions.insert(info);
+            extensions
+        }),
     };
     // The stream goes into `stage` here, outside the future: an async fn's
     // arguments stay in its future for its whole life, so a stream passed in
