@@ -13,6 +13,7 @@
 
 mod alloc;
 mod app;
+mod compress;
 mod config;
 mod runtime;
 
@@ -32,7 +33,6 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use http::{HeaderMap, StatusCode, Version};
 use tokio::sync::watch;
-use tower::ServiceBuilder;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
 use wharf_config::EXIT_CONFIG;
@@ -532,15 +532,13 @@ fn spawn_listener(
     let min = config.http.gzip_min_length;
     // Quality 4 for both: brotli's own default (11) costs tens of
     // milliseconds per page; gzip 4 is close to 6 in size and faster.
+    let predicate = SizeAbove::new(min).and(compressible as Compressible);
     let compression = CompressionLayer::new()
         .gzip(config.http.gzip)
         .br(config.http.brotli)
         .quality(tower_http::CompressionLevel::Precise(4))
-        .compress_when(SizeAbove::new(min).and(compressible));
-    let compressing = ServiceBuilder::new()
-        .map_response(|r: http::Response<_>| r.map(wharf_http::body::boxed))
-        .layer(compression)
-        .service(app);
+        .compress_when(predicate);
+    let compressing = compress::Compress::new(app, compression, predicate);
     let listeners = vec![listener];
     if let Some(port) = plan.redirect_https_port {
         let app = RedirectApp { https_port: port };
@@ -580,6 +578,9 @@ fn edge_acceptor<A>(inner: A, current: &Arc<Current>, limits: &Arc<ConnLimits>) 
 }
 
 use std::future::Future;
+
+/// The type of [`compressible`], named so the predicate can be copied.
+type Compressible = fn(StatusCode, Version, &HeaderMap, &http::Extensions) -> bool;
 
 /// Text types worth compressing (nginx `gzip_types` of the seeds, plus HTML).
 fn compressible(

@@ -657,9 +657,13 @@ fn text_above_the_threshold_is_brotli_or_gzip_compressed_as_the_client_accepts()
         assert_eq!(body, page);
     }
     // Nothing accepted, or a body under gzip_min_length (1024): as is.
+    // A compressible page varies with Accept-Encoding even when sent as is;
+    // a response never compressed does not.
     let (head, encoding, body) = fetch("identity", "/page");
     assert_eq!(encoding, None, "{head}");
+    assert!(head.contains("vary: accept-encoding"), "{head}");
     assert_eq!(body, page);
     let (head, encoding, _) = fetch("gzip, br", "/fixed");
     assert_eq!(encoding, None, "a 6-byte body is not compressed: {head}");
+    assert!(!head.contains("vary:"), "{head}");
 }
