@@ -16,6 +16,10 @@ use tower_http::request_id::{MakeRequestId, RequestId};
 /// The header carrying the request id.
 pub const X_REQUEST_ID: &str = "x-request-id";
 
+/// [`X_REQUEST_ID`] as a header name: looked up as is, where a `&str` is
+/// parsed and checked on every lookup.
+static X_REQUEST_ID_NAME: HeaderName = HeaderName::from_static(X_REQUEST_ID);
+
 /// Longest incoming request id kept.
 pub const MAX_REQUEST_ID_LEN: usize = 128;
 
@@ -82,12 +86,12 @@ pub fn is_sane_request_id(value: &HeaderValue) -> bool {
 pub(crate) fn drop_insane_request_id<B>(mut request: Request<B>) -> Request<B> {
     let insane = request
         .headers()
-        .get_all(X_REQUEST_ID)
+        .get_all(&X_REQUEST_ID_NAME)
         .iter()
         .enumerate()
         .any(|(i, v)| i > 0 || !is_sane_request_id(v));
     if insane {
-        request.headers_mut().remove(X_REQUEST_ID);
+        request.headers_mut().remove(&X_REQUEST_ID_NAME);
     }
     request
 }
@@ -128,14 +132,14 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let mut request = drop_insane_request_id(request);
-        let id = if let Some(id) = request.headers().get(X_REQUEST_ID) {
+        let id = if let Some(id) = request.headers().get(&X_REQUEST_ID_NAME) {
             Some(id.clone())
         } else {
             let made = HeaderValue::from_bytes(&MakeWharfRequestId::next_id_bytes()).ok();
             if let Some(id) = &made {
                 request
                     .headers_mut()
-                    .insert(HeaderName::from_static(X_REQUEST_ID), id.clone());
+                    .insert(X_REQUEST_ID_NAME.clone(), id.clone());
             }
             made
         };
@@ -168,7 +172,9 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            if let http::header::Entry::Vacant(entry) = response.headers_mut().entry(X_REQUEST_ID) {
+            if let http::header::Entry::Vacant(entry) =
+                response.headers_mut().entry(&X_REQUEST_ID_NAME)
+            {
                 entry.insert(id);
             }
         }
