@@ -83,13 +83,21 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
-        let headers = response.headers_mut();
         for (name, value) in this.headers.iter() {
-            if let http::header::Entry::Vacant(entry) = headers.entry(name) {
-                entry.insert(value.clone());
-            }
+            insert_if_absent(response.headers_mut(), name, || value.clone());
         }
         Poll::Ready(Ok(response))
+    }
+}
+
+/// Sets `name` to `value()` unless the map has it: one lookup either way.
+pub(crate) fn insert_if_absent(
+    headers: &mut http::HeaderMap,
+    name: &HeaderName,
+    value: impl FnOnce() -> HeaderValue,
+) {
+    if let http::header::Entry::Vacant(entry) = headers.entry(name) {
+        entry.insert(value());
     }
 }
 

@@ -172,11 +172,11 @@ where
         let this = self.project();
         let mut response = ready!(this.inner.poll(cx))?;
         if let Some(id) = this.id.take() {
-            if let http::header::Entry::Vacant(entry) =
-                response.headers_mut().entry(&X_REQUEST_ID_NAME)
-            {
-                entry.insert(id);
-            }
+            super::default_headers::insert_if_absent(
+                response.headers_mut(),
+                &X_REQUEST_ID_NAME,
+                || id,
+            );
         }
         Poll::Ready(Ok(response))
     }
