@@ -20,7 +20,11 @@ use libmimalloc_sys::{
     mi_zalloc_aligned,
 };
 
-/// The alignment every `mi_malloc` block has (mimalloc's `MI_MAX_ALIGN_SIZE`).
+/// The alignment every `mi_malloc` block of at least this size has
+/// (mimalloc's `MI_MAX_ALIGN_SIZE`): with 8-byte words mimalloc rounds every
+/// size class above one word to an even number of words (`MI_ALIGN2W` in its
+/// page-queue.c) and starts each page's first block 16-aligned. A block of
+/// 8 bytes or less is word-aligned only, hence `align <= size` in `plain`.
 const MIN_ALIGN: usize = 16;
 
 /// mimalloc, with the plain entry points where they give the alignment asked.
@@ -89,6 +93,10 @@ mod tests {
             (1, 1),
             (8, 8),
             (24, 8),
+            (24, 16),
+            (40, 16),
+            (48, 16),
+            (48, 32),
             (3000, 1),
             (8200, 8),
             (64, 64),
@@ -96,8 +104,18 @@ mod tests {
             (100_000, 4096),
         ] {
             let layout = Layout::from_size_align(size, align).unwrap();
+            // Many blocks of one size at once, so consecutive blocks of a
+            // page are checked, not only one that happens to be aligned.
             // SAFETY: a non-zero-size layout; each block is freed once.
             unsafe {
+                let live: Vec<*mut u8> = (0..64).map(|_| a.alloc(layout)).collect();
+                for &p in &live {
+                    assert!(!p.is_null());
+                    assert_eq!(p as usize % align, 0, "block of size {size} align {align}");
+                }
+                for p in live {
+                    a.dealloc(p, layout);
+                }
                 let p = a.alloc_zeroed(layout);
                 assert!(!p.is_null());
                 assert_eq!(p as usize % align, 0, "size {size} align {align}");
