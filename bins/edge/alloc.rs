@@ -30,8 +30,9 @@ const MIN_ALIGN: usize = 16;
 /// mimalloc, with the plain entry points where they give the alignment asked.
 pub(crate) struct MiMalloc;
 
-fn plain(layout: Layout) -> bool {
-    layout.align() <= MIN_ALIGN && layout.align() <= layout.size()
+/// Whether a plain block of `size` bytes has alignment `align`.
+fn plain(size: usize, align: usize) -> bool {
+    align <= MIN_ALIGN && align <= size
 }
 
 // The `GlobalAlloc` contract is met by mimalloc's own: every pointer it
@@ -44,7 +45,7 @@ unsafe impl GlobalAlloc for MiMalloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: mimalloc's allocation functions take any size.
         unsafe {
-            if plain(layout) {
+            if plain(layout.size(), layout.align()) {
                 mi_malloc(layout.size()).cast()
             } else {
                 mi_malloc_aligned(layout.size(), layout.align()).cast()
@@ -55,7 +56,7 @@ unsafe impl GlobalAlloc for MiMalloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as `alloc`.
         unsafe {
-            if plain(layout) {
+            if plain(layout.size(), layout.align()) {
                 mi_zalloc(layout.size()).cast()
             } else {
                 mi_zalloc_aligned(layout.size(), layout.align()).cast()
@@ -72,7 +73,7 @@ unsafe impl GlobalAlloc for MiMalloc {
         // SAFETY: `ptr` came from this allocator with `layout`; the new
         // block keeps that alignment (checked against the new size).
         unsafe {
-            if layout.align() <= MIN_ALIGN && layout.align() <= new_size {
+            if plain(new_size, layout.align()) {
                 mi_realloc(ptr.cast::<c_void>(), new_size).cast()
             } else {
                 mi_realloc_aligned(ptr.cast::<c_void>(), new_size, layout.align()).cast()

@@ -64,26 +64,19 @@ impl Runtime {
     /// The virtual host for a `Host` (port stripped, case-insensitive):
     /// exact names, then `*.suffix` wildcards, then the default.
     pub(crate) fn vhost_index(&self, host: Option<&str>) -> usize {
-        let found = self.vhost(host);
-        self.vhosts
-            .iter()
-            .position(|v| std::ptr::eq(v, found))
-            .unwrap_or(self.default_vhost)
-    }
-
-    pub(crate) fn vhost(&self, host: Option<&str>) -> &VirtualHost {
-        if let Some(host) = host {
-            // Names are stored lower-case; the host is compared without
-            // case and without a lower-cased copy (no allocation per request).
-            let host = strip_port(host).as_bytes();
-            if let Some(v) = self.vhosts.iter().find(|v| {
-                v.names
-                    .iter()
-                    .any(|n| n.as_bytes().eq_ignore_ascii_case(host))
-            }) {
-                return v;
-            }
-            let wildcard = self.vhosts.iter().find(|v| {
+        let Some(host) = host else {
+            return self.default_vhost;
+        };
+        // Names are stored lower-case; the host is compared without case
+        // and without a lower-cased copy (no allocation per request).
+        let host = strip_port(host).as_bytes();
+        let exact = self.vhosts.iter().position(|v| {
+            v.names
+                .iter()
+                .any(|n| n.as_bytes().eq_ignore_ascii_case(host))
+        });
+        let wildcard = || {
+            self.vhosts.iter().position(|v| {
                 v.names.iter().any(|n| {
                     n.strip_prefix("*.").is_some_and(|suffix| {
                         host.len() > suffix.len() + 1
@@ -92,12 +85,9 @@ impl Runtime {
                             && host[host.len() - suffix.len() - 1] == b'.'
                     })
                 })
-            });
-            if let Some(v) = wildcard {
-                return v;
-            }
-        }
-        &self.vhosts[self.default_vhost]
+            })
+        };
+        exact.or_else(wildcard).unwrap_or(self.default_vhost)
     }
 }
 
@@ -623,7 +613,7 @@ mod tests {
             server("\"Exact.Example.com\"", false),
             server("\"*.example.org\"", false),
         ));
-        let names = |host| runtime.vhost(host).names[0].as_str();
+        let names = |host| runtime.vhosts[runtime.vhost_index(host)].names[0].as_str();
         assert_eq!(names(Some("exact.example.com")), "exact.example.com");
         assert_eq!(names(Some("EXACT.example.COM:8443")), "exact.example.com");
         assert_eq!(names(Some("a.Example.ORG")), "*.example.org");
