@@ -65,6 +65,8 @@ TITLES = {
     "metrics-overhead": "(10) Cost of instrumentation: frontend with metrics on vs off (and traces on)",
 }
 # A fixed /_status answer shaped like frontend's, for nginx's `return 200`.
+# Answered by edge and nginx themselves (no upstream) in scenario 3.
+TLS_ONLY_PATH = "/_tls_only"
 STATUS_BODY = '{"status":"ok","git_commit":"abcdef0","build_time":"2026-11-23T00:00:00Z","environment":"development"}'
 MB = 1024 * 1024
 # Every target the report lists (id, text, threshold, op, unit); one that a run
@@ -160,6 +162,44 @@ def cpu_per_request(rows):
             user = statistics.median(x["user"] for x in runs)
             system = statistics.median(x["system"] for x in runs)
             out[row["name"]] = {"user": round(user, 2), "system": round(system, 2), "total": round(user + system, 2)}
+    return out
+
+
+def tcp_time_wait():
+    """TCP sockets in TIME_WAIT on this machine (/proc/net/sockstat), or None."""
+    try:
+        with open("/proc/net/sockstat", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("TCP:"):
+                    fields = line.split()
+                    return int(fields[fields.index("tw") + 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def cpu_budget(proxied, tls_only):
+    """{name: µs per proxied request}: the proxy, its upstream and the load
+    generator (medians over the runs), their sum (what one request costs the
+    machine), and the proxy's cost of proxying: its CPU per proxied request
+    less its CPU per request it answers itself (`tls_only`, same TLS, same
+    client)."""
+    def med(row, key):
+        values = [x[key] for x in row["runs"] if key in x]
+        return statistics.median(values) if values else None
+    floor = cpu_per_request(tls_only)
+    out = {}
+    for name, c in cpu_per_request(proxied).items():
+        row = next(r for r in proxied if r["name"] == name)
+        upstream, load = med(row, "upstream_cpu_us_per_request"), med(row, "load_generator_cpu_us_per_request")
+        entry = {"proxy": c["total"], "upstream": upstream, "load_generator": load}
+        if upstream is not None and load is not None:
+            entry["machine"] = round(c["total"] + upstream + load, 2)
+        if name in floor:
+            entry["proxy_without_proxying"] = floor[name]["total"]
+            entry["proxying_user"] = round(c["user"] - floor[name]["user"], 2)
+            entry["proxying_system"] = round(c["system"] - floor[name]["system"], 2)
+        out[name] = entry
     return out
 
 
@@ -749,6 +789,12 @@ class Harness:
                     "    proxy_connect_timeout 30s;",
                     "    proxy_send_timeout 60s;",
                     "    proxy_read_timeout 60s;",
+                    # The same answer without proxying: what TLS and HTTP alone cost
+                    # (scenario 3's floor); edge has the same location.
+                    f"    location = {TLS_ONLY_PATH} {{",
+                    "      default_type application/json;",
+                    f"      return 200 '{STATUS_BODY}';",
+                    "    }",
                     "    location / {",
                     "      proxy_pass http://backend;",
                     "      proxy_http_version 1.1;",
@@ -811,6 +857,11 @@ server_name = ["localhost"]
 default_server = true
 ssl_certificate = "{cert}"
 ssl_certificate_key = "{key}"
+
+# The same answer without proxying (nginx has the same location): scenario 3's floor.
+[[server.location]]
+path = "{TLS_ONLY_PATH}"
+return = {{ status = 200, body = '{STATUS_BODY}' }}
 
 [[server.location]]
 path = "/"
@@ -1364,30 +1415,55 @@ proxy_pass = "backend"
         if self.s.load_tool != "wrk":
             raise BenchError("needs wrk")
         edge = self.server("edge-ecdsa")
+        upstream = self.server("bare-hyper")
         nginx_url = self.nginx_tls_url("ecdsa")
+        tls_only = {"edge": edge.url(TLS_ONLY_PATH), "nginx": self.nginx_tls_url("ecdsa", TLS_ONLY_PATH)}
         subjects = [("edge", edge.url()), ("nginx", nginx_url)]
-        by_url = {edge.url(): edge, nginx_url: self.server("nginx")}
+        by_url = {edge.url(): edge, nginx_url: self.server("nginx"),
+                  tls_only["edge"]: edge, tls_only["nginx"]: self.server("nginx")}
 
         def measured(run_load):
             # The proxy's own CPU per request (all its processes, user and
             # kernel): steadier than req/s on a shared 2-CPU machine, and it
-            # says where a difference comes from.
+            # says where a difference comes from. The upstream's and the load
+            # generator's too: the three share the machine's CPUs, so what
+            # one request costs them all together bounds the req/s.
             def runner(url, seconds):
+                time_wait = tcp_time_wait()
                 before = by_url[url].cpu()
+                up_before = upstream.cpu()
+                load_before = resource.getrusage(resource.RUSAGE_CHILDREN)
                 run = run_load(url, seconds)
+                load_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+                up_after = upstream.cpu()
                 after = by_url[url].cpu()
-                if run.get("requests"):
+                n = run.get("requests")
+                # Connections closed recently on this machine (TIME_WAIT):
+                # a proxy that opens and closes upstream connections leaves
+                # them, and they slow every later connect() for a minute.
+                run["tcp_time_wait"] = {"before": time_wait, "after": tcp_time_wait()}
+                if n:
                     run["cpu_us_per_request"] = {
-                        "user": round((after[0] - before[0]) * 1e6 / run["requests"], 2),
-                        "system": round((after[1] - before[1]) * 1e6 / run["requests"], 2),
+                        "user": round((after[0] - before[0]) * 1e6 / n, 2),
+                        "system": round((after[1] - before[1]) * 1e6 / n, 2),
                     }
+                    run["upstream_cpu_us_per_request"] = round(
+                        (sum(up_after) - sum(up_before)) * 1e6 / n, 2)
+                    run["load_generator_cpu_us_per_request"] = round(
+                        (load_after.ru_utime + load_after.ru_stime - load_before.ru_utime
+                         - load_before.ru_stime) * 1e6 / n, 2)
                 return run
             return runner
 
         h1 = self.compare("edge-tls h1", subjects, measured(self.load.wrk))
+        floor = self.compare("edge-tls h1 without proxying", list(tls_only.items()), measured(self.load.wrk))
         out = {"upstream": "bare-hyper (keep-alive pool of 32 from each proxy)", "certificate": "ECDSA P-256",
                "http1": {**h1, "tool": self.tool_line()}}
         out["http1"]["cpu_us_per_request"] = cpu_per_request(h1["rows"])
+        out["http1"]["budget"] = cpu_budget(h1["rows"], floor["rows"])
+        floor["cpu_us_per_request"] = cpu_per_request(floor["rows"])
+        floor["path"] = TLS_ONLY_PATH
+        out["tls_only"] = floor
         rows = {r["name"]: r for r in h1["rows"]}
         ratio = round(rows["edge"]["rps"] / rows["nginx"]["rps"], 3) if rows["nginx"]["rps"] else None
         out["http1"]["ratios"] = {"edge/nginx": ratio}
@@ -1999,6 +2075,26 @@ def render(report, svg_dir, svg_rel):
                 label = "HTTP/1.1" if proto == "http1" else "HTTP/2"
                 out.append(f"| {label} | {name} | {c['user']} | {c['system']} | {c['total']} |")
         out.append("")
+        if "tls_only" in r:
+            t = r["tls_only"]
+            out.extend([f"Without proxying: both answer `{t['path']}` themselves (same body, same TLS, same wrk "
+                        "command), which is what TLS and HTTP alone cost each proxy:", ""])
+            out.extend(throughput_table(t["rows"]))
+            out.append("")
+        budget = r["http1"].get("budget")
+        if budget:
+            out.extend(["What one proxied HTTP/1.1 request costs the machine (CPU µs, medians of the runs): the "
+                        "proxy, the upstream and the load generator share its 2 CPUs, so their sum bounds "
+                        "req/s. *Proxying* is the proxy's CPU per proxied request less its CPU per request it "
+                        "answers itself (above):", "",
+                        "| Server | proxy | upstream | load generator | machine | proxy, answering itself | "
+                        "proxying: user | proxying: kernel |",
+                        "|---|---:|---:|---:|---:|---:|---:|---:|"])
+            for name, b in budget.items():
+                out.append(f"| {name} | {b['proxy']} | {b.get('upstream')} | {b.get('load_generator')} | "
+                           f"{b.get('machine')} | {b.get('proxy_without_proxying')} | {b.get('proxying_user')} | "
+                           f"{b.get('proxying_system')} |")
+            out.append("")
         notes(r)
     r = header("handshakes")
     if r:
