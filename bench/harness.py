@@ -186,7 +186,7 @@ def cpu_budget(proxied, tls_only):
     client)."""
     def med(row, key):
         values = [x[key] for x in row["runs"] if key in x]
-        return statistics.median(values) if values else None
+        return round(statistics.median(values), 2) if values else None
     floor = cpu_per_request(tls_only)
     out = {}
     for name, c in cpu_per_request(proxied).items():
