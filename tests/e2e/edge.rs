@@ -235,6 +235,20 @@ fn serves_h2_and_http11_over_tls_with_security_headers_and_redirects_http() {
     );
 }
 
+/// The security headers edge puts on every response, its own errors included
+/// (`curl -i` output; names compared in lower case).
+fn assert_security_headers(response: &str) {
+    let head = response.to_ascii_lowercase();
+    for header in [
+        "strict-transport-security: max-age=63072000; includesubdomains",
+        "x-frame-options: ",
+        "x-content-type-options: nosniff",
+        "referrer-policy: ",
+    ] {
+        assert!(head.contains(header), "no {header:?} in:\n{response}");
+    }
+}
+
 #[test]
 fn upstream_down_is_502_and_limits_are_413_and_431() {
     let dir = tempfile::tempdir().unwrap();
@@ -242,13 +256,16 @@ fn upstream_down_is_502_and_limits_are_413_and_431() {
     let (status, text) = edge.curl(&[], "/");
     assert_eq!(status, 502, "{text}");
     assert!(text.contains("502 Bad Gateway"), "{text}");
+    assert_security_headers(&text);
 
     let big = "x".repeat(2048);
-    let (status, _) = edge.curl(&["--http1.1", "--data-binary", &big], "/fixed");
-    assert_eq!(status, 413);
+    let (status, text) = edge.curl(&["--http1.1", "--data-binary", &big], "/fixed");
+    assert_eq!(status, 413, "{text}");
+    assert_security_headers(&text);
     let header = format!("x-big: {}", "y".repeat(10_000));
-    let (status, _) = edge.curl(&["--http1.1", "-H", &header], "/fixed");
-    assert_eq!(status, 431);
+    let (status, text) = edge.curl(&["--http1.1", "-H", &header], "/fixed");
+    assert_eq!(status, 431, "{text}");
+    assert_security_headers(&text);
     let (status, text) = edge.curl(&[], "/fixed");
     assert_eq!((status, text.ends_with("fixed\n")), (200, true), "{text}");
 }
@@ -296,6 +313,11 @@ fn x_forwarded_for_is_not_spoofable_from_an_untrusted_peer() {
 }
 
 fn s_client(port: u16, args: &[&str]) -> String {
+    s_client_status(port, args).1
+}
+
+/// `openssl s_client`: whether it exited 0, and what it printed.
+fn s_client_status(port: u16, args: &[&str]) -> (bool, String) {
     let out = Command::new("openssl")
         .args([
             "s_client",
@@ -308,11 +330,12 @@ fn s_client(port: u16, args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .unwrap();
-    format!(
+    let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
-    )
+    );
+    (out.status.success(), text)
 }
 
 fn served_cert(port: u16) -> String {
@@ -328,10 +351,18 @@ fn served_cert(port: u16) -> String {
 fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
     let dir = tempfile::tempdir().unwrap();
     let edge = start_edge(dir.path(), &dead_address(), "");
-    assert!(
-        !s_client(edge.https, &["-tls1_1", "-cipher", "ALL:@SECLEVEL=0"])
-            .contains("BEGIN CERTIFICATE")
-    );
+    // TLS 1.0 and 1.1 offered (SECLEVEL=0 lets this client offer them) and
+    // refused by the server: s_client fails on an alert edge sent, not on a
+    // refusal of its own, and never sees a certificate.
+    for version in ["-tls1", "-tls1_1"] {
+        let (ok, out) = s_client_status(edge.https, &[version, "-cipher", "ALL:@SECLEVEL=0"]);
+        assert!(!ok, "{version}: {out}");
+        assert!(
+            out.contains("alert handshake failure") || out.contains("alert protocol version"),
+            "{version}: {out}"
+        );
+        assert!(!out.contains("BEGIN CERTIFICATE"), "{version}: {out}");
+    }
     assert!(s_client(edge.https, &["-tls1_2"]).contains("Protocol  : TLSv1.2"));
     assert!(s_client(edge.https, &["-alpn", "h2"]).contains("ALPN protocol: h2"));
 

@@ -137,7 +137,11 @@ impl Server {
             // which can answer 408 and tell idle from slow.
             .header_read_timeout(None)
             .keep_alive(true)
-            .max_buf_size(self.config.max_header_bytes);
+            // Past the limit, up to this, the head is still read whole and
+            // answered 431 through the middleware (security headers included).
+            .max_buf_size(crate::middleware::http1_read_buffer(
+                self.config.max_header_bytes,
+            ));
         builder
     }
 

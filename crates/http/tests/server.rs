@@ -321,6 +321,41 @@ async fn oversized_headers_get_431() {
     server.stop().await;
 }
 
+/// A head over the limit that still fits hyper's read buffer is answered by
+/// the middleware: the 431 carries the security headers and a short body,
+/// and the connection is closed after it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_431_carries_the_security_headers() {
+    let server = TestServer::start(ServerConfig {
+        hsts_max_age: Some(Duration::from_secs(31_536_000)),
+        ..fast_config()
+    })
+    .await;
+    let limit = fast_config().max_header_bytes;
+    let big = "a".repeat(limit + 100);
+    let request = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {big}\r\n\r\n");
+    let answer = raw(server.addr, request.as_bytes(), Duration::from_secs(2)).await;
+    let lower = answer.to_ascii_lowercase();
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    for header in [
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "strict-transport-security: max-age=31536000",
+        "connection: close",
+        "x-request-id: ",
+    ] {
+        assert!(lower.contains(header), "no {header:?} in {answer}");
+    }
+    assert!(!lower.ends_with("\r\n\r\n"), "no body: {answer}");
+    // Just under the limit, the same request is served.
+    let fits = "a".repeat(limit - 200);
+    let request =
+        format!("GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\nX-Big: {fits}\r\n\r\n");
+    let answer = raw(server.addr, request.as_bytes(), Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_declared_too_large_gets_413_before_it_is_sent() {
     let server = TestServer::start(fast_config()).await;

@@ -62,10 +62,54 @@ fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<ResponseBody
     response
 }
 
-/// Adapts an application service: boxes its body and turns its errors into 500s.
+/// Adapts an application service: boxes its body and turns its errors into
+/// 500s, and answers a request whose head is over the limit (`431`, or `414`
+/// for its target alone) instead of passing it on.
 #[derive(Clone)]
 struct App<S> {
     inner: S,
+    max_head_bytes: usize,
+}
+
+/// The sizes of `request`'s request line and of its whole head, as HTTP/1
+/// sends them: `METHOD target HTTP/1.1\r\n`, each `name: value\r\n`, the
+/// blank line.
+fn head_bytes<B>(request: &Request<B>) -> (usize, usize) {
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(1, |p| p.as_str().len());
+    let line = request.method().as_str().len() + target + 12;
+    let fields: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum();
+    (line, line + fields + 2)
+}
+
+/// hyper answers a head too large for its read buffer itself, and that answer
+/// goes out without the security headers; so the buffer is larger than the
+/// limit, and a head up to this size is answered here, through the layers.
+pub(crate) fn http1_read_buffer(max_head_bytes: usize) -> usize {
+    max_head_bytes
+        .saturating_mul(2)
+        .max(max_head_bytes.saturating_add(8 * 1024))
+}
+
+/// `414` when the request line alone is over the limit (as nginx), else `431`.
+fn head_too_large(line_bytes: usize, max_head_bytes: usize) -> Response<ResponseBody> {
+    let mut response = Response::new(crate::body::empty());
+    *response.status_mut() = if line_bytes > max_head_bytes {
+        StatusCode::URI_TOO_LONG
+    } else {
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    };
+    // As hyper does for its own: whatever else the client sent is not read.
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 impl<S, B> Service<Request<Body>> for App<S>
@@ -90,6 +134,11 @@ where
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         use futures_util::FutureExt as _;
+        let (line, head) = head_bytes(&request);
+        if head > self.max_head_bytes {
+            let response = head_too_large(line, self.max_head_bytes);
+            return Box::pin(std::future::ready(Ok(response)));
+        }
         Box::pin(self.inner.call(request).map(app_response))
     }
 }
@@ -137,7 +186,10 @@ where
     });
     let app = ServiceBuilder::new()
         .option_layer(health.map(HealthLayer::new))
-        .service(App { inner: app });
+        .service(App {
+            inner: app,
+            max_head_bytes: config.max_header_bytes,
+        });
     let pipeline = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(AccessLogLayer::new(config.access_log).with_observer(observer))
