@@ -698,3 +698,144 @@ fn text_above_the_threshold_is_brotli_or_gzip_compressed_as_the_client_accepts()
     assert_eq!(encoding, None, "a 6-byte body is not compressed: {head}");
     assert!(!head.contains("vary:"), "{head}");
 }
+
+/// An upstream that answers every request `200 ok` and keeps each request's
+/// text, lower-cased.
+fn recording_upstream() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for mut stream in listener.incoming().flatten() {
+            let mut buf = vec![0u8; 8192];
+            let n = stream.read(&mut buf).unwrap_or(0);
+            record
+                .lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    (addr, seen)
+}
+
+/// edge with one plain listener that expects PROXY protocol headers from
+/// `trusted` peers, proxying to `upstream`.
+fn start_proxy_protocol_edge(dir: &Path, upstream: std::net::SocketAddr, trusted: &str) -> Running {
+    let port = free_port();
+    let config = dir.join(format!("edge-{port}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listen]]
+address = "127.0.0.1:{port}"
+proxy_protocol = true
+
+[admin]
+enabled = false
+
+[http]
+access_log = false
+set_real_ip_from = ["{trusted}"]
+
+[[upstream]]
+name = "app"
+servers = [{{ address = "{upstream}" }}]
+
+[[server]]
+server_name = ["localhost"]
+default_server = true
+
+[[server.location]]
+path = "/"
+proxy_pass = "app"
+"#
+        ),
+    )
+    .unwrap();
+    let env = HashMap::from([("RUST_LOG", "warn".to_owned())]);
+    start(EDGE, &["--config", config.to_str().unwrap()], &env, port)
+}
+
+/// Writes `bytes` to `addr` and reads the answer until the server closes.
+fn exchange_raw(addr: std::net::SocketAddr, bytes: &[u8]) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    stream.write_all(bytes).unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+/// A PROXY protocol v2 header for a TCP/IPv4 connection from `src`.
+fn proxy_v2_header(src: [u8; 4], src_port: u16) -> Vec<u8> {
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12]);
+    header.extend_from_slice(&src);
+    header.extend_from_slice(&[127, 0, 0, 1]);
+    header.extend_from_slice(&src_port.to_be_bytes());
+    header.extend_from_slice(&80u16.to_be_bytes());
+    header
+}
+
+const PROXIED_GET: &[u8] = b"GET /who HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+
+#[test]
+fn proxy_protocol_gives_the_client_address_from_trusted_peers_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (upstream, seen) = recording_upstream();
+
+    // A trusted load balancer: v1 and v2 headers name the client.
+    let edge = start_proxy_protocol_edge(dir.path(), upstream, "127.0.0.1");
+    let mut v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n".to_vec();
+    v1.extend_from_slice(PROXIED_GET);
+    let answer = exchange_raw(edge.addr(), &v1);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let mut v2 = proxy_v2_header([198, 51, 100, 9], 40000);
+    v2.extend_from_slice(PROXIED_GET);
+    let answer = exchange_raw(edge.addr(), &v2);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    {
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert!(
+            seen[0].contains("x-real-ip: 203.0.113.7\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[0].contains("x-forwarded-for: 203.0.113.7\r\n"),
+            "{}",
+            seen[0]
+        );
+        assert!(
+            seen[1].contains("x-real-ip: 198.51.100.9\r\n"),
+            "{}",
+            seen[1]
+        );
+    }
+    drop(edge);
+
+    // The same header from a peer outside set_real_ip_from is not believed:
+    // it is not HTTP, so the request is refused, and nothing reaches the
+    // upstream with the claimed address. Plain requests from that peer work.
+    let edge = start_proxy_protocol_edge(dir.path(), upstream, "10.0.0.0/8");
+    let answer = exchange_raw(edge.addr(), &v1);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = exchange_raw(edge.addr(), PROXIED_GET);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen[2].contains("x-real-ip: 127.0.0.1\r\n"), "{}", seen[2]);
+    assert!(
+        !seen.iter().skip(2).any(|r| r.contains("203.0.113.7")),
+        "{seen:?}"
+    );
+}
