@@ -389,8 +389,12 @@ fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
 #[test]
 fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_failed_request() {
     let dir = tempfile::tempdir().unwrap();
-    let edge = start_edge(dir.path(), &dead_address(), "");
+    let app = frontend();
+    let edge = start_edge(dir.path(), &app.addr().to_string(), "");
+    // Requests edge answers itself, and requests it proxies to frontend over
+    // its keep-alive pool, both crossing every reload.
     let load = CurlLoad::start(&edge, "/fixed", 2);
+    let proxied = CurlLoad::start(&edge, "/_status", 2);
     std::thread::sleep(Duration::from_millis(300));
     // A typo: refused, old configuration keeps serving.
     let good = edge.write_typo();
@@ -403,6 +407,7 @@ fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_faile
     }
     std::thread::sleep(Duration::from_millis(300));
     let (ok, failed) = load.stop();
+    let (proxied_ok, proxied_failed) = proxied.stop();
     assert_eq!(edge.metric("edge_config_reloads_total"), 3);
     let (_, text) = edge.curl(&[], "/fixed");
     assert!(
@@ -411,6 +416,8 @@ fn an_invalid_reload_is_refused_and_a_valid_one_applies_under_load_with_no_faile
     );
     assert_eq!(failed, 0, "failed requests during reloads");
     assert!(ok > 10);
+    assert_eq!(proxied_failed, 0, "failed proxied requests during reloads");
+    assert!(proxied_ok > 10);
 }
 
 /// Threads running curl against `path` (three requests per connection) until
