@@ -846,3 +846,104 @@ fn proxy_protocol_gives_the_client_address_from_trusted_peers_only() {
         "{seen:?}"
     );
 }
+
+/// `openssl s_client` to 127.0.0.1:`port` with `args`, `input` on its
+/// standard input: whether it exited 0, and what it printed.
+fn s_client_with_input(port: u16, args: &[&str], input: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The first certificate in PEM text (s_client output or a file).
+fn first_pem(text: &str) -> String {
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .unwrap_or_else(|| panic!("no certificate in {text}"));
+    let end = text[start..].find("-----END").unwrap() + start;
+    text[start..end].to_owned()
+}
+
+#[test]
+fn sni_picks_the_certificate_and_sessions_resume_against_the_binary() {
+    let dir = tempfile::tempdir().unwrap();
+    SelfSigned::generate(&["other.test"], KeyKind::EcdsaP256)
+        .unwrap()
+        .write(dir.path(), "other")
+        .unwrap();
+    let tail = format!(
+        r#"
+[[server]]
+server_name = ["other.test"]
+ssl_certificate = "{cert}"
+ssl_certificate_key = "{key}"
+
+[[server.location]]
+path = "/"
+return = {{ status = 200, body = "other\n" }}
+"#,
+        cert = dir.path().join("other.crt").display(),
+        key = dir.path().join("other.key").display(),
+    );
+    let edge = start_edge_with_tail(dir.path(), &dead_address(), "", &tail);
+    let site = first_pem(&std::fs::read_to_string(dir.path().join("site.crt")).unwrap());
+    let other = first_pem(&std::fs::read_to_string(dir.path().join("other.crt")).unwrap());
+    assert_ne!(site, other);
+
+    // SNI: each name gets its own certificate, and its own server block.
+    let request = "GET / HTTP/1.0\r\nHost: other.test\r\n\r\n";
+    let (ok, out) = s_client_with_input(
+        edge.https,
+        &["-servername", "other.test", "-showcerts", "-ign_eof"],
+        request,
+    );
+    assert!(ok, "{out}");
+    assert_eq!(first_pem(&out), other);
+    assert!(out.contains("\nother\n"), "{out}");
+    let (ok, out) =
+        s_client_with_input(edge.https, &["-servername", "localhost", "-showcerts"], "");
+    assert!(ok, "{out}");
+    assert_eq!(first_pem(&out), site);
+
+    // Resumption, TLS 1.3 (tickets or the session cache) and TLS 1.2.
+    let request = "GET /fixed HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("session{version}.pem"));
+        let sess = sess.to_str().unwrap();
+        let args = ["-servername", "localhost", version, "-ign_eof"];
+        let (ok, out) = s_client_with_input(
+            edge.https,
+            &[&args[..], &["-sess_out", sess]].concat(),
+            request,
+        );
+        assert!(ok, "{version}: {out}");
+        assert!(out.contains("New, TLSv1."), "{version}: {out}");
+        let (ok, out) = s_client_with_input(
+            edge.https,
+            &[&args[..], &["-sess_in", sess]].concat(),
+            request,
+        );
+        assert!(ok, "{version}: {out}");
+        assert!(out.contains("Reused, TLSv1."), "{version}: {out}");
+        assert!(out.contains("\nfixed\n"), "{version}: {out}");
+    }
+}
