@@ -874,7 +874,7 @@ fn s_client_with_input(port: u16, args: &[&str], input: &str) -> (bool, String) 
     (out.status.success(), text)
 }
 
-/// The first certificate in PEM text (s_client output or a file).
+/// The first certificate in PEM text (`s_client` output or a file).
 fn first_pem(text: &str) -> String {
     let start = text
         .find("-----BEGIN CERTIFICATE-----")
