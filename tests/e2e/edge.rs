@@ -367,6 +367,23 @@ fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
     assert!(s_client(edge.https, &["-alpn", "h2"]).contains("ALPN protocol: h2"));
 
     let old = served_cert(edge.https);
+    // A connection open across the renewal: one request before, one after.
+    let mut open = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", edge.https)])
+        .args(["-servername", "localhost", "-ign_eof", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut open_in = open.stdin.take().unwrap();
+    {
+        use std::io::Write;
+        open_in
+            .write_all(b"GET /fixed HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(500));
     // certbot renews: new files, then `systemctl reload` sends SIGHUP.
     SelfSigned::generate(&["localhost"], KeyKind::EcdsaP256)
         .unwrap()
@@ -376,6 +393,20 @@ fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
     let new = served_cert(edge.https);
     assert_ne!(old, new, "new handshakes see the new certificate");
     assert_eq!(edge.metric("edge_tls_certificate_reloads_total"), 1);
+    {
+        use std::io::Write;
+        open_in
+            .write_all(b"GET /fixed HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .unwrap();
+    }
+    drop(open_in);
+    let out = open.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        text.matches("HTTP/1.1 200 OK").count(),
+        2,
+        "the open connection kept working across the renewal: {text}"
+    );
 
     // A broken replacement is refused; the last good certificate keeps serving.
     std::fs::write(dir.path().join("site.key"), "broken").unwrap();
@@ -946,4 +977,26 @@ return = {{ status = 200, body = "other\n" }}
         assert!(out.contains("Reused, TLSv1."), "{version}: {out}");
         assert!(out.contains("\nfixed\n"), "{version}: {out}");
     }
+}
+
+#[test]
+fn x_forwarded_for_from_a_trusted_peer_is_appended_to() {
+    let (upstream, seen) = recording_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(
+        dir.path(),
+        &upstream.to_string(),
+        r#"set_real_ip_from = ["127.0.0.1"]"#,
+    );
+    let (status, text) = edge.curl(&["-H", "X-Forwarded-For: 203.0.113.7"], "/who");
+    assert_eq!(status, 200, "{text}");
+    let seen = seen.lock().unwrap();
+    let request = &seen[0];
+    // The chain keeps what the trusted peer said and adds the peer itself;
+    // the client's address is the one it vouched for.
+    assert!(
+        request.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("x-real-ip: 203.0.113.7\r\n"), "{request}");
 }
