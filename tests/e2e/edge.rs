@@ -747,12 +747,28 @@ fn recording_upstream() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<Strin
     std::thread::spawn(move || {
         use std::io::{Read, Write};
         for mut stream in listener.incoming().flatten() {
+            // Read the head, then as many body bytes as it announces.
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut request = Vec::new();
             let mut buf = vec![0u8; 8192];
-            let n = stream.read(&mut buf).unwrap_or(0);
+            while let Ok(n @ 1..) = stream.read(&mut buf) {
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length: "))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
             record
                 .lock()
                 .unwrap()
-                .push(String::from_utf8_lossy(&buf[..n]).to_lowercase());
+                .push(String::from_utf8_lossy(&request).to_lowercase());
             let _ = stream
                 .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
         }
@@ -999,4 +1015,48 @@ fn x_forwarded_for_from_a_trusted_peer_is_appended_to() {
         "{request}"
     );
     assert!(request.contains("x-real-ip: 203.0.113.7\r\n"), "{request}");
+}
+
+#[test]
+fn a_slow_client_body_is_buffered_before_the_upstream_is_contacted() {
+    use std::io::Write;
+    let (upstream, seen) = recording_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &upstream.to_string(), "");
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{}", edge.https)])
+        .args(["-servername", "localhost", "-ign_eof", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut input = client.stdin.take().unwrap();
+    let body = "b".repeat(600);
+    input
+        .write_all(
+            format!(
+                "POST /upload HTTP/1.1\r\nHost: localhost\r\nContent-Length: 600\r\nConnection: close\r\n\r\n{}",
+                &body[..300]
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    // Half the body is in: the upstream has not been contacted at all.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+    input.write_all(&body.as_bytes()[300..]).unwrap();
+    drop(input);
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    // It arrived whole, in one piece, with its length.
+    assert!(seen[0].contains("content-length: 600\r\n"), "{}", seen[0]);
+    assert!(seen[0].ends_with(&body), "{}", seen[0]);
 }
