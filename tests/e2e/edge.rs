@@ -316,35 +316,18 @@ fn s_client(port: u16, args: &[&str]) -> String {
     s_client_status(port, args).1
 }
 
-/// `openssl s_client`: whether it exited 0, and what it printed.
+/// `openssl s_client` for `localhost` with `args` and nothing on its
+/// standard input: whether it exited 0, and what it printed.
 fn s_client_status(port: u16, args: &[&str]) -> (bool, String) {
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &format!("127.0.0.1:{port}"),
-            "-servername",
-            "localhost",
-        ])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    s_client_with_input(
+        port,
+        &[&["-servername", "localhost"][..], args].concat(),
+        "",
+    )
 }
 
 fn served_cert(port: u16) -> String {
-    let out = s_client(port, &[]);
-    let start = out
-        .find("-----BEGIN CERTIFICATE-----")
-        .unwrap_or_else(|| panic!("{out}"));
-    let end = out[start..].find("-----END").unwrap() + start;
-    out[start..end].to_owned()
+    first_pem(&s_client(port, &[]))
 }
 
 #[test]
@@ -368,14 +351,7 @@ fn openssl_sees_tls12_and_13_only_alpn_and_sighup_certificate_reload() {
 
     let old = served_cert(edge.https);
     // A connection open across the renewal: one request before, one after.
-    let mut open = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{}", edge.https)])
-        .args(["-servername", "localhost", "-ign_eof", "-quiet"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut open = s_client_session(edge.https);
     let mut open_in = open.stdin.take().unwrap();
     {
         use std::io::Write;
@@ -921,6 +897,20 @@ fn s_client_with_input(port: u16, args: &[&str], input: &str) -> (bool, String) 
     (out.status.success(), text)
 }
 
+/// One TLS connection to `localhost` on `port` that lives as long as the
+/// child: what is written to its standard input is sent, what the server
+/// answers comes out on its standard output (`-quiet`: nothing else).
+fn s_client_session(port: u16) -> std::process::Child {
+    Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .args(["-servername", "localhost", "-ign_eof", "-quiet"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 /// The first certificate in PEM text (`s_client` output or a file).
 fn first_pem(text: &str) -> String {
     let start = text
@@ -1023,14 +1013,7 @@ fn a_slow_client_body_is_buffered_before_the_upstream_is_contacted() {
     let (upstream, seen) = recording_upstream();
     let dir = tempfile::tempdir().unwrap();
     let edge = start_edge(dir.path(), &upstream.to_string(), "");
-    let mut client = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{}", edge.https)])
-        .args(["-servername", "localhost", "-ign_eof", "-quiet"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut client = s_client_session(edge.https);
     let mut input = client.stdin.take().unwrap();
     let body = "b".repeat(600);
     input
