@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use wharf_tls::{KeyKind, SelfSigned};
 
-use crate::support::{command, free_port, start, wait_for_port, Running};
+use crate::support::{command, free_port, output_with_input, start, wait_for_port, Running};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
@@ -873,22 +873,12 @@ fn proxy_protocol_gives_the_client_address_from_trusted_peers_only() {
 /// `openssl s_client` to 127.0.0.1:`port` with `args`, `input` on its
 /// standard input: whether it exited 0, and what it printed.
 fn s_client_with_input(port: u16, args: &[&str], input: &str) -> (bool, String) {
-    use std::io::Write;
-    let mut child = Command::new("openssl")
-        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_input(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(args),
+        input,
+    );
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

@@ -116,6 +116,25 @@ pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
 }
 
 /// Runs curl with `args`, returning (exit success, stdout).
+/// Runs `command` with `input` on its standard input (then closed) and
+/// collects what it printed.
+pub fn output_with_input(command: &mut Command, input: &str) -> Output {
+    use std::io::Write;
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
 pub fn curl(args: &[&str]) -> (bool, String) {
     let out = Command::new("curl")
         .args(["-s", "--max-time", "10"])

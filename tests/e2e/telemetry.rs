@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{curl, free_port, start, wait_for_port, Running};
+use crate::support::{curl, free_port, output_with_input, start, wait_for_port, Running};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const STATUS_SERIES: &str =
@@ -119,20 +119,7 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
 
 /// `promtool check metrics` (lint included) passes on `text`.
 fn promtool_check_metrics(promtool: &str, text: &str) {
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = output_with_input(Command::new(promtool).args(["check", "metrics"]), text);
     assert!(
         out.status.success(),
         "promtool check metrics: {}{}\n{text}",
