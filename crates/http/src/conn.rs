@@ -41,8 +41,40 @@ pub struct ConnectInfo {
 
 const NONE: u64 = u64::MAX;
 const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
-const RESPONSE_414: &[u8] = b"HTTP/1.1 414 URI Too Long\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 17\r\n\r\n414 URI Too Long\n";
-const RESPONSE_408: &[u8] = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: 20\r\n\r\n408 Request Timeout\n";
+/// The answers this layer writes itself, before hyper has a request to give
+/// the middleware: built once per server, with the security headers the
+/// middleware puts on every other response.
+#[derive(Debug)]
+pub(crate) struct RawAnswers {
+    request_timeout: Bytes,
+    uri_too_long: Bytes,
+}
+
+impl RawAnswers {
+    pub(crate) fn new(headers: &[(http::HeaderName, http::HeaderValue)]) -> Self {
+        let answer = |status: &str| {
+            let body = format!("{status}\n");
+            let mut text = format!(
+                "HTTP/1.1 {status}\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
+                body.len()
+            )
+            .into_bytes();
+            for (name, value) in headers {
+                text.extend_from_slice(name.as_str().as_bytes());
+                text.extend_from_slice(b": ");
+                text.extend_from_slice(value.as_bytes());
+                text.extend_from_slice(b"\r\n");
+            }
+            text.extend_from_slice(b"\r\n");
+            text.extend_from_slice(body.as_bytes());
+            Bytes::from(text)
+        };
+        Self {
+            request_timeout: answer("408 Request Timeout"),
+            uri_too_long: answer("414 URI Too Long"),
+        }
+    }
+}
 
 /// What the watchdog does when a deadline passes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +113,7 @@ pub(crate) struct ConnState {
     line_ended: AtomicBool,
     /// Longest request line (method, target, version) before answering 414.
     max_request_line: usize,
+    answers: Arc<RawAnswers>,
     uri_too_long: AtomicBool,
     /// Bytes were written to the stream since it was last flushed (hyper
     /// flushes the stream only once its own write buffer is empty).
@@ -91,7 +124,7 @@ pub(crate) struct ConnState {
 }
 
 impl ConnState {
-    pub(crate) fn new(max_request_line: usize) -> Self {
+    pub(crate) fn new(max_request_line: usize, answers: Arc<RawAnswers>) -> Self {
         Self {
             start: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -107,6 +140,7 @@ impl ConnState {
             head_len: AtomicUsize::new(0),
             line_ended: AtomicBool::new(false),
             max_request_line,
+            answers,
             uri_too_long: AtomicBool::new(false),
             unflushed: AtomicBool::new(false),
             body_unread: AtomicBool::new(false),
@@ -336,7 +370,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
             // buffer), then report end of stream so hyper closes.
             if !*this.answered_timeout && this.state.head_bytes.load(Ordering::Relaxed) {
                 *this.answered_timeout = true;
-                let _ = this.inner.as_mut().poll_write(cx, RESPONSE_408);
+                let answer = &this.state.answers.request_timeout;
+                let _ = this.inner.as_mut().poll_write(cx, answer);
             }
             return Poll::Ready(Ok(()));
         }
@@ -363,7 +398,8 @@ impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
             buf.set_filled(before);
             if !*this.answered_timeout {
                 *this.answered_timeout = true;
-                let _ = this.inner.as_mut().poll_write(cx, RESPONSE_414);
+                let answer = &this.state.answers.uri_too_long;
+                let _ = this.inner.as_mut().poll_write(cx, answer);
             }
             this.state.set_timed_out();
             return Poll::Ready(Ok(()));

@@ -229,6 +229,9 @@ impl Server {
             http1: self.http1_builder(),
             http2: self.http2_builder(),
             config: self.config.clone(),
+            answers: Arc::new(crate::conn::RawAnswers::new(
+                &crate::middleware::security_headers(&self.config),
+            )),
             slots: Arc::new(Semaphore::new(self.config.max_connections)),
             hook: self.hook.clone(),
             open: std::sync::atomic::AtomicUsize::new(0),
@@ -298,6 +301,8 @@ struct Shared {
     http1: http1::Builder,
     http2: http2::Builder<TokioExecutor>,
     config: ServerConfig,
+    /// The 408 and 414 the connection layer writes itself.
+    answers: Arc<crate::conn::RawAnswers>,
     slots: Arc<Semaphore>,
 }
 
@@ -693,7 +698,10 @@ fn serve_connection<Io>(
 where
     Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
-    let conn_state = Arc::new(ConnState::new(open.0.config.max_request_line_bytes));
+    let conn_state = Arc::new(ConnState::new(
+        open.0.config.max_request_line_bytes,
+        Arc::clone(&open.0.answers),
+    ));
     let stage = Stage::Waiting(Waiting {
         io: TrackedIo::new(stream, Arc::clone(&conn_state)),
         buf: [0; HTTP2_PREFACE.len()],

@@ -202,6 +202,20 @@ fn edge_answers_408_to_slow_heads_and_paused_bodies() {
         "slow heads were not answered 408: {report:?}"
     );
 
+    // One slow head read back whole: the 408 the connection layer writes
+    // itself carries the security headers too.
+    let mut slow = TcpStream::connect(edge.addr()).unwrap();
+    slow.write_all(b"GET /slow HTTP/1.1\r\nHost: local")
+        .unwrap();
+    let answer = raw::read_all(&mut slow, Duration::from_secs(5));
+    assert_eq!(answer.statuses(), [408], "{}", answer.text());
+    let text = answer.text().to_ascii_lowercase();
+    assert!(
+        text.contains("x-content-type-options: nosniff\r\n"),
+        "{text}"
+    );
+    assert!(text.contains("x-frame-options: "), "{text}");
+
     let mut paused = TcpStream::connect(edge.addr()).unwrap();
     paused
         .write_all(
@@ -457,6 +471,13 @@ fn an_oversized_uri_is_414() {
         );
         let answer = exchange(addr, request.as_bytes(), Duration::from_secs(3));
         assert_eq!(answer.statuses(), [414]);
+        // Written by the connection layer itself, with the security headers.
+        let text = answer.text().to_ascii_lowercase();
+        assert!(
+            text.contains("x-content-type-options: nosniff\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("x-frame-options: "), "{text}");
     }
 }
 

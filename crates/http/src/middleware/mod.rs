@@ -162,6 +162,33 @@ where
     })
 }
 
+/// The security headers of layer 3, as `config` sets them: also written into
+/// the answers the connection layer sends itself (408, 414).
+pub(crate) fn security_headers(config: &ServerConfig) -> Vec<(header::HeaderName, HeaderValue)> {
+    let hsts = config.hsts_max_age.and_then(|age| {
+        let subdomains = if config.hsts_include_subdomains {
+            "; includeSubDomains"
+        } else {
+            ""
+        };
+        HeaderValue::from_str(&format!("max-age={}{subdomains}", age.as_secs())).ok()
+    });
+    [
+        (
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        ),
+        (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+        (
+            header::REFERRER_POLICY,
+            HeaderValue::from_static("no-referrer"),
+        ),
+    ]
+    .into_iter()
+    .chain(hsts.map(|value| (header::STRICT_TRANSPORT_SECURITY, value)))
+    .collect()
+}
+
 /// Builds the pipeline of the [module docs](self) around `app`.
 pub(crate) fn stack<S, B>(
     config: &ServerConfig,
@@ -176,14 +203,6 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let hsts = config.hsts_max_age.and_then(|age| {
-        let subdomains = if config.hsts_include_subdomains {
-            "; includeSubDomains"
-        } else {
-            ""
-        };
-        HeaderValue::from_str(&format!("max-age={}{subdomains}", age.as_secs())).ok()
-    });
     let app = ServiceBuilder::new()
         .option_layer(health.map(HealthLayer::new))
         .service(App {
@@ -193,21 +212,7 @@ where
     let pipeline = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(AccessLogLayer::new(config.access_log).with_observer(observer))
-        .layer(DefaultHeadersLayer::new(
-            [
-                (
-                    header::X_CONTENT_TYPE_OPTIONS,
-                    HeaderValue::from_static("nosniff"),
-                ),
-                (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
-                (
-                    header::REFERRER_POLICY,
-                    HeaderValue::from_static("no-referrer"),
-                ),
-            ]
-            .into_iter()
-            .chain(hsts.map(|value| (header::STRICT_TRANSPORT_SECURITY, value))),
-        ))
+        .layer(DefaultHeadersLayer::new(security_headers(config)))
         .layer(ErrorBodyLayer)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
