@@ -588,17 +588,20 @@ fn check_config_names_the_line_and_reason_and_exits_78() {
     assert!(stderr.contains(&format!("edge.toml:{line}:")), "{stderr}");
     assert!(stderr.contains("no upstream of that name"), "{stderr}");
 
-    std::fs::write(
-        &path,
-        text.replace("[tls]", "[tls]\nsession_tickts = false"),
-    )
-    .unwrap();
+    let typo_text = text.replace("[tls]", "[tls]\nsession_tickts = false");
+    let line = typo_text
+        .lines()
+        .position(|l| l.starts_with("session_tickts"))
+        .unwrap()
+        + 1;
+    std::fs::write(&path, typo_text).unwrap();
     let typo = command(EDGE, &HashMap::new())
         .args(["check-config", "--config", path.to_str().unwrap()])
         .output()
         .unwrap();
     assert_eq!(typo.status.code(), Some(78));
     let stderr = String::from_utf8_lossy(&typo.stderr);
+    assert!(stderr.contains(&format!("edge.toml:{line}:")), "{stderr}");
     assert!(
         stderr.contains("unknown field `session_tickts`"),
         "{stderr}"
