@@ -266,6 +266,9 @@ fn upstream_down_is_502_and_limits_are_413_and_431() {
     let (status, text) = edge.curl(&["--http1.1", "-H", &header], "/fixed");
     assert_eq!(status, 431, "{text}");
     assert_security_headers(&text);
+    let (status, text) = edge.curl(&["--http2", "-H", &header], "/fixed");
+    assert_eq!(status, 431, "HTTP/2: {text}");
+    assert_security_headers(&text);
     let (status, text) = edge.curl(&[], "/fixed");
     assert_eq!((status, text.ends_with("fixed\n")), (200, true), "{text}");
 }

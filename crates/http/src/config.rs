@@ -24,9 +24,10 @@ pub struct ServerConfig {
     pub graceful_timeout: Duration,
     /// Largest HTTP/1 request head (request line and headers) and HTTP/2
     /// header list; beyond it the answer is `431` (or `414` for a long URI).
-    /// HTTP/1 heads up to twice this (at least 8 KiB over it) are still read
-    /// whole and answered through the middleware, security headers included;
-    /// a larger one gets hyper's own bare `431`. At least 8192. Default 16 KiB.
+    /// Heads (HTTP/2: header lists) up to twice this (at least 8 KiB over it)
+    /// are still read whole and answered through the middleware, security
+    /// headers included; a larger one gets hyper's own bare `431`.
+    /// At least 8192. Default 16 KiB.
     pub max_header_bytes: usize,
     /// Largest request body: `413` when `Content-Length` says more, before the
     /// body is read; a body streamed past it fails to read. Default 10 MiB.

@@ -150,7 +150,14 @@ impl Server {
         builder
             .timer(TokioTimer::new())
             .max_concurrent_streams(self.config.http2_max_concurrent_streams)
-            .max_header_list_size(u32::try_from(self.config.max_header_bytes).unwrap_or(u32::MAX))
+            // As for HTTP/1: a header list up to this is answered 431 by the
+            // middleware (with the security headers), past it by h2 itself.
+            .max_header_list_size(
+                u32::try_from(crate::middleware::http1_read_buffer(
+                    self.config.max_header_bytes,
+                ))
+                .unwrap_or(u32::MAX),
+            )
             // Answer a client resetting streams en masse (CVE-2023-44487) with GOAWAY.
             .max_pending_accept_reset_streams(Some(20))
             .keep_alive_interval(Some(self.config.keepalive_timeout / 3))

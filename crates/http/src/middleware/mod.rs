@@ -88,9 +88,10 @@ fn head_bytes<B>(request: &Request<B>) -> (usize, usize) {
     (line, line + fields + 2)
 }
 
-/// hyper answers a head too large for its read buffer itself, and that answer
-/// goes out without the security headers; so the buffer is larger than the
-/// limit, and a head up to this size is answered here, through the layers.
+/// hyper answers a head too large for its read buffer (HTTP/2: a header list
+/// over its limit) itself, and that answer goes out without the security
+/// headers; so the buffer is larger than the limit, and a head up to this
+/// size is answered here, through the layers.
 pub(crate) fn http1_read_buffer(max_head_bytes: usize) -> usize {
     max_head_bytes
         .saturating_mul(2)
