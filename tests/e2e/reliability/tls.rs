@@ -177,15 +177,20 @@ fn websocket_upstream(frames_read: Arc<AtomicUsize>, close_on_close: bool) -> St
 }
 
 fn upgrade(addr: SocketAddr) -> TcpStream {
-    let mut stream = TcpStream::connect(addr).unwrap();
+    let stream = TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    upgrade_over(stream)
+}
+
+/// Asks for a WebSocket upgrade over `stream` and reads the `101` head.
+fn upgrade_over<S: Read + Write>(mut stream: S) -> S {
     stream
         .write_all(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         .unwrap();
     let mut head = Vec::new();
     let mut byte = [0_u8; 1];
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
     while !head.ends_with(b"\r\n\r\n") {
         stream.read_exact(&mut byte).unwrap();
         head.push(byte[0]);
@@ -196,6 +201,49 @@ fn upgrade(addr: SocketAddr) -> TcpStream {
         String::from_utf8_lossy(&head)
     );
     stream
+}
+
+/// The WebSocket echo through edge's TLS listener (HTTP/1.1 by ALPN, as
+/// browsers open `wss://`): the upgrade, a frame each way, the close.
+#[test]
+fn websocket_echo_over_tls() {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let upstream = websocket_upstream(Arc::new(AtomicUsize::new(0)), true);
+    let edge = Edge::start(&EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", upstream.addr),
+        tls: true,
+        ..EdgeSpec::default()
+    });
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(edge.cert_pem.as_deref().unwrap().as_bytes()).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(edge.tls_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let tls = rustls::StreamOwned::new(
+        rustls::ClientConnection::new(Arc::new(config), name).unwrap(),
+        tcp,
+    );
+    let mut ws = upgrade_over(tls);
+    assert_eq!(ws.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    ws.write_all(&client_frame(0x1, b"hello")).unwrap();
+    let mut echo = [0_u8; 7];
+    ws.read_exact(&mut echo).unwrap();
+    assert_eq!(&echo, b"\x81\x05hello");
+    ws.write_all(&client_frame(0x8, &1000_u16.to_be_bytes()))
+        .unwrap();
+    let mut close = [0_u8; 4];
+    ws.read_exact(&mut close).unwrap();
+    assert_eq!(close[0], 0x88);
 }
 
 /// Close handshake, then the client keeps sending: the upstream has closed,
