@@ -10,12 +10,11 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 
 use super::raw::get;
 use super::stub::{Reply, Stub};
-use super::{api_env, document_path, frontend, Edge, EdgeSpec};
+use super::{api_env, document_path, frontend, tls_client, Edge, EdgeSpec};
 
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const DATA: u8 = 0;
@@ -143,7 +142,7 @@ impl H2<Tls> {
         let tcp = TcpStream::connect(edge.tls_addr()).unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         tcp.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        let config = tls_client(edge.cert_pem.as_deref().unwrap());
+        let config = tls_client(edge.cert_pem.as_deref().unwrap(), b"h2");
         let name = ServerName::try_from("localhost").unwrap();
         let mut tls = Tls::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
         while tls.conn.is_handshaking() {
@@ -154,22 +153,6 @@ impl H2<Tls> {
         tls.sock.set_write_timeout(None).unwrap();
         Self::over(tls)
     }
-}
-
-/// A rustls client configuration trusting `cert_pem` alone, ALPN `h2`.
-fn tls_client(cert_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    Arc::new(config)
 }
 
 impl<S: Socket> H2<S> {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use super::raw::read_all;
 use super::stub::{Reply, Stub};
-use super::{eventually, Edge, EdgeSpec};
+use super::{eventually, tls_client, Edge, EdgeSpec};
 
 fn tls_edge(upstream: &Stub, handshake_timeout: &str) -> Edge {
     Edge::start(&EdgeSpec {
@@ -207,34 +207,25 @@ fn upgrade_over<S: Read + Write>(mut stream: S) -> S {
 /// browsers open `wss://`): the upgrade, a frame each way, the close.
 #[test]
 fn websocket_echo_over_tls() {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, ServerName};
+    use rustls::pki_types::ServerName;
     let upstream = websocket_upstream(Arc::new(AtomicUsize::new(0)), true);
     let edge = Edge::start(&EdgeSpec {
         servers: format!("{{ address = \"{}\" }}", upstream.addr),
         tls: true,
         ..EdgeSpec::default()
     });
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(edge.cert_pem.as_deref().unwrap().as_bytes()).unwrap())
-        .unwrap();
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = tls_client(edge.cert_pem.as_deref().unwrap(), b"http/1.1");
     let tcp = TcpStream::connect(edge.tls_addr()).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let name = ServerName::try_from("localhost").unwrap();
-    let tls = rustls::StreamOwned::new(
-        rustls::ClientConnection::new(Arc::new(config), name).unwrap(),
-        tcp,
-    );
+    let tls = rustls::StreamOwned::new(rustls::ClientConnection::new(config, name).unwrap(), tcp);
     let mut ws = upgrade_over(tls);
     assert_eq!(ws.conn.alpn_protocol(), Some(&b"http/1.1"[..]));
+    echo_then_close(&mut ws);
+}
+
+/// A text frame echoed, then the close handshake.
+fn echo_then_close(ws: &mut (impl Read + Write)) {
     ws.write_all(&client_frame(0x1, b"hello")).unwrap();
     let mut echo = [0_u8; 7];
     ws.read_exact(&mut echo).unwrap();
@@ -257,15 +248,7 @@ fn websocket_frames_after_close_end_the_tunnel() {
         ..EdgeSpec::default()
     });
     let mut ws = upgrade(edge.addr());
-    ws.write_all(&client_frame(0x1, b"hello")).unwrap();
-    let mut echo = [0_u8; 7];
-    ws.read_exact(&mut echo).unwrap();
-    assert_eq!(&echo, b"\x81\x05hello");
-    ws.write_all(&client_frame(0x8, &1000_u16.to_be_bytes()))
-        .unwrap();
-    let mut close = [0_u8; 4];
-    ws.read_exact(&mut close).unwrap();
-    assert_eq!(close[0], 0x88);
+    echo_then_close(&mut ws);
     // Frames after close.
     let started = Instant::now();
     let mut eof = false;
