@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use wharf_tls::{KeyKind, SelfSigned};
 
+use crate::reliability::stub::{Reply, Stub};
 use crate::support::{command, free_port, output_with_input, start, wait_for_port, Running};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
@@ -719,43 +720,9 @@ fn text_above_the_threshold_is_brotli_or_gzip_compressed_as_the_client_accepts()
     assert!(!head.contains("vary:"), "{head}");
 }
 
-/// An upstream that answers every request `200 ok` and keeps each request's
-/// text, lower-cased.
-fn recording_upstream() -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let record = Arc::clone(&seen);
-    std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        for mut stream in listener.incoming().flatten() {
-            // Read the head, then as many body bytes as it announces.
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut request = Vec::new();
-            let mut buf = vec![0u8; 8192];
-            while let Ok(n @ 1..) = stream.read(&mut buf) {
-                request.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&request).to_lowercase();
-                if let Some(end) = text.find("\r\n\r\n") {
-                    let length = text[..end]
-                        .lines()
-                        .find_map(|l| l.strip_prefix("content-length: "))
-                        .and_then(|v| v.trim().parse::<usize>().ok())
-                        .unwrap_or(0);
-                    if request.len() >= end + 4 + length {
-                        break;
-                    }
-                }
-            }
-            record
-                .lock()
-                .unwrap()
-                .push(String::from_utf8_lossy(&request).to_lowercase());
-            let _ = stream
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    (addr, seen)
+/// An upstream that answers every request `200 ok` and keeps what it read.
+fn recording_upstream() -> Stub {
+    Stub::start(|_| Reply::text(200, "ok"))
 }
 
 /// edge with one plain listener that expects PROXY protocol headers from
@@ -826,10 +793,10 @@ const PROXIED_GET: &[u8] = b"GET /who HTTP/1.1\r\nHost: localhost\r\nConnection:
 #[test]
 fn proxy_protocol_gives_the_client_address_from_trusted_peers_only() {
     let dir = tempfile::tempdir().unwrap();
-    let (upstream, seen) = recording_upstream();
+    let upstream = recording_upstream();
 
     // A trusted load balancer: v1 and v2 headers name the client.
-    let edge = start_proxy_protocol_edge(dir.path(), upstream, "127.0.0.1");
+    let edge = start_proxy_protocol_edge(dir.path(), upstream.addr, "127.0.0.1");
     let mut v1 = b"PROXY TCP4 203.0.113.7 127.0.0.1 51234 80\r\n".to_vec();
     v1.extend_from_slice(PROXIED_GET);
     let answer = exchange_raw(edge.addr(), &v1);
@@ -838,42 +805,28 @@ fn proxy_protocol_gives_the_client_address_from_trusted_peers_only() {
     v2.extend_from_slice(PROXIED_GET);
     let answer = exchange_raw(edge.addr(), &v2);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    {
-        let seen = seen.lock().unwrap();
-        assert_eq!(seen.len(), 2, "{seen:?}");
-        assert!(
-            seen[0].contains("x-real-ip: 203.0.113.7\r\n"),
-            "{}",
-            seen[0]
-        );
-        assert!(
-            seen[0].contains("x-forwarded-for: 203.0.113.7\r\n"),
-            "{}",
-            seen[0]
-        );
-        assert!(
-            seen[1].contains("x-real-ip: 198.51.100.9\r\n"),
-            "{}",
-            seen[1]
-        );
-    }
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].header("x-real-ip").as_deref(), Some("203.0.113.7"));
+    assert_eq!(
+        seen[0].header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7")
+    );
+    assert_eq!(seen[1].header("x-real-ip").as_deref(), Some("198.51.100.9"));
     drop(edge);
 
     // The same header from a peer outside set_real_ip_from is not believed:
     // it is not HTTP, so the request is refused, and nothing reaches the
     // upstream with the claimed address. Plain requests from that peer work.
-    let edge = start_proxy_protocol_edge(dir.path(), upstream, "10.0.0.0/8");
+    let edge = start_proxy_protocol_edge(dir.path(), upstream.addr, "10.0.0.0/8");
     let answer = exchange_raw(edge.addr(), &v1);
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
     let answer = exchange_raw(edge.addr(), PROXIED_GET);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    let seen = seen.lock().unwrap();
+    let seen = upstream.seen();
     assert_eq!(seen.len(), 3, "{seen:?}");
-    assert!(seen[2].contains("x-real-ip: 127.0.0.1\r\n"), "{}", seen[2]);
-    assert!(
-        !seen.iter().skip(2).any(|r| r.contains("203.0.113.7")),
-        "{seen:?}"
-    );
+    assert_eq!(seen[2].header("x-real-ip").as_deref(), Some("127.0.0.1"));
+    assert!(!seen[2].head.contains("203.0.113.7"), "{seen:?}");
 }
 
 /// `openssl s_client` to 127.0.0.1:`port` with `args`, `input` on its
@@ -983,32 +936,33 @@ return = {{ status = 200, body = "other\n" }}
 
 #[test]
 fn x_forwarded_for_from_a_trusted_peer_is_appended_to() {
-    let (upstream, seen) = recording_upstream();
+    let upstream = recording_upstream();
     let dir = tempfile::tempdir().unwrap();
     let edge = start_edge(
         dir.path(),
-        &upstream.to_string(),
+        &upstream.addr.to_string(),
         r#"set_real_ip_from = ["127.0.0.1"]"#,
     );
     let (status, text) = edge.curl(&["-H", "X-Forwarded-For: 203.0.113.7"], "/who");
     assert_eq!(status, 200, "{text}");
-    let seen = seen.lock().unwrap();
-    let request = &seen[0];
+    let seen = upstream.seen();
     // The chain keeps what the trusted peer said and adds the peer itself;
     // the client's address is the one it vouched for.
-    assert!(
-        request.contains("x-forwarded-for: 203.0.113.7, 127.0.0.1\r\n"),
-        "{request}"
+    assert_eq!(
+        seen[0].header("x-forwarded-for").as_deref(),
+        Some("203.0.113.7, 127.0.0.1"),
+        "{:?}",
+        seen[0]
     );
-    assert!(request.contains("x-real-ip: 203.0.113.7\r\n"), "{request}");
+    assert_eq!(seen[0].header("x-real-ip").as_deref(), Some("203.0.113.7"));
 }
 
 #[test]
 fn a_slow_client_body_is_buffered_before_the_upstream_is_contacted() {
     use std::io::Write;
-    let (upstream, seen) = recording_upstream();
+    let upstream = recording_upstream();
     let dir = tempfile::tempdir().unwrap();
-    let edge = start_edge(dir.path(), &upstream.to_string(), "");
+    let edge = start_edge(dir.path(), &upstream.addr.to_string(), "");
     let mut client = s_client_session(edge.https);
     let mut input = client.stdin.take().unwrap();
     let body = "b".repeat(600);
@@ -1021,21 +975,18 @@ fn a_slow_client_body_is_buffered_before_the_upstream_is_contacted() {
             .as_bytes(),
         )
         .unwrap();
-    // Half the body is in: the upstream has not been contacted at all.
+    // Half the body is in: the upstream has not been contacted at all (no
+    // connection, not just no whole request).
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(
-        seen.lock().unwrap().is_empty(),
-        "{:?}",
-        seen.lock().unwrap()
-    );
+    assert_eq!(upstream.connections(), 0, "{:?}", upstream.seen());
     input.write_all(&body.as_bytes()[300..]).unwrap();
     drop(input);
     let out = client.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let seen = seen.lock().unwrap();
+    let seen = upstream.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
-    // It arrived whole, in one piece, with its length.
-    assert!(seen[0].contains("content-length: 600\r\n"), "{}", seen[0]);
-    assert!(seen[0].ends_with(&body), "{}", seen[0]);
+    // It arrived whole, with its length.
+    assert_eq!(seen[0].header("content-length").as_deref(), Some("600"));
+    assert_eq!(seen[0].body, body.as_bytes());
 }

@@ -96,6 +96,8 @@ struct State {
     up: AtomicBool,
     /// Bumped on every "down": connections from before it are closed.
     epoch: AtomicU64,
+    /// Connections accepted so far.
+    connections: AtomicU64,
 }
 
 pub struct Stub {
@@ -114,6 +116,7 @@ impl Stub {
             stop: AtomicBool::new(false),
             up: AtomicBool::new(true),
             epoch: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
         });
         let thread = {
             let state = Arc::clone(&state);
@@ -138,6 +141,12 @@ impl Stub {
     /// Every request read so far.
     pub fn seen(&self) -> Vec<Seen> {
         self.state.seen.lock().unwrap().clone()
+    }
+
+    /// Connections accepted so far, whether or not a whole request came on
+    /// them (a request is in [`seen`](Self::seen) only once read whole).
+    pub fn connections(&self) -> u64 {
+        self.state.connections.load(Ordering::SeqCst)
     }
 
     pub fn clear(&self) {
@@ -210,6 +219,7 @@ fn accept_loop(mut listener: Option<TcpListener>, addr: SocketAddr, state: &Arc<
         };
         match l.accept() {
             Ok((stream, _)) => {
+                state.connections.fetch_add(1, Ordering::SeqCst);
                 let state = Arc::clone(state);
                 std::thread::spawn(move || serve(stream, &state));
             }
