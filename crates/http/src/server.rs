@@ -139,7 +139,7 @@ impl Server {
             .keep_alive(true)
             // Past the limit, up to this, the head is still read whole and
             // answered 431 through the middleware (security headers included).
-            .max_buf_size(crate::middleware::http1_read_buffer(
+            .max_buf_size(crate::middleware::head_read_limit(
                 self.config.max_header_bytes,
             ));
         builder
@@ -153,7 +153,7 @@ impl Server {
             // As for HTTP/1: a header list up to this is answered 431 by the
             // middleware (with the security headers), past it by h2 itself.
             .max_header_list_size(
-                u32::try_from(crate::middleware::http1_read_buffer(
+                u32::try_from(crate::middleware::head_read_limit(
                     self.config.max_header_bytes,
                 ))
                 .unwrap_or(u32::MAX),
@@ -226,9 +226,12 @@ impl Server {
             .map(Listener::into_tokio)
             .collect::<Result<Vec<_>, _>>()?;
 
+        let security_headers = crate::middleware::security_headers(&self.config);
+        let answers = Arc::new(crate::conn::RawAnswers::new(&security_headers));
         let shared = Arc::new(Shared {
             app: crate::middleware::stack(
                 &self.config,
+                security_headers,
                 self.health.clone(),
                 self.observer.clone(),
                 app,
@@ -236,9 +239,7 @@ impl Server {
             http1: self.http1_builder(),
             http2: self.http2_builder(),
             config: self.config.clone(),
-            answers: Arc::new(crate::conn::RawAnswers::new(
-                &crate::middleware::security_headers(&self.config),
-            )),
+            answers,
             slots: Arc::new(Semaphore::new(self.config.max_connections)),
             hook: self.hook.clone(),
             open: std::sync::atomic::AtomicUsize::new(0),

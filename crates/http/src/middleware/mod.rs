@@ -92,7 +92,7 @@ fn head_bytes<B>(request: &Request<B>) -> (usize, usize) {
 /// over its limit) itself, and that answer goes out without the security
 /// headers; so the buffer is larger than the limit, and a head up to this
 /// size is answered here, through the layers.
-pub(crate) fn http1_read_buffer(max_head_bytes: usize) -> usize {
+pub(crate) fn head_read_limit(max_head_bytes: usize) -> usize {
     max_head_bytes
         .saturating_mul(2)
         .max(max_head_bytes.saturating_add(8 * 1024))
@@ -163,8 +163,9 @@ where
     })
 }
 
-/// The security headers of layer 3, as `config` sets them: also written into
-/// the answers the connection layer sends itself (408, 414).
+/// The security headers of layer 3, as `config` sets them: computed once per
+/// server, for [`stack`] and for the answers the connection layer sends
+/// itself (408, 414).
 pub(crate) fn security_headers(config: &ServerConfig) -> Vec<(header::HeaderName, HeaderValue)> {
     let hsts = config.hsts_max_age.and_then(|age| {
         let subdomains = if config.hsts_include_subdomains {
@@ -193,6 +194,7 @@ pub(crate) fn security_headers(config: &ServerConfig) -> Vec<(header::HeaderName
 /// Builds the pipeline of the [module docs](self) around `app`.
 pub(crate) fn stack<S, B>(
     config: &ServerConfig,
+    security_headers: Vec<(header::HeaderName, HeaderValue)>,
     health: Option<Health>,
     observer: Option<access_log::RequestObserver>,
     app: S,
@@ -213,7 +215,7 @@ where
     let pipeline = ServiceBuilder::new()
         .layer(RequestIdLayer)
         .layer(AccessLogLayer::new(config.access_log).with_observer(observer))
-        .layer(DefaultHeadersLayer::new(security_headers(config)))
+        .layer(DefaultHeadersLayer::new(security_headers))
         .layer(ErrorBodyLayer)
         .layer(TimeoutLayer::with_status_code(
             StatusCode::GATEWAY_TIMEOUT,
