@@ -82,18 +82,18 @@ pub fn is_sane_request_id(value: &HeaderValue) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// Drops an incoming request id that is not sane, so one is generated instead.
-pub(crate) fn drop_insane_request_id<B>(mut request: Request<B>) -> Request<B> {
-    let insane = request
-        .headers()
-        .get_all(&X_REQUEST_ID_NAME)
-        .iter()
-        .enumerate()
-        .any(|(i, v)| i > 0 || !is_sane_request_id(v));
-    if insane {
-        request.headers_mut().remove(&X_REQUEST_ID_NAME);
+/// The incoming request id if there is exactly one and it is sane; an insane
+/// or repeated one is removed. One lookup of the header either way.
+fn sane_request_id(headers: &mut http::HeaderMap) -> Option<HeaderValue> {
+    let mut ids = headers.get_all(&X_REQUEST_ID_NAME).iter();
+    match (ids.next(), ids.next()) {
+        (None, _) => None,
+        (Some(id), None) if is_sane_request_id(id) => Some(id.clone()),
+        _ => {
+            headers.remove(&X_REQUEST_ID_NAME);
+            None
+        }
     }
-    request
 }
 
 /// Keeps a sane incoming `X-Request-Id` (an insane or repeated one is
@@ -130,19 +130,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        let mut request = drop_insane_request_id(request);
-        let id = if let Some(id) = request.headers().get(&X_REQUEST_ID_NAME) {
-            Some(id.clone())
-        } else {
-            let made = HeaderValue::from_bytes(&MakeWharfRequestId::next_id_bytes()).ok();
-            if let Some(id) = &made {
-                request
-                    .headers_mut()
-                    .insert(X_REQUEST_ID_NAME.clone(), id.clone());
-            }
-            made
-        };
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let id = sane_request_id(request.headers_mut()).or_else(|| {
+            let made = MakeWharfRequestId.make_request_id(&request)?;
+            let made = made.header_value().clone();
+            request
+                .headers_mut()
+                .insert(X_REQUEST_ID_NAME.clone(), made.clone());
+            Some(made)
+        });
         if let Some(id) = &id {
             request.extensions_mut().insert(RequestId::new(id.clone()));
         }
@@ -185,6 +181,12 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Drops an incoming request id that is not sane, as the layer does.
+    fn drop_insane_request_id<B>(mut request: Request<B>) -> Request<B> {
+        sane_request_id(request.headers_mut());
+        request
+    }
 
     #[test]
     fn ids_are_unique_and_sane() {
