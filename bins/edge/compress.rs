@@ -25,7 +25,7 @@ use tower_http::compression::CompressionLayer;
 use wharf_http::{BoxError, ResponseBody};
 
 /// Wraps `inner` so that responses `predicate` selects are compressed by
-/// `layer` (whose own predicate must be the same).
+/// `layer` (its encodings and quality), which is given the same predicate.
 #[derive(Clone)]
 pub(crate) struct Compress<S, P> {
     inner: S,
@@ -33,11 +33,11 @@ pub(crate) struct Compress<S, P> {
     predicate: P,
 }
 
-impl<S, P> Compress<S, P> {
-    pub(crate) fn new(inner: S, layer: CompressionLayer<P>, predicate: P) -> Self {
+impl<S, P: Predicate> Compress<S, P> {
+    pub(crate) fn new(inner: S, layer: CompressionLayer, predicate: P) -> Self {
         Self {
             inner,
-            layer,
+            layer: layer.compress_when(predicate.clone()),
             predicate,
         }
     }

@@ -532,12 +532,11 @@ fn spawn_listener(
     let min = config.http.gzip_min_length;
     // Quality 4 for both: brotli's own default (11) costs tens of
     // milliseconds per page; gzip 4 is close to 6 in size and faster.
-    let predicate = SizeAbove::new(min).and(compressible as Compressible);
     let compression = CompressionLayer::new()
         .gzip(config.http.gzip)
         .br(config.http.brotli)
-        .quality(tower_http::CompressionLevel::Precise(4))
-        .compress_when(predicate);
+        .quality(tower_http::CompressionLevel::Precise(4));
+    let predicate = SizeAbove::new(min).and(compressible as Compressible);
     let compressing = compress::Compress::new(app, compression, predicate);
     let listeners = vec![listener];
     if let Some(port) = plan.redirect_https_port {
