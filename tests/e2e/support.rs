@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -145,4 +146,53 @@ pub fn curl(args: &[&str]) -> (bool, String) {
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
+}
+
+/// Whether this run is on CI (`CI` set to anything but empty, `false` or `0`),
+/// where every tool a test needs is installed and a missing one is a failure.
+pub fn on_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+/// `tool` (a name looked up on `PATH`, or an absolute path) when it is
+/// installed. Otherwise: on CI ([`on_ci`]) a panic naming the `install`
+/// command, since a CI run must check everything; elsewhere a `SKIPPED:`
+/// line on stderr (shown even when the harness captures output) naming the test, the tool and how to install it, and
+/// `None`, so the caller skips what needs the tool and says so.
+pub fn require_tool(tool: &str, install: &str) -> Option<PathBuf> {
+    if let Some(path) = find_tool(tool) {
+        return Some(path);
+    }
+    assert!(
+        !on_ci(),
+        "{tool} is not installed: {install} (.ci/run installs it)"
+    );
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("this test");
+    skipped(test, &format!("needs {tool} ({install})"));
+    None
+}
+
+/// Says `SKIPPED: <what>: <reason>` on the process's stderr, past the test
+/// harness's capture (which hides what `eprintln!` prints in a passing test).
+pub fn skipped(what: &str, reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED: {what}: {reason}");
+}
+
+/// `tool` on `PATH` (or the absolute path itself), if it is an executable file.
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| {
+        path.metadata()
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if tool.contains('/') {
+        let path = PathBuf::from(tool);
+        return executable(&path).then_some(path);
+    }
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(tool))
+        .find(|path| executable(path))
 }

@@ -5,10 +5,13 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{curl, free_port, output_with_input, start, wait_for_port, Running};
+use crate::support::{
+    curl, free_port, output_with_input, require_tool, start, wait_for_port, Running,
+};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const STATUS_SERIES: &str =
@@ -100,10 +103,8 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
             .is_some_and(|v| (v - 40.0).abs() < 0.5),
         "{text}"
     );
-    if let Some(promtool) = which("promtool") {
+    if let Some(promtool) = require_tool("promtool", "apt-get install -y prometheus") {
         promtool_check_metrics(&promtool, &text);
-    } else {
-        eprintln!("SKIPPED promtool check: promtool not installed (.ci/run installs prometheus)");
     }
     // Kill a worker: its 20-odd requests must stay counted.
     let victim = workers(frontend.child.id())[0];
@@ -118,7 +119,7 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
 }
 
 /// `promtool check metrics` (lint included) passes on `text`.
-fn promtool_check_metrics(promtool: &str, text: &str) {
+fn promtool_check_metrics(promtool: &Path, text: &str) {
     let out = output_with_input(Command::new(promtool).args(["check", "metrics"]), text);
     assert!(
         out.status.success(),
@@ -133,8 +134,7 @@ fn promtool_check_metrics(promtool: &str, text: &str) {
 /// passes `promtool check metrics`.
 #[test]
 fn an_edge_scrape_passes_promtool() {
-    let Some(promtool) = which("promtool") else {
-        eprintln!("SKIPPED: promtool not installed (.ci/run installs prometheus)");
+    let Some(promtool) = require_tool("promtool", "apt-get install -y prometheus") else {
         return;
     };
     let upstream = crate::reliability::frontend(&[]);
@@ -199,16 +199,6 @@ fn public_metrics_need_the_bearer_token() {
     }
 }
 
-fn which(program: &str) -> Option<String> {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
-}
-
 struct Prometheus(Child);
 
 impl Drop for Prometheus {
@@ -238,8 +228,7 @@ fn scalar(result: &[serde_json::Value]) -> Option<f64> {
 
 #[test]
 fn a_real_prometheus_sees_a_steady_rate_and_a_p99_across_a_worker_replacement() {
-    let Some(prometheus) = which("prometheus") else {
-        eprintln!("SKIPPED: prometheus not installed (.ci/run installs it)");
+    let Some(prometheus) = require_tool("prometheus", "apt-get install -y prometheus") else {
         return;
     };
     let (frontend, admin) = frontend(&[]);
@@ -314,8 +303,7 @@ fn a_real_prometheus_sees_a_steady_rate_and_a_p99_across_a_worker_replacement() 
 
 #[test]
 fn alert_rules_are_valid_and_every_alert_passes_its_unit_test() {
-    let Some(promtool) = which("promtool") else {
-        eprintln!("SKIPPED: promtool not installed (.ci/run installs prometheus)");
+    let Some(promtool) = require_tool("promtool", "apt-get install -y prometheus") else {
         return;
     };
     let dir = concat!(

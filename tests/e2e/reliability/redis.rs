@@ -43,7 +43,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server is installed");
+            .expect("redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)");
         wait_for_port(
             SocketAddr::from(([127, 0, 0, 1], port)),
             Duration::from_secs(10),

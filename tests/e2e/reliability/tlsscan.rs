@@ -2,22 +2,18 @@
 //! vulnerabilities and HSTS. The JSON report is kept as a build artifact in
 //! `target/testssl/edge.json`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
 use super::stub::{Reply, Stub};
 use super::{Edge, EdgeSpec};
+use crate::support::{find_tool, require_tool};
 
 /// The testssl.sh executable: Debian's package installs it as `testssl`,
 /// upstream as `testssl.sh`.
-fn testssl() -> Option<&'static str> {
-    ["testssl.sh", "testssl"].into_iter().find(|name| {
-        Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|out| out.status.success())
-    })
+fn testssl() -> Option<PathBuf> {
+    find_tool("testssl.sh").or_else(|| require_tool("testssl", "apt-get install -y testssl.sh"))
 }
 
 /// `target/testssl/edge.json` (honouring `CARGO_TARGET_DIR`).
@@ -63,7 +59,7 @@ fn forward_secret_aead(name: &str) -> bool {
 
 /// Runs testssl.sh against `https://localhost:<https>/` (loopback only);
 /// its findings and the report's text.
-fn scan(testssl: &str, https: u16) -> (Vec<Finding>, String) {
+fn scan(testssl: &Path, https: u16) -> (Vec<Finding>, String) {
     let report = report_path();
     let _ = std::fs::remove_file(&report);
     let started = Instant::now();
@@ -111,7 +107,6 @@ fn scan(testssl: &str, https: u16) -> (Vec<Finding>, String) {
 #[test]
 fn testssl_finds_only_modern_protocols_fs_aead_suites_no_vulnerability_and_hsts() {
     let Some(testssl) = testssl() else {
-        eprintln!("SKIPPED: testssl.sh is not installed (Debian package testssl.sh)");
         return;
     };
     let upstream = Stub::start(|_| Reply::text(200, "ok"));
@@ -122,7 +117,7 @@ fn testssl_finds_only_modern_protocols_fs_aead_suites_no_vulnerability_and_hsts(
         ..EdgeSpec::default()
     });
     let https = edge.https.unwrap();
-    let (findings, text) = scan(testssl, https);
+    let (findings, text) = scan(&testssl, https);
     let by_id = |id: &str| {
         findings
             .iter()

@@ -38,7 +38,9 @@ fn start_cluster() -> Vec<Redis> {
         .args(&addrs)
         .args(["--cluster-replicas", "0", "--cluster-yes"])
         .output()
-        .expect("redis-cli must be installed");
+        .expect(
+            "redis-cli is not installed: apt-get install -y redis-server (.ci/run installs it)",
+        );
     assert!(
         output.status.success(),
         "cluster create: {}",

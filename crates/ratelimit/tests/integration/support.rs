@@ -63,7 +63,7 @@ impl Redis {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("redis-server must be installed");
+            .expect("redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)");
         self.child = Some(child);
         wait_for_pong(self.port, Duration::from_secs(10));
     }
