@@ -240,8 +240,8 @@ def cpu_of(pid):
 
 
 # Configuration the servers would otherwise inherit from whoever runs the
-# harness (a developer's shell, or `cargo test`, which exports the build script's
-# WHARF_GIT_COMMIT): every server gets exactly the configuration set here.
+# harness (a developer's shell): every server gets exactly the configuration
+# set here.
 INHERITED_CONFIG = re.compile(
     r"^(WHARF_.*|NOTIFY_ENVIRONMENT|PORT|WEB_CONCURRENCY|RUST_LOG|REDIS_.*|API_HOST_NAME|SECRET_KEY|"
     r"DANGEROUS_SALT|ADMIN_CLIENT_SECRET|DOCUMENT_DOWNLOAD_.*|HTTP_PROTOCOL|HTTP_SERVE_TIMEOUT_SECONDS|"

@@ -3,6 +3,11 @@
 //! `GIT_COMMIT` and `BUILD_TIME` in the build environment win (image builds
 //! have no `.git`); otherwise `git rev-parse HEAD` and the current time; outside
 //! a git checkout the commit is `unknown`.
+//!
+//! The names are `BUILD_INFO_*`, never `WHARF_*`: cargo also puts a build
+//! script's `rustc-env` variables in the environment of the program that
+//! `cargo run` and `cargo test` start, and `WHARF_*` belongs to the runtime
+//! configuration, whose strict loader refuses names it does not know.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,8 +38,8 @@ fn main() {
                 });
             rfc3339(secs)
         });
-    println!("cargo:rustc-env=WHARF_GIT_COMMIT={}", commit.trim());
-    println!("cargo:rustc-env=WHARF_BUILD_TIME={}", time.trim());
+    println!("cargo:rustc-env=BUILD_INFO_GIT_COMMIT={}", commit.trim());
+    println!("cargo:rustc-env=BUILD_INFO_TIME={}", time.trim());
 }
 
 fn git_commit() -> Option<String> {
