@@ -5,14 +5,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use wharf_config::ServerSection;
+use wharf_config::{Environment, ServerSection};
 
 #[path = "../shared/healthcheck.rs"]
 mod shared;
 
 /// Exits 0 when `/_status` answers 200 within `timeout`, 1 otherwise (saying why on stderr).
-pub(crate) fn run(server: &ServerSection, timeout: Duration) -> ExitCode {
-    let ip = match server.bind {
+pub(crate) fn run(server: &ServerSection, environment: Environment, timeout: Duration) -> ExitCode {
+    let ip = match server.bind_address(environment) {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
         ip => ip,

@@ -29,6 +29,9 @@ use crate::config::FrontendConfig;
 /// (`EX_UNAVAILABLE`).
 const EXIT_UNAVAILABLE: u8 = 69;
 
+/// The shared-memory segment holding the rate-limit zones of every worker.
+const RATELIMIT_SEGMENT: &str = "ratelimit";
+
 /// Signs CSRF tokens in development when `SECRET_KEY` is unset (never in a
 /// deployed environment, where `SECRET_KEY` is required).
 const DEVELOPMENT_SECRET_KEY: &str = "wharf-development-only-secret-key";
@@ -85,6 +88,7 @@ fn main() -> ExitCode {
         Command::Config { json } => print_config(&loaded, json),
         Command::Healthcheck { timeout } => healthcheck::run(
             &loaded.config.server,
+            loaded.environment,
             std::time::Duration::from_secs(timeout),
         ),
     }
@@ -161,7 +165,7 @@ fn serve(loaded: &Loaded<FrontendConfig>) -> ExitCode {
         return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
     }
     let environment = loaded.environment;
-    let addr = SocketAddr::new(config.server.bind, config.server.port);
+    let addr = SocketAddr::new(config.server.bind_address(environment), config.server.port);
     // In development without SECRET_KEY every worker must still sign CSRF
     // tokens with the same key; deployed environments require SECRET_KEY.
     let development_key = Secret::new(DEVELOPMENT_SECRET_KEY.to_owned());
@@ -182,9 +186,13 @@ fn serve(loaded: &Loaded<FrontendConfig>) -> ExitCode {
             return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
         }
     };
-    let supervisor = Supervisor::new(config.supervisor.clone())
+    let mut supervisor = Supervisor::new(config.supervisor.clone())
         .graceful_timeout(config.server.graceful_timeout())
         .listen(addr);
+    if config.ratelimit.enabled {
+        supervisor =
+            supervisor.shared_memory(RATELIMIT_SEGMENT, config.ratelimit.zone_memory_bytes());
+    }
     if !Supervisor::is_worker() {
         tracing::info!(
             address = %addr,
@@ -231,7 +239,18 @@ async fn run(
     let local = listeners.first().and_then(|l| l.local_addr().ok());
     // Rate limiting: Redis-backed when REDIS_ENABLED, in memory otherwise; a
     // limiter without zones when switched off keeps one service type.
-    let limit = match wharf_ratelimit::frontend_layer(&config.redis, &config.ratelimit) {
+    // The zones' memory is the instance's shared segment (one count however
+    // many workers serve, kept across worker replacement and upgrades).
+    let memory = match ctx.take_shared_memory(RATELIMIT_SEGMENT) {
+        Some(segment) => Some(
+            config
+                .ratelimit
+                .zone_memory(segment)
+                .map_err(|e| ServeError::Config(format!("rate limiting: {e}")))?,
+        ),
+        None => None,
+    };
+    let limit = match wharf_ratelimit::frontend_layer(&config.redis, &config.ratelimit, memory) {
         Ok(Some(layer)) => layer,
         Ok(None) => wharf_ratelimit::RateLimitLayer::new(
             wharf_ratelimit::Limiter::builder()
@@ -313,14 +332,16 @@ async fn run(
 /// Logs the local API's sample documents (development), so a browser shows
 /// the whole flow at once.
 fn log_samples(app: &DownloadApp, addr: SocketAddr) {
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        addr.ip().to_string()
+    // A wildcard listener is reached on loopback; an IPv6 host is bracketed.
+    let host = match addr.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        ip => ip,
     };
+    let origin = SocketAddr::new(host, addr.port());
     for sample in app.samples() {
         tracing::info!(
-            url = %format!("http://{host}:{}{}", addr.port(), sample.path),
+            url = %format!("http://{origin}{}", sample.path),
             description = sample.description,
             confirm_email_address = sample.confirm_email_address.as_deref().unwrap_or("-"),
             "Sample document"

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::environment::Environment;
 use crate::secret::Secret;
 use crate::var::{parse, Var};
 
@@ -15,8 +16,9 @@ use crate::var::{parse, Var};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSection {
-    /// `WHARF_BIND_ADDRESS`: address to listen on. Default `0.0.0.0`.
-    pub bind: IpAddr,
+    /// `WHARF_BIND_ADDRESS`: address to listen on. Unset, it depends on the
+    /// environment: see [`bind_address`](Self::bind_address).
+    pub bind: Option<IpAddr>,
     /// `PORT`: TCP port. Default 7001.
     pub port: u16,
     /// `WHARF_KEEPALIVE_SECONDS`: idle keep-alive connections are closed after
@@ -46,7 +48,7 @@ pub struct ServerSection {
 impl Default for ServerSection {
     fn default() -> Self {
         Self {
-            bind: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            bind: None,
             port: 7001,
             keepalive_seconds: 90,
             header_read_timeout_seconds: 10,
@@ -64,7 +66,8 @@ impl ServerSection {
     /// The variables that set this section, with keys under `section`.
     pub fn vars(section: &str) -> Vec<Var> {
         vec![
-            Var::new("WHARF_BIND_ADDRESS", "bind", parse::ip_addr()).help("address to listen on"),
+            Var::new("WHARF_BIND_ADDRESS", "bind", parse::ip_addr())
+                .help("address to listen on (unset: 127.0.0.1 in development, else 0.0.0.0)"),
             Var::new("PORT", "port", parse::port())
                 .required_when_deployed()
                 .help("TCP port to listen on"),
@@ -117,6 +120,18 @@ impl ServerSection {
         .into_iter()
         .map(|v| v.under(section))
         .collect()
+    }
+
+    /// The address to listen on: `WHARF_BIND_ADDRESS` when set; otherwise
+    /// loopback (`127.0.0.1`) in development, as Flask's and gunicorn's
+    /// defaults are, so a developer's server (and its sample documents) is
+    /// not reachable from the network, and every interface (`0.0.0.0`) in
+    /// any other environment.
+    pub fn bind_address(&self, environment: Environment) -> IpAddr {
+        self.bind.unwrap_or(match environment {
+            Environment::Development => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            _ => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        })
     }
 
     /// [`keepalive_seconds`](Self::keepalive_seconds) as a `Duration`.

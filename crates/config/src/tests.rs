@@ -104,7 +104,10 @@ fn every_seed_variable_lands_in_its_field() {
     assert_eq!(c.server.max_header_bytes, 32 * 1024);
     assert_eq!(c.server.max_body_bytes, 1024 * 1024);
     assert_eq!(c.server.max_connections, 50);
-    assert_eq!(c.server.bind.to_string(), "::");
+    assert_eq!(
+        c.server.bind_address(Environment::Production).to_string(),
+        "::"
+    );
     assert_eq!(c.server.hsts_max_age_seconds, 31_536_000);
     assert!(c.redis.enabled);
     assert_eq!(c.redis.url.unwrap().expose(), "redis://:pw@redis:6379/0");
@@ -167,8 +170,45 @@ fn an_unknown_environment_is_reported_and_checked_strictly() {
     assert!(err.problems.len() > 1, "{err}");
 }
 
+/// Development listens on loopback only (its local document API and sample
+/// documents must not be reachable from the network); every other
+/// environment on all interfaces; `WHARF_BIND_ADDRESS` wins in any.
+#[test]
+fn development_binds_loopback_and_deployed_environments_all_interfaces() {
+    let development = load(&[]).unwrap().config.server;
+    assert_eq!(development.bind, None);
+    assert_eq!(
+        development
+            .bind_address(Environment::Development)
+            .to_string(),
+        "127.0.0.1"
+    );
+    for environment in &Environment::ALL[1..] {
+        assert_eq!(
+            development.bind_address(*environment).to_string(),
+            "0.0.0.0",
+            "{environment}"
+        );
+    }
+    let explicit = load(&[("WHARF_BIND_ADDRESS", "0.0.0.0")]).unwrap();
+    assert_eq!(
+        explicit
+            .config
+            .server
+            .bind_address(explicit.environment)
+            .to_string(),
+        "0.0.0.0"
+    );
+}
+
 #[test]
 fn a_typo_in_a_wharf_variable_is_an_error() {
+    // The issue #20 example: one letter short of WHARF_ACCESS_LOG.
+    let err = load(&[("WHARF_ACESS_LOG", "false")]).unwrap_err();
+    assert_eq!(
+        err.problems[0].to_string(),
+        "WHARF_ACESS_LOG: unknown variable: no setting is called WHARF_ACESS_LOG"
+    );
     let err = load(&[("WHARF_KEEPALIVE_SECS", "5")]).unwrap_err();
     assert_eq!(
         err.problems[0].to_string(),
