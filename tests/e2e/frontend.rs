@@ -5,6 +5,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
+use crate::reliability::Proc;
 use crate::support::{command, curl, free_port, start};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
@@ -177,14 +178,65 @@ fn sigterm_drains_and_exits_zero_and_new_connections_are_refused() {
     assert!(lines.iter().any(|l| l["message"] == "Drained"));
 }
 
+/// Every address a process with this port is listening on, from the kernel's
+/// own tables (`/proc/net/tcp` and `tcp6`): what is reachable, whatever
+/// interfaces the machine has.
+fn listening_addresses(port: u16) -> Vec<std::net::IpAddr> {
+    let mut found = Vec::new();
+    for (table, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local_address is HEXIP:HEXPORT; state 0A is LISTEN.
+            let (Some(local), Some(&"0A")) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let Some((ip, p)) = local.split_once(':') else {
+                continue;
+            };
+            if u16::from_str_radix(p, 16).ok() != Some(port) {
+                continue;
+            }
+            // The kernel prints each 32-bit word in host (little-endian) order.
+            let words: Vec<u32> = (0..ip.len() / 8)
+                .map(|i| {
+                    u32::from_str_radix(&ip[i * 8..i * 8 + 8], 16)
+                        .unwrap()
+                        .swap_bytes()
+                })
+                .collect();
+            found.push(if v6 {
+                let mut octets = [0_u8; 16];
+                for (i, word) in words.iter().enumerate() {
+                    octets[i * 4..i * 4 + 4].copy_from_slice(&word.to_be_bytes());
+                }
+                std::net::IpAddr::from(octets)
+            } else {
+                std::net::IpAddr::from(words[0].to_be_bytes())
+            });
+        }
+    }
+    // One socket per worker in SO_REUSEPORT mode: the addresses matter.
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// With no environment at all (as the README's `cargo run` starts it), the
+/// frontend is development on 127.0.0.1:7001, loopback only, and serves.
 #[test]
-fn with_no_environment_it_is_development_on_port_7001() {
-    // No PORT: the default 7001 may be taken on a shared machine, so only the
-    // effective configuration is checked here.
+fn with_no_environment_it_is_development_on_loopback_port_7001() {
     let out = command(FRONTEND, &HashMap::new())
         .args(["config", "--json"])
         .output()
         .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc["environment"], "development");
     let port = doc["variables"]
@@ -195,12 +247,59 @@ fn with_no_environment_it_is_development_on_port_7001() {
         .unwrap()["value"]
         .clone();
     assert_eq!(port, "7001");
+
+    // Serving needs 7001 itself: no other test uses it, but the machine may.
+    if std::net::TcpListener::bind("0.0.0.0:7001").is_err() {
+        assert!(
+            std::env::var("CI").map_or(true, |ci| ci.is_empty() || ci == "false"),
+            "port 7001 is taken on this CI machine"
+        );
+        eprintln!("SKIPPED: serving on the default port: 7001 is taken here");
+        return;
+    }
+    let frontend = Proc::spawn(FRONTEND, &["serve"], &HashMap::new(), 7001, None);
+    let (ok, status) = curl(&["-w", "\n%{http_code}", &frontend_url(7001, "/_status")]);
+    assert!(ok && status.ends_with("\n200"), "{status}");
+    assert!(
+        status.contains("\"environment\":\"development\""),
+        "{status}"
+    );
+    assert_eq!(
+        listening_addresses(7001),
+        vec![std::net::IpAddr::from([127, 0, 0, 1])],
+        "development must listen on loopback only"
+    );
+    drop(frontend);
+
+    // Any other environment listens on every interface.
+    let port = free_port();
+    let mut vars = env(port);
+    vars.insert("NOTIFY_ENVIRONMENT", "test".into());
+    let _test = Proc::spawn(FRONTEND, &["serve"], &vars, port, None);
+    assert_eq!(
+        listening_addresses(port),
+        vec![std::net::IpAddr::from([0, 0, 0, 0])]
+    );
+}
+
+fn frontend_url(port: u16, path: &str) -> String {
+    format!("http://127.0.0.1:{port}{path}")
+}
+
+/// The access-log lines of `logs` for `path` as (status, pid).
+fn served(logs: &str, path: &str) -> Vec<(u64, u64)> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "Served request" && l["path"] == path)
+        .map(|l| (l["status"].as_u64().unwrap(), l["pid"].as_u64().unwrap()))
+        .collect()
 }
 
 /// The whole recipient journey on the offline default, across two worker
 /// processes: landing page, confirm email address (CSRF), the access cookie,
 /// and the file's bytes.
 #[test]
+#[allow(clippy::too_many_lines)] // one journey, step by step
 fn the_download_flow_works_offline_across_workers() {
     let port = free_port();
     let local_dir = tempfile::tempdir().unwrap();
@@ -210,12 +309,11 @@ fn the_download_flow_works_offline_across_workers() {
         "WHARF_DOWNLOAD_LOCAL_DIR",
         local_dir.path().display().to_string(),
     );
-    let frontend = start(FRONTEND, &["serve"], &vars, port);
-    // Wait for both workers.
-    std::thread::sleep(Duration::from_millis(300));
-    let jar = local_dir.path().join("cookies");
+    let jar_dir = tempfile::tempdir().unwrap();
+    let frontend = Proc::spawn(FRONTEND, &["serve"], &vars, port, Some(local_dir));
+    let jar = jar_dir.path().join("cookies");
     let jar = jar.to_str().unwrap();
-    let base = frontend.url("");
+    let base = frontend_url(port, "");
     let doc = "/d/jTpOLGsfTF6afS8OGzxNXg/fiudTFofSz6cjW8KK0xtjg";
     let key = "key=c2FtcGxlLWtleS1mb3ItdGhlLWNvbmZpcm0tZG9jdW1lbnQ";
 
@@ -283,16 +381,51 @@ fn the_download_flow_works_offline_across_workers() {
     } else {
         file_url
     };
-    // Several fetches, so both workers verify the cookie the other may have issued.
-    for _ in 0..4 {
+    // The worker that confirmed the address issued the access cookie; fetch
+    // the file on new connections until the other worker has verified it too
+    // (the kernel hands each connection to either worker).
+    let confirm_path = format!("{doc}/confirm-email-address");
+    let issuer = served(&frontend.logs(), &confirm_path)
+        .into_iter()
+        .find(|(status, _)| *status == 302)
+        .unwrap_or_else(|| panic!("no 302 for the confirmation in {}", frontend.logs()))
+        .1;
+    let file_path = file_url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or(&file_url)
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
+    let mut other_worker_served = false;
+    for _ in 0..200 {
         let (ok, bytes) = curl(&["-b", jar, &file_url]);
         assert!(ok);
         assert_eq!(
             bytes,
             "This is the sample file that needs email confirmation.\nIt was served by wharf's local document API.\n"
         );
+        let pids: Vec<(u64, u64)> = served(&frontend.logs(), &file_path);
+        assert!(pids.iter().all(|(status, _)| *status == 200), "{pids:?}");
+        if pids.iter().any(|(_, pid)| *pid != issuer) {
+            other_worker_served = true;
+            break;
+        }
     }
-    // Without the cookie the file is not served.
-    let (_, refused) = curl(&["-o", "/dev/null", "-w", "%{http_code}", &file_url]);
-    assert_ne!(refused, "200");
+    assert!(
+        other_worker_served,
+        "200 fetches all reached the worker that issued the cookie: {}",
+        frontend.logs()
+    );
+    // Without the cookie the file is not served: back to the landing page.
+    let (ok, refused) = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        &file_url,
+    ]);
+    assert!(ok);
+    assert_eq!(refused, format!("302 {base}{doc}?{key}"));
 }

@@ -675,6 +675,7 @@ async fn the_access_log_has_one_json_line_per_request_and_no_secrets() {
     assert_eq!(entry["user_agent"], "test-agent");
     assert!(entry["duration_ms"].as_f64().is_some());
     assert!(entry["peer"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert_eq!(entry["pid"], std::process::id());
     for secret in ["TOPSECRET", "COOKIESECRET", "AUTHSECRET"] {
         assert!(!text.contains(secret), "{secret} leaked into logs");
     }

@@ -402,8 +402,17 @@ fn log(record: &Record, bytes: u64) {
         trace_id = record.trace_id.as_deref(),
         peer = record.peer.as_deref(),
         user_agent = record.user_agent.as_deref(),
+        pid = process_id(),
         "Served request"
     );
+}
+
+/// This process's id (gunicorn's `%(p)s`): which worker served a request.
+/// Read once: workers are started by exec, never forked from a running
+/// process, so it cannot change under us.
+fn process_id() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 #[cfg(test)]
