@@ -265,6 +265,11 @@ impl ProxyInner {
             tokio::spawn(sweep_loop(Arc::downgrade(&self)));
         }
         let settings = &self.settings;
+        // A reverse proxy, not a forward one: CONNECT is refused (405, as
+        // nginx does), never passed on, so no upstream is asked to tunnel.
+        if request.method() == Method::CONNECT {
+            return error_page(StatusCode::METHOD_NOT_ALLOWED);
+        }
         if request
             .headers()
             .get(header::CONTENT_LENGTH)
