@@ -10,6 +10,8 @@ use crate::support::{free_port, start, wait_for_port};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
+/// The other sample, which needs email confirmation.
+const CONFIRM_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/fiudTFofSz6cjW8KK0xtjg?key=c2FtcGxlLWtleS1mb3ItdGhlLWNvbmZpcm0tZG9jdW1lbnQ";
 
 /// One request on a fresh connection; returns the status and the raw head.
 fn get(addr: SocketAddr, path: &str) -> (u16, String) {
@@ -52,13 +54,25 @@ fn document_routes_allow_the_burst_then_answer_429_with_retry_after() {
         "{:?}",
         statuses.iter().map(|s| s.0).collect::<Vec<_>>()
     );
+    // An admitted document page carries the limiter's headers too.
+    let first = statuses[0].1.to_ascii_lowercase();
+    assert!(first.contains("\r\nratelimit-policy: "), "{first}");
     let (status, head) = &statuses[24];
     assert_eq!(*status, 429);
     let head = head.to_ascii_lowercase();
     assert!(head.contains("\r\nretry-after: "), "{head}");
     assert!(head.contains("\r\nratelimit-policy: "), "{head}");
-    // Health checks are not limited.
-    assert_eq!(get(frontend.addr(), "/_status").0, 200);
+    // While the client is limited on document pages, health checks are not
+    // (more of them than the burst, none with the limiter's headers), and
+    // the zone is per client, not per page: another document is limited too.
+    for _ in 0..25 {
+        let (status, head) = get(frontend.addr(), "/_status");
+        assert_eq!(status, 200, "{head}");
+        let head = head.to_ascii_lowercase();
+        assert!(!head.contains("\r\nratelimit"), "{head}");
+    }
+    assert_eq!(get(frontend.addr(), CONFIRM_DOC).0, 429);
+    assert_eq!(get(frontend.addr(), PLAIN_DOC).0, 429);
 }
 
 struct Redis(Child);
