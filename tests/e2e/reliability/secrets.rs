@@ -109,11 +109,13 @@ fn error_pages_show_no_secret(client: &dyn Fn(&[&str]) -> String, base: &str) {
         }
     }
     // Error pages of edge and wharf-http themselves.
-    for path in [
-        format!("/%zz?key={KEY}"),
-        format!("/x?key={KEY}&{}", "a".repeat(20_000)),
+    for (path, status) in [
+        (format!("/%zz?key={KEY}"), "404"),
+        (format!("/x?key={KEY}&{}", "a".repeat(20_000)), "414"),
     ] {
-        let page = client(&[&format!("{base}{path}")]);
+        let page = client(&["-w", "\n%{http_code}", &format!("{base}{path}")]);
+        // An answer, not a failed request (whose empty output shows nothing).
+        assert!(page.ends_with(&format!("\n{status}")), "{path}: {page}");
         assert!(!page.contains(KEY), "{path}: {page}");
     }
 }
