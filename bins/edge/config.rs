@@ -61,8 +61,9 @@ pub(crate) struct EdgeConfig {
     pub(crate) servers: Vec<ServerSection>,
     /// `[[limit_req]]` zones (nginx `limit_req_zone` + `limit_req`): `zone`,
     /// `rate` (`10r/s`), `burst`, `nodelay`, `delay`, `key` (`client_ip`,
-    /// `route`, `global`, `header:<Name>`), `path_prefix`. Counted in this
-    /// process; a reload starts them afresh.
+    /// `route`, `global`, `header:<Name>`), `path_prefix`. Counted once per
+    /// instance, in memory every worker shares; a reload keeps the counts of
+    /// zones whose definition did not change.
     #[serde(default)]
     pub(crate) limit_req: Vec<wharf_ratelimit::ZoneConfig>,
     /// `limit_req_status`: the status of a rejected request. Default 429

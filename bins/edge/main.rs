@@ -318,7 +318,8 @@ fn serve_supervised(
 ) -> ExitCode {
     section.admin_address = config.admin.enabled.then(|| config.admin.address.clone());
     let mut supervisor = Supervisor::new(section)
-        .graceful_timeout(config.http.shutdown_timeout + Duration::from_secs(1));
+        .graceful_timeout(config.http.shutdown_timeout + Duration::from_secs(1))
+        .shared_memory(runtime::ZONE_SEGMENT, runtime::zone_memory_bytes());
     for plan in &built.listeners {
         supervisor = supervisor.listen(plan.addr);
     }
@@ -326,7 +327,25 @@ fn serve_supervised(
     let supervisor = supervisor.reload_check(Arc::new(move || {
         validate(check_path.as_deref()).map_err(|error| error.to_string())
     }));
-    let result = supervisor.run(move |ctx| async move {
+    let result = supervisor.run(move |mut ctx| async move {
+        // The limiter was built before the worker adopted the instance's
+        // zone segment: build again counting in it.
+        let built = match ctx.take_shared_memory(runtime::ZONE_SEGMENT) {
+            Some(segment) => {
+                if let Err(error) = runtime::use_zone_memory(segment) {
+                    tracing::error!(%error, "Cannot use the instance's rate-limit zone memory");
+                    return Err("the worker could not start (see the log above)");
+                }
+                match load(path.as_deref(), 1) {
+                    Ok((_, _, built)) => built,
+                    Err(error) => {
+                        tracing::error!(%error, "Cannot load the configuration");
+                        return Err("the worker could not start (see the log above)");
+                    }
+                }
+            }
+            None => built,
+        };
         if run(path, config, built, Some(ctx)).await == ExitCode::SUCCESS {
             Ok(())
         } else {

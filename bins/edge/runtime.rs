@@ -161,8 +161,50 @@ fn header_pair(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
     ))
 }
 
+/// The shared-memory segment (declared by the master) that holds every
+/// `[[limit_req]]` zone of the instance.
+pub(crate) const ZONE_SEGMENT: &str = "ratelimit";
+/// Zones the zone memory holds: the configured ones and, after reloads that
+/// changed some, their predecessors until reclaimed.
+pub(crate) const MAX_ZONES: usize = 32;
+
+/// Where this process's zones count: the instance's shared segment once a
+/// worker has adopted it, else this process's own memory (kept across
+/// configuration reloads, so an unchanged zone keeps its counts).
+static ZONE_MEMORY: RwLock<Option<wharf_ratelimit::ZoneMemory>> = RwLock::new(None);
+
+/// Bytes of the zone segment a master declares.
+pub(crate) fn zone_memory_bytes() -> usize {
+    wharf_ratelimit::ZoneMemory::bytes_for(MAX_ZONES, wharf_ratelimit::DEFAULT_MAX_KEYS)
+}
+
+/// Counts this process's zones in `words`, the instance's shared segment.
+pub(crate) fn use_zone_memory(
+    words: Arc<dyn AsRef<[AtomicU64]> + Send + Sync>,
+) -> Result<(), wharf_ratelimit::ZoneMemoryError> {
+    let memory =
+        wharf_ratelimit::ZoneMemory::new(words, MAX_ZONES, wharf_ratelimit::DEFAULT_MAX_KEYS)?;
+    *ZONE_MEMORY
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(memory);
+    Ok(())
+}
+
+fn zone_memory() -> Result<wharf_ratelimit::ZoneMemory, wharf_ratelimit::ZoneMemoryError> {
+    let mut memory = ZONE_MEMORY
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(memory) = memory.as_ref() {
+        return Ok(memory.clone());
+    }
+    let private =
+        wharf_ratelimit::ZoneMemory::private(MAX_ZONES, wharf_ratelimit::DEFAULT_MAX_KEYS)?;
+    *memory = Some(private.clone());
+    Ok(private)
+}
+
 /// The `[[limit_req]]` zones as one limiter, counting the client address the
-/// trusted proxies (`set_real_ip_from`) report.
+/// trusted proxies (`set_real_ip_from`) report, in the instance's zone memory.
 fn limit_req(
     config: &EdgeConfig,
     source: &Source,
@@ -171,8 +213,14 @@ fn limit_req(
     if config.limit_req.is_empty() {
         return Ok(None);
     }
+    if config.limit_req.len() > MAX_ZONES {
+        return Err(source.error(None, format!("limit_req: at most {MAX_ZONES} zones")));
+    }
+    let memory = zone_memory().map_err(|e| source.error(None, format!("limit_req: {e}")))?;
     let client_ip = wharf_ratelimit::ClientIp::new().trust_all(trusted.iter().copied());
-    let mut builder = wharf_ratelimit::Limiter::builder().client_ip(client_ip);
+    let mut builder = wharf_ratelimit::Limiter::builder()
+        .client_ip(client_ip)
+        .memory(memory);
     let mut names = HashSet::new();
     for zone in &config.limit_req {
         if !names.insert(zone.zone.clone()) {

@@ -18,6 +18,7 @@ mod frontend;
 mod load;
 mod ratelimit;
 mod reliability;
+mod shared_state;
 mod supervisor;
 mod support;
 mod telemetry;

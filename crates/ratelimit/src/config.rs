@@ -268,6 +268,33 @@ impl RateLimitSection {
         }
     }
 
+    /// Bytes of shared memory that hold `frontend`'s zones at
+    /// [`max_keys`](Self::max_keys) keys each (declare it with
+    /// `wharf_supervisor::Supervisor::shared_memory` and give it to
+    /// [`frontend_limiter`] in every worker, so the instance counts as one).
+    pub fn zone_memory_bytes(&self) -> usize {
+        crate::ZoneMemory::bytes_for(self.frontend_zones().len(), self.keys_per_zone())
+    }
+
+    /// Wraps `words` (a segment of [`zone_memory_bytes`](Self::zone_memory_bytes)
+    /// bytes) as the zone memory of `frontend`'s zones.
+    pub fn zone_memory(
+        &self,
+        words: std::sync::Arc<dyn AsRef<[std::sync::atomic::AtomicU64]> + Send + Sync>,
+    ) -> Result<crate::ZoneMemory, BuildError> {
+        Ok(crate::ZoneMemory::new(
+            words,
+            self.frontend_zones().len(),
+            self.keys_per_zone(),
+        )?)
+    }
+
+    fn keys_per_zone(&self) -> usize {
+        usize::try_from(self.max_keys)
+            .unwrap_or(usize::MAX)
+            .max(crate::memory::PROBE)
+    }
+
     /// `frontend`'s two zones.
     pub fn frontend_zones(&self) -> Vec<Zone> {
         let mut document = Zone::new("document", self.document_rate)
@@ -299,12 +326,15 @@ impl RateLimitSection {
 }
 
 /// Builds `frontend`'s limiter: Redis-backed when `redis.enabled`, in memory
-/// otherwise; `None` when the section disables limiting. Call it inside the
-/// tokio runtime (the Redis client starts connecting in the background; it
-/// does not wait for Redis, so a Redis outage never stops start-up).
+/// otherwise (in `memory` when given: the instance's shared segment, see
+/// [`RateLimitSection::zone_memory`]; else this process's own); `None` when
+/// the section disables limiting. Call it inside the tokio runtime (the
+/// Redis client starts connecting in the background; it does not wait for
+/// Redis, so a Redis outage never stops start-up).
 pub fn frontend_limiter(
     redis: &RedisSection,
     section: &RateLimitSection,
+    memory: Option<crate::ZoneMemory>,
 ) -> Result<Option<Limiter>, BuildError> {
     if !section.enabled {
         return Ok(None);
@@ -312,6 +342,9 @@ pub fn frontend_limiter(
     let mut builder = Limiter::builder()
         .client_ip(section.client_ip()?)
         .max_keys_per_zone(usize::try_from(section.max_keys).unwrap_or(usize::MAX));
+    if let Some(memory) = memory {
+        builder = builder.memory(memory);
+    }
     for zone in section.frontend_zones() {
         builder = builder.zone(zone);
     }
@@ -326,8 +359,9 @@ pub fn frontend_limiter(
 pub fn frontend_layer(
     redis: &RedisSection,
     section: &RateLimitSection,
+    memory: Option<crate::ZoneMemory>,
 ) -> Result<Option<RateLimitLayer>, BuildError> {
-    Ok(frontend_limiter(redis, section)?
+    Ok(frontend_limiter(redis, section, memory)?
         .map(|limiter| RateLimitLayer::new(limiter).with_settings(section.response_settings())))
 }
 

@@ -16,6 +16,17 @@ pub enum BuildError {
     /// Two zones have the same name.
     #[error("two rate-limit zones are named {0:?}")]
     DuplicateZone(String),
+    /// The zone memory cannot hold these zones.
+    #[error("rate-limit zone memory: {0}")]
+    Memory(#[from] crate::memory::ZoneMemoryError),
+    /// More zones than the shared zone memory was made for.
+    #[error("{zones} rate-limit zones, but the shared zone memory holds {capacity}")]
+    TooManyZones {
+        /// Zones configured.
+        zones: usize,
+        /// Zones the memory holds.
+        capacity: usize,
+    },
     /// A trusted proxy range does not parse.
     #[error(transparent)]
     TrustedProxy(#[from] crate::key::IpNetError),

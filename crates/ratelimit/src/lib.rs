@@ -79,6 +79,7 @@ pub use limiter::{
     Decision, FailureMode, Limiter, LimiterBuilder, Matcher, Source, StoreKind, Zone, ZoneResult,
     DEFAULT_MAX_KEYS,
 };
+pub use memory::{ZoneMemory, ZoneMemoryError};
 pub use metrics::{Metrics, ZoneCounters};
 pub use rate::{Per, Rate, RateError, MAX_REQUESTS_PER_SECOND};
 pub use redis::{RedisOptions, RedisStore};

@@ -10,7 +10,7 @@ use crate::breaker::BreakerState;
 use crate::error::BuildError;
 use crate::gcra::{Outcome, Policy};
 use crate::key::{ClientIp, KeySource};
-use crate::memory::{self, LocalClock, Table};
+use crate::memory::{self, LocalClock, Table, ZoneMemory};
 use crate::metrics::Metrics;
 use crate::rate::Rate;
 use crate::redis::{RedisStore, Unavailable};
@@ -314,6 +314,7 @@ pub struct LimiterBuilder {
     client_ip: ClientIp,
     redis: Option<RedisStore>,
     max_keys: Option<usize>,
+    memory: Option<ZoneMemory>,
 }
 
 /// Default most keys each zone keeps in memory.
@@ -349,6 +350,17 @@ impl LimiterBuilder {
         self
     }
 
+    /// Keeps the memory zones' state in `memory`: give every worker process
+    /// of an instance the same shared segment (made by the master) and they
+    /// count as one, across worker restarts and binary upgrades too. Its
+    /// keys per zone replace [`max_keys_per_zone`](Self::max_keys_per_zone).
+    /// Default: memory of this process alone.
+    #[must_use]
+    pub fn memory(mut self, memory: ZoneMemory) -> Self {
+        self.memory = Some(memory);
+        self
+    }
+
     /// The limiter.
     pub fn build(self) -> Result<Limiter, BuildError> {
         for (i, zone) in self.zones.iter().enumerate() {
@@ -356,23 +368,41 @@ impl LimiterBuilder {
                 return Err(BuildError::DuplicateZone(zone.name.clone()));
             }
         }
-        let max_keys = self.max_keys.unwrap_or(DEFAULT_MAX_KEYS);
+        let memory = match self.memory {
+            Some(memory) if memory.zones() < self.zones.len() => {
+                return Err(BuildError::TooManyZones {
+                    zones: self.zones.len(),
+                    capacity: memory.zones(),
+                })
+            }
+            Some(memory) => memory,
+            None => ZoneMemory::private(
+                self.zones.len().max(1),
+                self.max_keys.unwrap_or(DEFAULT_MAX_KEYS).max(memory::PROBE),
+            )?,
+        };
+        let clock = LocalClock::new();
+        let now_secs = clock.now() / 1_000_000;
         let metrics = Metrics::new(self.zones.iter().map(|z| z.name.clone()));
         Ok(Limiter {
             inner: Arc::new(Inner {
                 zones: self
                     .zones
                     .into_iter()
-                    .map(|zone| ZoneState {
-                        name: Arc::from(zone.name.as_str()),
-                        policy: zone.policy(),
-                        table: Table::new(max_keys),
-                        zone,
+                    .map(|zone| {
+                        let policy = zone.policy();
+                        ZoneState {
+                            name: Arc::from(zone.name.as_str()),
+                            table: memory
+                                .table(memory::definition_id(&zone.name, &policy), now_secs),
+                            policy,
+                            zone,
+                        }
                     })
                     .collect(),
                 client_ip: self.client_ip,
                 redis: self.redis,
-                clock: LocalClock::new(),
+                clock,
                 metrics,
             }),
         })

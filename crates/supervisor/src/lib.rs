@@ -52,6 +52,7 @@
 mod config;
 mod master;
 mod notify;
+mod shared;
 mod stats;
 mod sys;
 mod upgrade;
@@ -65,6 +66,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 pub use config::{AcceptMode, SupervisorSection};
 pub use notify::sd_notify;
+pub use shared::SharedMemory;
 pub use stats::{InFlightGuard, WorkerStats};
 pub use worker::{InstanceMetrics, MetricsSource, WorkerContext};
 
@@ -118,6 +120,7 @@ pub struct Supervisor {
     graceful_timeout: Duration,
     addrs: Vec<SocketAddr>,
     reload_check: Option<ReloadCheck>,
+    shared: Vec<shared::Declared>,
 }
 
 impl std::fmt::Debug for Supervisor {
@@ -127,6 +130,7 @@ impl std::fmt::Debug for Supervisor {
             .field("graceful_timeout", &self.graceful_timeout)
             .field("addrs", &self.addrs)
             .field("reload_check", &self.reload_check.is_some())
+            .field("shared", &self.shared)
             .finish()
     }
 }
@@ -139,7 +143,22 @@ impl Supervisor {
             graceful_timeout: Duration::from_secs(30),
             addrs: Vec::new(),
             reload_check: None,
+            shared: Vec::new(),
         }
+    }
+
+    /// Declares a shared-memory segment of `bytes` bytes: made zeroed by the
+    /// master before any worker starts, mapped by every worker (take it with
+    /// [`WorkerContext::take_shared_memory`]), kept across worker
+    /// replacements (HUP, crashes, `max_requests`) and handed to the new
+    /// master on a USR2 upgrade when its size is unchanged. This is how an
+    /// instance keeps one state however many workers it runs (nginx's
+    /// shared-memory zones). In one process (`workers = 0`) it is that
+    /// process's own.
+    #[must_use]
+    pub fn shared_memory(mut self, name: impl Into<String>, bytes: usize) -> Self {
+        self.shared.push(shared::Declared::new(name.into(), bytes));
+        self
     }
 
     /// Runs `check` in the master on SIGHUP before any worker is replaced:
@@ -189,18 +208,21 @@ impl Supervisor {
             return worker::run_worker(env, threads, service);
         }
         let listeners = self.listeners()?;
+        let inherited = upgrade::inherited_shared(listeners.len())?;
+        let shared = shared::make(&self.shared, inherited)?;
         if self.config.workers == Some(0) {
             let threads = self.config.worker_threads.map_or_else(
                 || std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
                 |n| usize::try_from(n).unwrap_or(1),
             );
-            return worker::run_single(listeners, threads, service);
+            return worker::run_single(listeners, shared, threads, service);
         }
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
         let master = master::Master::new(self.config, self.graceful_timeout, listeners)?
-            .with_reload_check(self.reload_check);
+            .with_reload_check(self.reload_check)
+            .with_shared_memory(shared);
         runtime.block_on(master.run())
     }
 

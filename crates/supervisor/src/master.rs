@@ -22,7 +22,7 @@ use crate::sys::{self, ExitKind};
 use crate::worker::{
     Report, DRAIN, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT, INSTANCE_METRICS_TAG, METRICS_TAG,
 };
-use crate::{ReloadCheck, SupervisorError};
+use crate::{ReloadCheck, SharedMemory, SupervisorError};
 use wharf_telemetry::metrics::Aggregator;
 
 const TICK: Duration = Duration::from_millis(200);
@@ -114,6 +114,9 @@ pub(crate) struct Master {
     /// The sockets the master bound or inherited; in `reuseport` mode, slot
     /// 0's.
     listeners: Vec<TcpListener>,
+    /// Shared memory made (or taken over) by this master, inherited by every
+    /// worker after its control channel.
+    shared: Vec<Arc<SharedMemory>>,
     /// `reuseport` mode: the sockets of slots 1.., siblings of `listeners` in
     /// the kernel's `SO_REUSEPORT` group. Held here so a slot's queue outlives
     /// its worker.
@@ -155,6 +158,12 @@ impl Master {
         self
     }
 
+    /// The shared-memory segments every worker inherits.
+    pub(crate) fn with_shared_memory(mut self, shared: Vec<Arc<SharedMemory>>) -> Self {
+        self.shared = shared;
+        self
+    }
+
     pub(crate) fn new(
         config: SupervisorSection,
         graceful_timeout: Duration,
@@ -166,6 +175,7 @@ impl Master {
         Ok(Self {
             graceful_timeout,
             listeners,
+            shared: Vec::new(),
             slot_listeners: HashMap::new(),
             accept: config.accept,
             program,
@@ -255,10 +265,15 @@ impl Master {
         let mut fds = self.slot_fds(slot);
         let listener_count = fds.len();
         fds.push(sys::raw(&theirs));
+        fds.extend(self.shared.iter().map(|s| s.raw_fd()));
         let env = vec![
             (ENV_SLOT.to_owned(), slot.to_string()),
             (ENV_LISTENERS.to_owned(), listener_count.to_string()),
             (ENV_MASTER_PID.to_owned(), self.pid.to_string()),
+            (
+                crate::shared::ENV_SHARED.to_owned(),
+                crate::shared::encode(&self.shared),
+            ),
         ];
         let pid = sys::spawn_with_fds(&self.program, &self.args, &env, &fds, self.pid, true)
             .map_err(SupervisorError::Spawn)?;
@@ -838,8 +853,9 @@ impl Master {
             tracing::warn!("SIGUSR2: an upgrade is already in progress");
             return;
         }
-        let fds: Vec<i32> = self.listeners.iter().map(sys::raw).collect();
-        let env = crate::upgrade::env(self.listeners.len(), self.pid);
+        let mut fds: Vec<i32> = self.listeners.iter().map(sys::raw).collect();
+        fds.extend(self.shared.iter().map(|s| s.raw_fd()));
+        let env = crate::upgrade::env(self.listeners.len(), &self.shared, self.pid);
         match sys::spawn_with_fds(&self.program, &self.args, &env, &fds, self.pid, false) {
             Ok(pid) => {
                 tracing::info!(

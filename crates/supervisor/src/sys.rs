@@ -387,3 +387,95 @@ fn syscall_name(number: i64) -> Option<&'static str> {
     };
     Some(name)
 }
+
+/// A new anonymous memory file (`memfd_create`, close-on-exec) of `bytes`
+/// bytes, zeroed: shared memory a master hands its workers as an fd.
+pub(crate) fn memfd(name: &str, bytes: usize) -> io::Result<OwnedFd> {
+    let name = std::ffi::CString::new(format!("wharf-{name}"))
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a segment name"))?;
+    // SAFETY: `name` is a valid NUL-terminated string for the call's duration.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let file = std::fs::File::from(owned);
+    file.set_len(u64::try_from(bytes).unwrap_or(u64::MAX))?;
+    Ok(file.into())
+}
+
+/// The size in bytes of the file behind `fd`.
+pub(crate) fn file_len(fd: &OwnedFd) -> io::Result<usize> {
+    let file = std::fs::File::from(fd.try_clone()?);
+    usize::try_from(file.metadata()?.len()).map_err(io::Error::other)
+}
+
+/// A `MAP_SHARED` read-write mapping of a whole memory file, unmapped on drop.
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: std::ptr::NonNull<libc::c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory, accessed only as atomics (see
+// `words`); moving or sharing the handle between threads is sound.
+unsafe impl Send for Mapping {}
+// SAFETY: as above.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` bytes of `fd` shared (every process that maps
+    /// the same file sees the same memory).
+    pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
+        if len == 0 || len % 8 != 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a shared segment is a whole number of 8-byte words",
+            ));
+        }
+        // SAFETY: a fresh mapping at an address of the kernel's choosing; it
+        // aliases no Rust object. The fd stays valid for the call.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = std::ptr::NonNull::new(ptr).ok_or_else(|| io::Error::other("mmap gave NULL"))?;
+        Ok(Self { ptr, len })
+    }
+
+    /// The mapping as 64-bit atomic words. Other processes write the same
+    /// memory at any time, so it is never exposed as plain integers.
+    pub(crate) fn words(&self) -> &[std::sync::atomic::AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned), `len` bytes
+        // long (a multiple of 8, checked in `new`) and valid until `self` is
+        // dropped, which outlives the returned borrow. AtomicU64 has u64's
+        // size and layout and permits concurrent access from any thread or
+        // process; every access goes through it.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU64>(),
+                self.len / 8,
+            )
+        }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the range `new` mapped; no borrow of it
+        // outlives `self` (`words` borrows `self`).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr(), self.len);
+        }
+    }
+}

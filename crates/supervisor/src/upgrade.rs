@@ -8,12 +8,33 @@ const ENV_FDS: &str = "_WHARF_UPGRADE_FDS";
 /// The old master's pid, to signal once the new workers are ready.
 const ENV_FROM: &str = "_WHARF_UPGRADE_FROM";
 
-/// The variables for a new master inheriting `listeners` sockets from `old`.
-pub(crate) fn env(listeners: usize, old: u32) -> Vec<(String, String)> {
+/// The variables for a new master inheriting `listeners` sockets and then
+/// the `shared` segments from `old`.
+pub(crate) fn env(
+    listeners: usize,
+    shared: &[std::sync::Arc<crate::SharedMemory>],
+    old: u32,
+) -> Vec<(String, String)> {
     vec![
         (ENV_FDS.to_owned(), listeners.to_string()),
         (ENV_FROM.to_owned(), old.to_string()),
+        (
+            crate::shared::ENV_SHARED.to_owned(),
+            crate::shared::encode(shared),
+        ),
     ]
+}
+
+/// The shared-memory segments inherited from the old master (after its
+/// `listeners` sockets), if this process is taking over from one.
+pub(crate) fn inherited_shared(
+    listeners: usize,
+) -> Result<Vec<crate::SharedMemory>, crate::SupervisorError> {
+    if taking_over_from().is_none() {
+        return Ok(Vec::new());
+    }
+    let first = crate::sys::FIRST_INHERITED_FD + i32::try_from(listeners).unwrap_or(0);
+    crate::shared::adopt(first).map_err(|e| crate::SupervisorError::Boot(e.to_string()))
 }
 
 /// The old master this process is taking over from, if it is one started by

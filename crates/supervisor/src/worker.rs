@@ -155,6 +155,7 @@ impl InstanceMetrics {
 /// way to say it is ready, and the counters its heartbeats carry.
 pub struct WorkerContext {
     listeners: Vec<TcpListener>,
+    shared: Vec<Arc<crate::SharedMemory>>,
     slot: Option<usize>,
     stats: Arc<WorkerStats>,
     shutdown: watch::Receiver<bool>,
@@ -179,6 +180,15 @@ impl WorkerContext {
     /// workers). Taking them leaves none behind.
     pub fn take_listeners(&mut self) -> Vec<TcpListener> {
         std::mem::take(&mut self.listeners)
+    }
+
+    /// The shared-memory segment declared as `name` with
+    /// [`Supervisor::shared_memory`](crate::Supervisor::shared_memory): the
+    /// same memory in every worker of the instance. `None` when none was
+    /// declared by that name.
+    pub fn take_shared_memory(&mut self, name: &str) -> Option<Arc<crate::SharedMemory>> {
+        let i = self.shared.iter().position(|s| s.name() == name)?;
+        Some(self.shared.swap_remove(i))
     }
 
     /// This worker's slot (0-based, stable across replacements); `None` when
@@ -284,6 +294,10 @@ where
         .ok_or_else(|| std::io::Error::other("inherited control channel is not open"))?;
     let control = StdUnixStream::from(control);
     control.set_nonblocking(true)?;
+    let shared = crate::shared::adopt(control_fd + 1)?
+        .into_iter()
+        .map(Arc::new)
+        .collect();
     // Before the runtime's threads exist, so they inherit the blocked signal.
     if let Err(error) = sys::spawn_stall_reporter() {
         tracing::warn!(%error, "Cannot start the stalled-runtime reporter");
@@ -327,6 +341,7 @@ where
             });
         let context = WorkerContext {
             listeners,
+            shared,
             slot: Some(env.slot),
             stats,
             shutdown: shutdown_rx,
@@ -345,6 +360,7 @@ where
 /// Runs `service` in this process with no master (`workers = 0`).
 pub(crate) fn run_single<F, Fut, E>(
     listeners: Vec<TcpListener>,
+    shared: Vec<Arc<crate::SharedMemory>>,
     threads: usize,
     service: F,
 ) -> Result<(), SupervisorError>
@@ -370,6 +386,7 @@ where
         }));
         let context = WorkerContext {
             listeners,
+            shared,
             slot: None,
             stats: Arc::new(WorkerStats::default()),
             shutdown: shutdown_rx,

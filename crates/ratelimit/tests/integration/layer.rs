@@ -176,7 +176,7 @@ async fn delaying_mode_serves_the_burst_at_the_rate() {
 #[tokio::test]
 async fn frontend_zones_limit_documents_and_the_confirmation_post_together() {
     let section = RateLimitSection::default();
-    let layer = frontend_layer(&RedisSection::default(), &section)
+    let layer = frontend_layer(&RedisSection::default(), &section, None)
         .unwrap()
         .unwrap();
     let limiter = layer.limiter().clone();
@@ -313,7 +313,8 @@ fn redis_enabled_without_url_is_an_error() {
         enabled: true,
         url: None,
     };
-    let err = wharf_ratelimit::frontend_limiter(&redis, &RateLimitSection::default()).unwrap_err();
+    let err =
+        wharf_ratelimit::frontend_limiter(&redis, &RateLimitSection::default(), None).unwrap_err();
     assert_eq!(
         err.to_string(),
         "REDIS_ENABLED is true but REDIS_URL is not set"

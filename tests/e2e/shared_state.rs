@@ -1,0 +1,222 @@
+//! One instance, one state (issue 22): rate-limit zones are counted once per
+//! instance however many worker processes serve it, and the counts survive
+//! a HUP (every worker replaced) and a USR2 binary upgrade (a new master).
+//! Every request is a new connection, so the kernel spreads them over the
+//! workers; each test shows from the access log that more than one worker
+//! answered, so per-process counting could not pass.
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use crate::reliability::{document_path, Proc, EDGE, FRONTEND};
+use crate::support::{curl, free_port};
+
+/// The status of a GET on a new connection.
+fn status(url: &str) -> String {
+    let (ok, code) = curl(&["-o", "/dev/null", "-w", "%{http_code}", url]);
+    assert!(ok, "curl {url} failed");
+    code
+}
+
+/// Distinct pids in the access log lines for paths starting with `prefix`.
+fn serving_pids(logs: &str, prefix: &str) -> BTreeSet<u64> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| {
+            l["message"] == "Served request"
+                && l["path"].as_str().is_some_and(|p| p.starts_with(prefix))
+        })
+        .filter_map(|l| l["pid"].as_u64())
+        .collect()
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The children of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// HUPs the master and waits until none of `before` is alive and `count`
+/// new workers serve.
+fn hup_and_wait(master: u32, before: &[u32], count: usize) {
+    signal(master, "HUP");
+    wait_until(
+        "every worker replaced after HUP",
+        Duration::from_secs(20),
+        || {
+            let now = children(master);
+            now.len() == count && now.iter().all(|p| !before.contains(p))
+        },
+    );
+}
+
+/// USR2s the master; returns the new master (stopped by the caller) once the
+/// old one has exited.
+fn upgrade(proc: &Proc, old_workers: &[u32]) -> u32 {
+    let old = proc.pid();
+    signal(old, "USR2");
+    let mut new = 0;
+    wait_until("a new master", Duration::from_secs(10), || {
+        new = children(old)
+            .into_iter()
+            .find(|p| !old_workers.contains(p))
+            .unwrap_or(0);
+        new != 0
+    });
+    wait_until("the old master exits", Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{old}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+    new
+}
+
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.to_string()])
+            .status();
+    }
+}
+
+/// frontend without Redis at `WEB_CONCURRENCY=4`: the document zone (burst
+/// 20, nodelay, 1 r/min so no token returns during the test) admits burst + 1
+/// requests, not four times that, and a client at its limit stays there
+/// across a HUP and a USR2 upgrade.
+#[test]
+fn frontend_workers_share_one_document_zone_across_hup_and_usr2() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let env = HashMap::from([
+        ("PORT", port.to_string()),
+        ("WEB_CONCURRENCY", "4".to_owned()),
+        ("WHARF_LOG_FORMAT", "json".to_owned()),
+        ("WHARF_GRACEFUL_TIMEOUT_SECONDS", "2".to_owned()),
+        ("WHARF_ADMIN_ADDRESS", format!("127.0.0.1:{}", free_port())),
+        ("WHARF_RATELIMIT_DOCUMENT_RATE", "1r/m".to_owned()),
+        ("WHARF_DOWNLOAD_LOCAL_DIR", dir.path().display().to_string()),
+    ]);
+    let frontend = Proc::spawn(FRONTEND, &["serve"], &env, port, Some(dir));
+    wait_until("four workers", Duration::from_secs(20), || {
+        children(frontend.pid()).len() == 4
+    });
+    let url = format!("http://127.0.0.1:{port}{}", document_path("k"));
+    let statuses: Vec<String> = (0..60).map(|_| status(&url)).collect();
+    let admitted = statuses.iter().filter(|s| *s != "429").count();
+    let pids = serving_pids(&frontend.logs(), "/d/");
+    assert!(
+        pids.len() >= 2,
+        "all 60 requests reached one worker ({pids:?}): the test shows nothing"
+    );
+    assert_eq!(admitted, 21, "burst 20 + 1 across 4 workers: {statuses:?}");
+
+    let before = children(frontend.pid());
+    hup_and_wait(frontend.pid(), &before, 4);
+    assert_eq!(status(&url), "429", "a HUP gave the client a fresh burst");
+
+    let workers = children(frontend.pid());
+    let new_master = upgrade(&frontend, &workers);
+    let _stop = KillOnDrop(new_master);
+    assert_eq!(
+        status(&url),
+        "429",
+        "a USR2 upgrade gave the client a fresh burst"
+    );
+    // The new master serves (the zone, not a dead server, said 429).
+    assert_eq!(status(&format!("http://127.0.0.1:{port}/_status")), "200");
+}
+
+/// edge with `[supervisor] workers = 2`: a `[[limit_req]]` zone (burst 10,
+/// nodelay) admits 11 of 60 new connections, as nginx with two workers and
+/// `limit_req zone=api burst=10 nodelay` does, and stays at its limit across
+/// a HUP (every worker replaced, the file re-read) and a USR2 upgrade.
+#[test]
+fn edge_workers_share_one_limit_req_zone_across_hup_and_usr2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, admin, app) = (free_port(), free_port(), free_port());
+    let config = dir.path().join("edge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listen]]
+address = "127.0.0.1:{http}"
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[supervisor]
+workers = 2
+worker_threads = 1
+
+[[limit_req]]
+zone = "api"
+rate = "1r/m"
+burst = 10
+nodelay = true
+
+[[upstream]]
+name = "app"
+servers = [{{ address = "127.0.0.1:{app}" }}]
+
+[[server]]
+server_name = ["localhost"]
+default_server = true
+
+[[server.location]]
+path = "/"
+proxy_pass = "app"
+"#
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
+    let edge = Proc::spawn(EDGE, &["--config", &config], &env, http, Some(dir));
+    wait_until("two workers", Duration::from_secs(20), || {
+        children(edge.pid()).len() == 2
+    });
+    // The upstream is down: an admitted request is a 502, a refused one 429.
+    let url = format!("http://127.0.0.1:{http}/api");
+    let statuses: Vec<String> = (0..60).map(|_| status(&url)).collect();
+    let admitted = statuses.iter().filter(|s| *s != "429").count();
+    let pids = serving_pids(&edge.logs(), "/api");
+    assert!(
+        pids.len() >= 2,
+        "all 60 requests reached one worker ({pids:?}): the test shows nothing"
+    );
+    assert_eq!(admitted, 11, "nginx with 2 workers admits 11: {statuses:?}");
+
+    let before = children(edge.pid());
+    hup_and_wait(edge.pid(), &before, 2);
+    assert_eq!(status(&url), "429", "a HUP gave the client a fresh burst");
+
+    let workers = children(edge.pid());
+    let new_master = upgrade(&edge, &workers);
+    let _stop = KillOnDrop(new_master);
+    assert_eq!(
+        status(&url),
+        "429",
+        "a USR2 upgrade gave the client a fresh burst"
+    );
+}
