@@ -557,12 +557,23 @@ fn an_h2_head_that_never_ends_is_closed_by_the_header_timeout() {
     let silent = H2::connect(frontend.addr());
     let started = Instant::now();
     let (_, closed) = partial.read_until(Duration::from_secs(4), |_| false);
+    let partial_closed = started.elapsed();
     assert!(
         closed,
-        "partial HEADERS still open after {:?}",
-        started.elapsed()
+        "partial HEADERS still open after {partial_closed:?}"
     );
     let mut silent = silent;
     let (_, closed) = silent.read_until(Duration::from_secs(1), |_| false);
+    let silent_closed = started.elapsed();
     assert!(closed, "preface-only connection still open");
+    // Closed by the timeout (1 s here), not at once for some other reason.
+    for (which, after) in [
+        ("partial HEADERS", partial_closed),
+        ("preface-only", silent_closed),
+    ] {
+        assert!(
+            after >= Duration::from_millis(900),
+            "{which} closed after {after:?}, before the header-read timeout"
+        );
+    }
 }
