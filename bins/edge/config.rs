@@ -217,6 +217,11 @@ pub(crate) struct TlsSection {
     pub(crate) client_certificate: Option<Spanned<String>>,
     /// `ssl_verify_client on` (true) or `optional` (false). Default true.
     pub(crate) verify_client: bool,
+    /// `ssl_session_ticket_key`: a file of at least 32 random bytes shared by
+    /// the replicas that must resume each other's sessions. Unlike nginx's,
+    /// its keys rotate by themselves (derived from it and the time). Re-read
+    /// on reload. Unset: the instance's own secret, in shared memory.
+    pub(crate) session_ticket_key: Option<Spanned<String>>,
 }
 
 impl Default for TlsSection {
@@ -228,6 +233,7 @@ impl Default for TlsSection {
             watch_interval: Duration::from_secs(5),
             client_certificate: None,
             verify_client: true,
+            session_ticket_key: None,
         }
     }
 }

@@ -212,6 +212,33 @@ fn tls_settings(config: &EdgeConfig, certificates: Vec<wharf_tls::CertificatePai
     }
 }
 
+/// The shared-memory segment holding the instance's ticket secret.
+const TICKET_SEGMENT: &str = "tls-tickets";
+
+/// Where session-ticket keys come from: `session_ticket_key` (a fleet's
+/// file), else the instance's secret in the master's shared memory (every
+/// worker, across HUP and USR2), else this process's own keys.
+fn ticket_secret(
+    config: &EdgeConfig,
+    worker: Option<&mut WorkerContext>,
+) -> Result<Option<wharf_tls::TicketSecret>, String> {
+    if let Some(path) = &config.tls.session_ticket_key {
+        let bytes = std::fs::read(path.get_ref())
+            .map_err(|e| format!("session_ticket_key {}: {e}", path.get_ref()))?;
+        return wharf_tls::TicketSecret::from_material(&bytes)
+            .map(Some)
+            .ok_or_else(|| {
+                format!(
+                    "session_ticket_key {}: needs at least 32 bytes of key material (openssl rand 80 > file)",
+                    path.get_ref()
+                )
+            });
+    }
+    Ok(worker
+        .and_then(|ctx| ctx.take_shared_memory(TICKET_SEGMENT))
+        .and_then(|segment| wharf_tls::TicketSecret::in_shared_memory(segment.words())))
+}
+
 fn server_config(config: &EdgeConfig, tls: bool) -> ServerConfig {
     let http = &config.http;
     let proxy = &config.proxy;
@@ -319,7 +346,8 @@ fn serve_supervised(
     section.admin_address = config.admin.enabled.then(|| config.admin.address.clone());
     let mut supervisor = Supervisor::new(section)
         .graceful_timeout(config.http.shutdown_timeout + Duration::from_secs(1))
-        .shared_memory(runtime::ZONE_SEGMENT, runtime::zone_memory_bytes());
+        .shared_memory(runtime::ZONE_SEGMENT, runtime::zone_memory_bytes())
+        .shared_memory(TICKET_SEGMENT, 64);
     for plan in &built.listeners {
         supervisor = supervisor.listen(plan.addr);
     }
@@ -402,7 +430,15 @@ async fn run(
         certificates
     };
     let tls = if needs_tls {
-        match TlsConfig::load(&tls_settings(&config, certificates)) {
+        let mut settings = tls_settings(&config, certificates);
+        settings.ticket_secret = match ticket_secret(&config, worker.as_mut()) {
+            Ok(secret) => secret,
+            Err(error) => {
+                eprintln!("edge: {error}");
+                return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+            }
+        };
+        match TlsConfig::load(&settings) {
             Ok(tls) => {
                 let _ = tls.watch();
                 Some(tls)

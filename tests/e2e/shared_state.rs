@@ -220,3 +220,156 @@ proxy_pass = "app"
         "a USR2 upgrade gave the client a fresh burst"
     );
 }
+
+/// An edge with a TLS listener, `workers` worker processes and a `/fixed`
+/// location, its certificate and (optionally) a `session_ticket_key` file.
+fn tls_edge(
+    dir: &std::path::Path,
+    workers: u32,
+    ticket_key: Option<&std::path::Path>,
+) -> (Proc, u16) {
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    if !dir.join("site.crt").exists() {
+        wharf_tls::SelfSigned::generate(&["localhost"], wharf_tls::KeyKind::EcdsaP256)
+            .unwrap()
+            .write(dir, "site")
+            .unwrap();
+    }
+    let ticket_key = ticket_key.map_or(String::new(), |p| {
+        format!("session_ticket_key = \"{}\"\n", p.display())
+    });
+    let config = dir.join(format!("edge-{https}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[listen]]
+address = "127.0.0.1:{http}"
+
+[[listen]]
+address = "127.0.0.1:{https}"
+ssl = true
+
+[admin]
+address = "127.0.0.1:{admin}"
+
+[tls]
+watch_interval = "0s"
+{ticket_key}
+[supervisor]
+workers = {workers}
+worker_threads = 1
+
+[[upstream]]
+name = "app"
+servers = [{{ address = "127.0.0.1:{app}" }}]
+
+[[server]]
+server_name = ["localhost"]
+default_server = true
+ssl_certificate = "{crt}"
+ssl_certificate_key = "{key}"
+
+[[server.location]]
+path = "/fixed"
+return = {{ status = 200, body = "fixed\n" }}
+"#,
+            app = free_port(),
+            crt = dir.join("site.crt").display(),
+            key = dir.join("site.key").display(),
+        ),
+    )
+    .unwrap();
+    let config = config.display().to_string();
+    let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
+    let proc = Proc::spawn(EDGE, &["--config", &config], &env, http, None);
+    crate::support::wait_for_port(([127, 0, 0, 1], https).into(), Duration::from_secs(10));
+    wait_until("all workers", Duration::from_secs(20), || {
+        children(proc.pid()).len() == workers as usize
+    });
+    (proc, https)
+}
+
+/// `openssl s_client` to `port` with `args`, a request on its input: what it
+/// printed (asserting it exited 0).
+fn s_client(port: u16, args: &[&str]) -> String {
+    let out = crate::support::output_with_input(
+        std::process::Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(["-servername", "localhost", "-ign_eof"])
+            .args(args),
+        "GET /fixed HTTP/1.0\r\nHost: localhost\r\n\r\n",
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    text
+}
+
+/// Offers the session saved in `sess` `times` times on new connections;
+/// returns how many were resumed.
+fn resumed(port: u16, version: &str, sess: &str, times: usize) -> usize {
+    (0..times)
+        .filter(|_| s_client(port, &[version, "-sess_in", sess]).contains("Reused, TLSv1."))
+        .count()
+}
+
+/// A session saved from one worker of a 4-worker edge resumes on every
+/// connection, whichever worker takes it (TLS 1.3 and 1.2), after a HUP
+/// replaced every worker, after a USR2 upgrade, and on a second edge
+/// instance sharing the `session_ticket_key` file.
+#[test]
+fn every_worker_and_a_sharing_replica_resume_a_session_across_hup_and_usr2() {
+    let dir = tempfile::tempdir().unwrap();
+    let (edge, https) = tls_edge(dir.path(), 4, None);
+    let mut sessions = Vec::new();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("session{version}.pem"));
+        let sess = sess.display().to_string();
+        let out = s_client(https, &[version, "-sess_out", &sess]);
+        assert!(out.contains("New, TLSv1."), "{version}: {out}");
+        assert_eq!(
+            resumed(https, version, &sess, 20),
+            20,
+            "{version}: 4 workers"
+        );
+        sessions.push((version, sess));
+    }
+    let before = children(edge.pid());
+    hup_and_wait(edge.pid(), &before, 4);
+    for (version, sess) in &sessions {
+        assert_eq!(resumed(https, version, sess, 8), 8, "{version}: after HUP");
+    }
+    let workers = children(edge.pid());
+    let new_master = upgrade(&edge, &workers);
+    let _stop = KillOnDrop(new_master);
+    for (version, sess) in &sessions {
+        assert_eq!(resumed(https, version, sess, 8), 8, "{version}: after USR2");
+    }
+
+    // Two replicas sharing a key file resume each other's sessions.
+    let key = dir.path().join("ticket.key");
+    let mut material = [0_u8; 80];
+    getrandom_bytes(&mut material);
+    std::fs::write(&key, material).unwrap();
+    let (_a, a) = tls_edge(dir.path(), 2, Some(&key));
+    let (_b, b) = tls_edge(dir.path(), 2, Some(&key));
+    for version in ["-tls1_3", "-tls1_2"] {
+        let sess = dir.path().join(format!("replica{version}.pem"));
+        let sess = sess.display().to_string();
+        s_client(a, &[version, "-sess_out", &sess]);
+        assert_eq!(
+            resumed(b, version, &sess, 8),
+            8,
+            "{version}: the other replica"
+        );
+    }
+}
+
+fn getrandom_bytes(buf: &mut [u8]) {
+    let mut file = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut file, buf).unwrap();
+}

@@ -115,7 +115,10 @@ impl TlsConfig {
             Arc::new(NoServerSessionStorage {})
         };
         if settings.session_tickets {
-            config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+            config.ticketer = match &settings.ticket_secret {
+                Some(secret) => Arc::new(crate::tickets::SharedTicketer::new(secret)),
+                None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
+            };
         }
         // The client's cipher order wins among our (all strong) suites, as
         // `ssl_prefer_server_ciphers off` in the seeds.

@@ -45,6 +45,7 @@ mod expiry;
 mod selfsigned;
 mod settings;
 mod store;
+mod tickets;
 
 pub use acceptor::TlsAcceptor;
 pub use config::TlsConfig;
@@ -53,4 +54,5 @@ pub use expiry::not_after;
 pub use selfsigned::{KeyKind, SelfSigned};
 pub use settings::{CertificatePair, ClientAuth, TlsSettings};
 pub use store::{TlsMetrics, TlsStats};
+pub use tickets::{TicketSecret, ROTATION as TICKET_KEY_ROTATION};
 pub use tokio_rustls::server::TlsStream;

@@ -67,6 +67,12 @@ pub struct TlsSettings {
     pub watch_interval: Option<Duration>,
     /// Optional client-certificate verification. Default none.
     pub client_auth: Option<ClientAuth>,
+    /// Where ticket keys come from. `None`: keys of this process alone
+    /// (rustls's ticketer). `Some`: keys derived from this secret and the
+    /// time, rotated every [`TICKET_KEY_ROTATION`](crate::TICKET_KEY_ROTATION)
+    /// alike in every process and replica that holds it, so any of them
+    /// resumes a session another issued. Default `None`.
+    pub ticket_secret: Option<crate::TicketSecret>,
 }
 
 impl Default for TlsSettings {
@@ -79,6 +85,7 @@ impl Default for TlsSettings {
             handshake_timeout: Duration::from_secs(10),
             watch_interval: Some(Duration::from_secs(5)),
             client_auth: None,
+            ticket_secret: None,
         }
     }
 }

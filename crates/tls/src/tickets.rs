@@ -1,0 +1,219 @@
+//! Session tickets every process of an instance (and every replica of a
+//! fleet) can open: keys derived from one 32-byte secret and the current
+//! rotation period, so processes that share the secret share the keys and
+//! rotate them together without talking to each other.
+//!
+//! nginx shares its tickets between workers (the master makes the keys) and,
+//! through `ssl_session_ticket_key` files, between machines, but file keys
+//! never rotate by themselves. Here the file (or the instance's shared
+//! memory) holds a secret, not a key: the key for period `p` is
+//! HMAC-SHA256(secret, "wharf ticket key" ‖ p), so keys rotate every
+//! [`ROTATION`] everywhere at once. A ticket is sealed under the current
+//! period's key and opened under the current or the previous one (a client's
+//! ticket lives between one and two periods), with AES-256-GCM, a random
+//! nonce and the key's 16-byte name in front, as rustls's own ticketer does.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::hmac;
+
+/// How long one key seals tickets; it opens them for one more period.
+pub const ROTATION: Duration = Duration::from_secs(6 * 60 * 60);
+const NAME_LEN: usize = 16;
+
+/// The secret the keys derive from: 32 bytes shared by every process (and
+/// replica) that must open each other's tickets.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TicketSecret([u8; 32]);
+
+impl std::fmt::Debug for TicketSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TicketSecret([redacted])")
+    }
+}
+
+impl TicketSecret {
+    /// A secret from key material (a `ssl_session_ticket_key` file's bytes,
+    /// at least 32 of them): its SHA-256, so any length of good randomness
+    /// serves and the file itself is never used as a key.
+    pub fn from_material(material: &[u8]) -> Option<Self> {
+        if material.len() < 32 {
+            return None;
+        }
+        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, material);
+        let mut secret = [0_u8; 32];
+        secret.copy_from_slice(digest.as_ref());
+        Some(Self(secret))
+    }
+
+    /// The secret kept in shared memory (at least 5 words, zeroed when new):
+    /// the first process to ask writes a random one, every other reads it.
+    /// Give every worker of an instance the same memory (the supervisor's
+    /// shared segment) and they open each other's tickets, across worker
+    /// replacements and binary upgrades too.
+    pub fn in_shared_memory(words: &[AtomicU64]) -> Option<Self> {
+        const READY: u64 = 2;
+        let [state, w0, w1, w2, w3, ..] = words else {
+            return None;
+        };
+        let secret = [w0, w1, w2, w3];
+        if state
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let mut bytes = [0_u8; 32];
+            aws_lc_rs::rand::fill(&mut bytes).ok()?;
+            for (word, chunk) in secret.iter().zip(bytes.chunks_exact(8)) {
+                let mut b = [0_u8; 8];
+                b.copy_from_slice(chunk);
+                word.store(u64::from_le_bytes(b), Ordering::Relaxed);
+            }
+            state.store(READY, Ordering::Release);
+        }
+        // Another process is writing it: four stores away.
+        for _ in 0..100_000 {
+            if state.load(Ordering::Acquire) == READY {
+                let mut bytes = [0_u8; 32];
+                for (word, chunk) in secret.iter().zip(bytes.chunks_exact_mut(8)) {
+                    chunk.copy_from_slice(&word.load(Ordering::Relaxed).to_le_bytes());
+                }
+                return Some(Self(bytes));
+            }
+            std::thread::yield_now();
+        }
+        None
+    }
+}
+
+/// A [`rustls::server::ProducesTickets`] whose keys every holder of the same
+/// [`TicketSecret`] derives alike.
+pub(crate) struct SharedTicketer {
+    secret: hmac::Key,
+}
+
+impl std::fmt::Debug for SharedTicketer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedTicketer").finish_non_exhaustive()
+    }
+}
+
+impl SharedTicketer {
+    pub(crate) fn new(secret: &TicketSecret) -> Self {
+        Self {
+            secret: hmac::Key::new(hmac::HMAC_SHA256, &secret.0),
+        }
+    }
+
+    fn period_now() -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() / ROTATION.as_secs())
+    }
+
+    /// The key and its name for period `period`.
+    fn key(&self, period: u64) -> Option<([u8; NAME_LEN], LessSafeKey)> {
+        let derive = |label: &[u8]| {
+            let mut ctx = hmac::Context::with_key(&self.secret);
+            ctx.update(label);
+            ctx.update(&period.to_be_bytes());
+            ctx.sign()
+        };
+        let key = derive(b"wharf ticket key");
+        let name_tag = derive(b"wharf ticket name");
+        let mut name = [0_u8; NAME_LEN];
+        name.copy_from_slice(&name_tag.as_ref()[..NAME_LEN]);
+        let key = UnboundKey::new(&AES_256_GCM, key.as_ref()).ok()?;
+        Some((name, LessSafeKey::new(key)))
+    }
+
+    fn seal(&self, period: u64, plain: &[u8]) -> Option<Vec<u8>> {
+        let (name, key) = self.key(period)?;
+        let mut nonce = [0_u8; NONCE_LEN];
+        aws_lc_rs::rand::fill(&mut nonce).ok()?;
+        let mut sealed = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + 16);
+        sealed.extend_from_slice(&name);
+        sealed.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(&name),
+            &mut body,
+        )
+        .ok()?;
+        sealed.extend_from_slice(&body);
+        Some(sealed)
+    }
+
+    fn open(&self, period: u64, sealed: &[u8]) -> Option<Vec<u8>> {
+        if sealed.len() < NAME_LEN + NONCE_LEN {
+            return None;
+        }
+        let (name, rest) = sealed.split_at(NAME_LEN);
+        let (nonce, body) = rest.split_at(NONCE_LEN);
+        // The previous period's key too: a ticket outlives its period.
+        for candidate in [period, period.wrapping_sub(1), period.wrapping_add(1)] {
+            let (expected, key) = self.key(candidate)?;
+            if expected != name {
+                continue;
+            }
+            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+            let mut body = body.to_vec();
+            let plain = key.open_in_place(nonce, Aad::from(name), &mut body).ok()?;
+            return Some(plain.to_vec());
+        }
+        None
+    }
+}
+
+impl rustls::server::ProducesTickets for SharedTicketer {
+    fn enabled(&self) -> bool {
+        true
+    }
+
+    fn lifetime(&self) -> u32 {
+        u32::try_from(ROTATION.as_secs()).unwrap_or(u32::MAX)
+    }
+
+    fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        self.seal(Self::period_now(), plain)
+    }
+
+    fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
+        self.open(Self::period_now(), cipher)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holders_of_one_secret_open_each_others_tickets_across_one_rotation() {
+        let secret = TicketSecret::from_material(&[7_u8; 48]).unwrap();
+        let (a, b) = (SharedTicketer::new(&secret), SharedTicketer::new(&secret));
+        let sealed = a.seal(100, b"session state").unwrap();
+        assert_eq!(b.open(100, &sealed).unwrap(), b"session state");
+        assert_eq!(b.open(101, &sealed).unwrap(), b"session state");
+        assert!(b.open(102, &sealed).is_none(), "two rotations later");
+        let other = SharedTicketer::new(&TicketSecret::from_material(&[8_u8; 48]).unwrap());
+        assert!(other.open(100, &sealed).is_none());
+        let mut tampered = sealed.clone();
+        *tampered.last_mut().unwrap() ^= 1;
+        assert!(b.open(100, &tampered).is_none());
+        assert!(TicketSecret::from_material(&[1_u8; 31]).is_none());
+    }
+
+    #[test]
+    fn the_first_process_writes_the_shared_secret_and_the_rest_read_it() {
+        let words: Vec<AtomicU64> = (0..8).map(|_| AtomicU64::new(0)).collect();
+        let first = TicketSecret::in_shared_memory(&words).unwrap();
+        let second = TicketSecret::in_shared_memory(&words).unwrap();
+        assert_eq!(first, second);
+        assert_ne!(first.0, [0_u8; 32]);
+        let elsewhere: Vec<AtomicU64> = (0..8).map(|_| AtomicU64::new(0)).collect();
+        assert_ne!(TicketSecret::in_shared_memory(&elsewhere).unwrap(), first);
+        assert!(TicketSecret::in_shared_memory(&words[..4]).is_none());
+    }
+}
