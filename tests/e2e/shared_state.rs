@@ -99,6 +99,41 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// Sends 60 GETs to `url` (new connections) through `proc`'s `workers`
+/// workers and expects `admitted` of them past the limiter, from more than
+/// one worker (`log_prefix` finds them in the access log); then the next
+/// request is still refused after a HUP and after a USR2 upgrade. Returns
+/// the new master, stopped when the guard drops.
+fn assert_one_zone_across_hup_and_usr2(
+    proc: &Proc,
+    url: &str,
+    log_prefix: &str,
+    workers: usize,
+    admitted: usize,
+) -> KillOnDrop {
+    let statuses: Vec<String> = (0..60).map(|_| status(url)).collect();
+    let passed = statuses.iter().filter(|s| *s != "429").count();
+    let pids = serving_pids(&proc.logs(), log_prefix);
+    assert!(
+        pids.len() >= 2,
+        "all 60 requests reached one worker ({pids:?}): the test shows nothing"
+    );
+    assert_eq!(passed, admitted, "{workers} workers: {statuses:?}");
+
+    let before = children(proc.pid());
+    hup_and_wait(proc.pid(), &before, workers);
+    assert_eq!(status(url), "429", "a HUP gave the client a fresh burst");
+
+    let current = children(proc.pid());
+    let stop = KillOnDrop(upgrade(proc, &current));
+    assert_eq!(
+        status(url),
+        "429",
+        "a USR2 upgrade gave the client a fresh burst"
+    );
+    stop
+}
+
 /// frontend without Redis at `WEB_CONCURRENCY=4`: the document zone (burst
 /// 20, nodelay, 1 r/min so no token returns during the test) admits burst + 1
 /// requests, not four times that, and a client at its limit stays there
@@ -121,27 +156,7 @@ fn frontend_workers_share_one_document_zone_across_hup_and_usr2() {
         children(frontend.pid()).len() == 4
     });
     let url = format!("http://127.0.0.1:{port}{}", document_path("k"));
-    let statuses: Vec<String> = (0..60).map(|_| status(&url)).collect();
-    let admitted = statuses.iter().filter(|s| *s != "429").count();
-    let pids = serving_pids(&frontend.logs(), "/d/");
-    assert!(
-        pids.len() >= 2,
-        "all 60 requests reached one worker ({pids:?}): the test shows nothing"
-    );
-    assert_eq!(admitted, 21, "burst 20 + 1 across 4 workers: {statuses:?}");
-
-    let before = children(frontend.pid());
-    hup_and_wait(frontend.pid(), &before, 4);
-    assert_eq!(status(&url), "429", "a HUP gave the client a fresh burst");
-
-    let workers = children(frontend.pid());
-    let new_master = upgrade(&frontend, &workers);
-    let _stop = KillOnDrop(new_master);
-    assert_eq!(
-        status(&url),
-        "429",
-        "a USR2 upgrade gave the client a fresh burst"
-    );
+    let _stop = assert_one_zone_across_hup_and_usr2(&frontend, &url, "/d/", 4, 21);
     // The new master serves (the zone, not a dead server, said 429).
     assert_eq!(status(&format!("http://127.0.0.1:{port}/_status")), "200");
 }
@@ -198,27 +213,8 @@ proxy_pass = "app"
     });
     // The upstream is down: an admitted request is a 502, a refused one 429.
     let url = format!("http://127.0.0.1:{http}/api");
-    let statuses: Vec<String> = (0..60).map(|_| status(&url)).collect();
-    let admitted = statuses.iter().filter(|s| *s != "429").count();
-    let pids = serving_pids(&edge.logs(), "/api");
-    assert!(
-        pids.len() >= 2,
-        "all 60 requests reached one worker ({pids:?}): the test shows nothing"
-    );
-    assert_eq!(admitted, 11, "nginx with 2 workers admits 11: {statuses:?}");
-
-    let before = children(edge.pid());
-    hup_and_wait(edge.pid(), &before, 2);
-    assert_eq!(status(&url), "429", "a HUP gave the client a fresh burst");
-
-    let workers = children(edge.pid());
-    let new_master = upgrade(&edge, &workers);
-    let _stop = KillOnDrop(new_master);
-    assert_eq!(
-        status(&url),
-        "429",
-        "a USR2 upgrade gave the client a fresh burst"
-    );
+    // nginx with worker_processes 2 and the same zone admits 11.
+    let _stop = assert_one_zone_across_hup_and_usr2(&edge, &url, "/api", 2, 11);
 }
 
 /// An edge with a TLS listener, `workers` worker processes and a `/fixed`
