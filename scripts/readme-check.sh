@@ -67,10 +67,11 @@ for port in 7001 8080 8443; do
     fi
 done
 
-# Build first (the same profile the commands use), so the waits below time
-# the start-up, not the compiler.
+# Build first, in the same environment and profile the commands use, so the
+# commands below mostly time the start-up (they may still relink, e.g. when
+# the commit changed meanwhile: the waits allow for it).
 echo "readme-check: building (cargo build --release --bin frontend --bin edge)"
-cargo build --release --bin frontend --bin edge
+"${clean_env[@]}" cargo build --release --bin frontend --bin edge
 
 # start NAME COMMAND: runs COMMAND in its own process group; `cargo run`
 # executes the binary in place of itself, so the pid is the server's.
@@ -82,11 +83,12 @@ start() {
     eval "${name}_pid=$!"
 }
 
-# wait_for URL CURL-ARGS...: polls until URL answers 200 (60 s).
+# wait_for URL CURL-ARGS...: polls until URL answers 200 (15 min: a
+# release relink with fat LTO takes minutes on 2 cores).
 wait_for() {
     local url=$1
     shift
-    for _ in $(seq 1 300); do
+    for _ in $(seq 1 4500); do
         if [ "$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "$@" "$url")" = 200 ]; then
             return 0
         fi
