@@ -355,25 +355,7 @@ fn serve_supervised(
     let supervisor = supervisor.reload_check(Arc::new(move || {
         validate(check_path.as_deref()).map_err(|error| error.to_string())
     }));
-    let result = supervisor.run(move |mut ctx| async move {
-        // The limiter was built before the worker adopted the instance's
-        // zone segment: build again counting in it.
-        let built = match ctx.take_shared_memory(runtime::ZONE_SEGMENT) {
-            Some(segment) => {
-                if let Err(error) = runtime::use_zone_memory(segment) {
-                    tracing::error!(%error, "Cannot use the instance's rate-limit zone memory");
-                    return Err("the worker could not start (see the log above)");
-                }
-                match load(path.as_deref(), 1) {
-                    Ok((_, _, built)) => built,
-                    Err(error) => {
-                        tracing::error!(%error, "Cannot load the configuration");
-                        return Err("the worker could not start (see the log above)");
-                    }
-                }
-            }
-            None => built,
-        };
+    let result = supervisor.run(move |ctx| async move {
         if run(path, config, built, Some(ctx)).await == ExitCode::SUCCESS {
             Ok(())
         } else {

@@ -168,26 +168,14 @@ pub(crate) const ZONE_SEGMENT: &str = "ratelimit";
 /// changed some, their predecessors until reclaimed.
 pub(crate) const MAX_ZONES: usize = 32;
 
-/// Where this process's zones count: the instance's shared segment once a
-/// worker has adopted it, else this process's own memory (kept across
-/// configuration reloads, so an unchanged zone keeps its counts).
+/// Where this process's zones count: in a worker, the instance's shared
+/// segment (the master's); else this process's own memory. Made once and
+/// kept across configuration reloads, so an unchanged zone keeps its counts.
 static ZONE_MEMORY: RwLock<Option<wharf_ratelimit::ZoneMemory>> = RwLock::new(None);
 
 /// Bytes of the zone segment a master declares.
 pub(crate) fn zone_memory_bytes() -> usize {
     wharf_ratelimit::ZoneMemory::bytes_for(MAX_ZONES, wharf_ratelimit::DEFAULT_MAX_KEYS)
-}
-
-/// Counts this process's zones in `words`, the instance's shared segment.
-pub(crate) fn use_zone_memory(
-    words: Arc<dyn AsRef<[AtomicU64]> + Send + Sync>,
-) -> Result<(), wharf_ratelimit::ZoneMemoryError> {
-    let memory =
-        wharf_ratelimit::ZoneMemory::new(words, MAX_ZONES, wharf_ratelimit::DEFAULT_MAX_KEYS)?;
-    *ZONE_MEMORY
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(memory);
-    Ok(())
 }
 
 fn zone_memory() -> Result<wharf_ratelimit::ZoneMemory, wharf_ratelimit::ZoneMemoryError> {
@@ -197,10 +185,13 @@ fn zone_memory() -> Result<wharf_ratelimit::ZoneMemory, wharf_ratelimit::ZoneMem
     if let Some(memory) = memory.as_ref() {
         return Ok(memory.clone());
     }
-    let private =
-        wharf_ratelimit::ZoneMemory::private(MAX_ZONES, wharf_ratelimit::DEFAULT_MAX_KEYS)?;
-    *memory = Some(private.clone());
-    Ok(private)
+    let keys = wharf_ratelimit::DEFAULT_MAX_KEYS;
+    let made = match wharf_supervisor::Supervisor::inherited_shared_memory(ZONE_SEGMENT) {
+        Some(segment) => wharf_ratelimit::ZoneMemory::new(segment, MAX_ZONES, keys)?,
+        None => wharf_ratelimit::ZoneMemory::private(MAX_ZONES, keys)?,
+    };
+    *memory = Some(made.clone());
+    Ok(made)
 }
 
 /// The `[[limit_req]]` zones as one limiter, counting the client address the

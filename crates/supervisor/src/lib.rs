@@ -187,6 +187,19 @@ impl Supervisor {
         self
     }
 
+    /// In a worker process, the segment declared as `name` with
+    /// [`shared_memory`](Self::shared_memory), available before
+    /// [`run`](Self::run) (for state built before the service starts, such
+    /// as a rate limiter made while loading configuration). The same memory
+    /// as [`WorkerContext::take_shared_memory`] gives. `None` in a master, in
+    /// one process without a master, or when none has that name.
+    pub fn inherited_shared_memory(name: &str) -> Option<std::sync::Arc<SharedMemory>> {
+        shared::worker_segments()
+            .ok()?
+            .into_iter()
+            .find(|segment| segment.name() == name)
+    }
+
     /// Whether this process was started by a master as a worker.
     pub fn is_worker() -> bool {
         worker::WorkerEnv::detect().is_some()

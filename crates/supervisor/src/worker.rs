@@ -294,10 +294,7 @@ where
         .ok_or_else(|| std::io::Error::other("inherited control channel is not open"))?;
     let control = StdUnixStream::from(control);
     control.set_nonblocking(true)?;
-    let shared = crate::shared::adopt(control_fd + 1)?
-        .into_iter()
-        .map(Arc::new)
-        .collect();
+    let shared = crate::shared::worker_segments().map_err(std::io::Error::other)?;
     // Before the runtime's threads exist, so they inherit the blocked signal.
     if let Err(error) = sys::spawn_stall_reporter() {
         tracing::warn!(%error, "Cannot start the stalled-runtime reporter");
