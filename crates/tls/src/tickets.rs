@@ -87,10 +87,20 @@ impl TicketSecret {
     }
 }
 
+/// One period's key and its name.
+struct PeriodKey {
+    period: u64,
+    name: [u8; NAME_LEN],
+    key: LessSafeKey,
+}
+
 /// A [`rustls::server::ProducesTickets`] whose keys every holder of the same
 /// [`TicketSecret`] derives alike.
 pub(crate) struct SharedTicketer {
     secret: hmac::Key,
+    /// The keys derived so far for the periods in use (the one before, this
+    /// one and the next, give or take one), so a handshake derives none.
+    keys: std::sync::RwLock<Vec<std::sync::Arc<PeriodKey>>>,
 }
 
 impl std::fmt::Debug for SharedTicketer {
@@ -103,6 +113,7 @@ impl SharedTicketer {
     pub(crate) fn new(secret: &TicketSecret) -> Self {
         Self {
             secret: hmac::Key::new(hmac::HMAC_SHA256, &secret.0),
+            keys: std::sync::RwLock::new(Vec::new()),
         }
     }
 
@@ -112,8 +123,29 @@ impl SharedTicketer {
             .map_or(0, |d| d.as_secs() / ROTATION.as_secs())
     }
 
-    /// The key and its name for period `period`.
-    fn key(&self, period: u64) -> Option<([u8; NAME_LEN], LessSafeKey)> {
+    /// The key and its name for period `period`, derived once.
+    fn key(&self, period: u64) -> Option<std::sync::Arc<PeriodKey>> {
+        let read = self
+            .keys
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(key) = read.iter().find(|k| k.period == period) {
+            return Some(std::sync::Arc::clone(key));
+        }
+        drop(read);
+        let key = std::sync::Arc::new(self.derive(period)?);
+        let mut keys = self
+            .keys
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Keep the periods around this one only (two either side, so the
+        // three an opening tries never push each other out).
+        keys.retain(|k| k.period.abs_diff(period) <= 2);
+        keys.push(std::sync::Arc::clone(&key));
+        Some(key)
+    }
+
+    fn derive(&self, period: u64) -> Option<PeriodKey> {
         let derive = |label: &[u8]| {
             let mut ctx = hmac::Context::with_key(&self.secret);
             ctx.update(label);
@@ -125,23 +157,28 @@ impl SharedTicketer {
         let mut name = [0_u8; NAME_LEN];
         name.copy_from_slice(&name_tag.as_ref()[..NAME_LEN]);
         let key = UnboundKey::new(&AES_256_GCM, key.as_ref()).ok()?;
-        Some((name, LessSafeKey::new(key)))
+        Some(PeriodKey {
+            period,
+            name,
+            key: LessSafeKey::new(key),
+        })
     }
 
     fn seal(&self, period: u64, plain: &[u8]) -> Option<Vec<u8>> {
-        let (name, key) = self.key(period)?;
+        let key = self.key(period)?;
         let mut nonce = [0_u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).ok()?;
         let mut sealed = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + 16);
-        sealed.extend_from_slice(&name);
+        sealed.extend_from_slice(&key.name);
         sealed.extend_from_slice(&nonce);
         let mut body = plain.to_vec();
-        key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(&name),
-            &mut body,
-        )
-        .ok()?;
+        key.key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(&key.name),
+                &mut body,
+            )
+            .ok()?;
         sealed.extend_from_slice(&body);
         Some(sealed)
     }
@@ -154,13 +191,16 @@ impl SharedTicketer {
         let (nonce, body) = rest.split_at(NONCE_LEN);
         // The previous period's key too: a ticket outlives its period.
         for candidate in [period, period.wrapping_sub(1), period.wrapping_add(1)] {
-            let (expected, key) = self.key(candidate)?;
-            if expected != name {
+            let key = self.key(candidate)?;
+            if key.name != name {
                 continue;
             }
             let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
             let mut body = body.to_vec();
-            let plain = key.open_in_place(nonce, Aad::from(name), &mut body).ok()?;
+            let plain = key
+                .key
+                .open_in_place(nonce, Aad::from(name), &mut body)
+                .ok()?;
             return Some(plain.to_vec());
         }
         None
