@@ -16,9 +16,9 @@ cd "$(dirname "$0")/.."
 
 readme=README.md
 logs=$(mktemp -d)
-pids=()
+declare -A pid_of=()
 cleanup() {
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+    for pid in "${pid_of[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     rm -rf "$logs"
 }
 trap cleanup EXIT
@@ -79,8 +79,7 @@ start() {
     local name=$1 command=$2
     echo "readme-check: \$ $command"
     setsid "${clean_env[@]}" bash -c "exec $command" >"$logs/$name.log" 2>&1 </dev/null &
-    pids+=("$!")
-    eval "${name}_pid=$!"
+    pid_of[$name]=$!
 }
 
 # wait_for URL CURL-ARGS...: polls until URL answers 200 (15 min: a
@@ -99,8 +98,8 @@ wait_for() {
 
 # stop NAME: SIGTERM, then the exit status must be 0 within 30 s.
 stop() {
-    local name=$1 pid
-    pid=$(eval echo "\$${name}_pid")
+    local name=$1
+    local pid=${pid_of[$name]}
     kill -TERM "$pid"
     for _ in $(seq 1 150); do
         if ! kill -0 "$pid" 2>/dev/null; then

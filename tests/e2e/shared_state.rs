@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use crate::reliability::{document_path, Proc, EDGE, FRONTEND};
+use crate::reliability::{dead_address, document_path, Edge, EdgeSpec, Proc, FRONTEND};
 use crate::support::{curl, free_port};
 
 /// The status of a GET on a new connection.
@@ -167,123 +167,33 @@ fn frontend_workers_share_one_document_zone_across_hup_and_usr2() {
 /// a HUP (every worker replaced, the file re-read) and a USR2 upgrade.
 #[test]
 fn edge_workers_share_one_limit_req_zone_across_hup_and_usr2() {
-    let dir = tempfile::tempdir().unwrap();
-    let (http, admin, app) = (free_port(), free_port(), free_port());
-    let config = dir.path().join("edge.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[listen]]
-address = "127.0.0.1:{http}"
-
-[admin]
-address = "127.0.0.1:{admin}"
-
-[supervisor]
-workers = 2
-worker_threads = 1
-
-[[limit_req]]
-zone = "api"
-rate = "1r/m"
-burst = 10
-nodelay = true
-
-[[upstream]]
-name = "app"
-servers = [{{ address = "127.0.0.1:{app}" }}]
-
-[[server]]
-server_name = ["localhost"]
-default_server = true
-
-[[server.location]]
-path = "/"
-proxy_pass = "app"
-"#
-        ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
-    let edge = Proc::spawn(EDGE, &["--config", &config], &env, http, Some(dir));
-    wait_until("two workers", Duration::from_secs(20), || {
-        children(edge.pid()).len() == 2
-    });
+    let zone = "[[limit_req]]\nzone = \"api\"\nrate = \"1r/m\"\nburst = 10\nnodelay = true\n";
+    let edge = supervised_edge(2, false, "", zone);
     // The upstream is down: an admitted request is a 502, a refused one 429.
-    let url = format!("http://127.0.0.1:{http}/api");
+    let url = format!("http://127.0.0.1:{}/api", edge.proc.port);
     // nginx with worker_processes 2 and the same zone admits 11.
-    let _stop = assert_one_zone_across_hup_and_usr2(&edge, &url, "/api", 2, 11);
+    let _stop = assert_one_zone_across_hup_and_usr2(&edge.proc, &url, "/api", 2, 11);
 }
 
-/// An edge with a TLS listener, `workers` worker processes and a `/fixed`
-/// location, its certificate and (optionally) a `session_ticket_key` file.
-fn tls_edge(
-    dir: &std::path::Path,
-    workers: u32,
-    ticket_key: Option<&std::path::Path>,
-) -> (Proc, u16) {
-    let (http, https, admin) = (free_port(), free_port(), free_port());
-    if !dir.join("site.crt").exists() {
-        wharf_tls::SelfSigned::generate(&["localhost"], wharf_tls::KeyKind::EcdsaP256)
-            .unwrap()
-            .write(dir, "site")
-            .unwrap();
-    }
-    let ticket_key = ticket_key.map_or(String::new(), |p| {
-        format!("session_ticket_key = \"{}\"\n", p.display())
-    });
-    let config = dir.join(format!("edge-{https}.toml"));
-    std::fs::write(
-        &config,
-        format!(
-            r#"
-[[listen]]
-address = "127.0.0.1:{http}"
-
-[[listen]]
-address = "127.0.0.1:{https}"
-ssl = true
-
-[admin]
-address = "127.0.0.1:{admin}"
-
-[tls]
-watch_interval = "0s"
-{ticket_key}
-[supervisor]
-workers = {workers}
-worker_threads = 1
-
-[[upstream]]
-name = "app"
-servers = [{{ address = "127.0.0.1:{app}" }}]
-
-[[server]]
-server_name = ["localhost"]
-default_server = true
-ssl_certificate = "{crt}"
-ssl_certificate_key = "{key}"
-
-[[server.location]]
-path = "/fixed"
-return = {{ status = 200, body = "fixed\n" }}
-"#,
-            app = free_port(),
-            crt = dir.join("site.crt").display(),
-            key = dir.join("site.key").display(),
+/// An edge (the reliability suite's configuration: `/` proxied to a dead
+/// upstream) with `workers` worker processes, a `/fixed` location, a TLS
+/// listener when `tls`, `tls_lines` in `[tls]` and `tables` at the end;
+/// returned once every worker is up.
+fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str) -> Edge {
+    let edge = Edge::start(&EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", dead_address()),
+        tls,
+        tls_settings: tls_lines.to_owned(),
+        locations: format!(
+            "[[server.location]]\npath = \"/fixed\"\nreturn = {{ status = 200, body = \"fixed\\n\" }}\n\n\
+             [supervisor]\nworkers = {workers}\nworker_threads = 1\n\n{tables}"
         ),
-    )
-    .unwrap();
-    let config = config.display().to_string();
-    let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
-    let proc = Proc::spawn(EDGE, &["--config", &config], &env, http, None);
-    crate::support::wait_for_port(([127, 0, 0, 1], https).into(), Duration::from_secs(10));
-    wait_until("all workers", Duration::from_secs(20), || {
-        children(proc.pid()).len() == workers as usize
+        ..EdgeSpec::default()
     });
-    (proc, https)
+    wait_until("all workers", Duration::from_secs(20), || {
+        children(edge.proc.pid()).len() == workers
+    });
+    edge
 }
 
 /// `openssl s_client` to `port` with `args`, a request on its input: what it
@@ -320,7 +230,8 @@ fn resumed(port: u16, version: &str, sess: &str, times: usize) -> usize {
 #[test]
 fn every_worker_and_a_sharing_replica_resume_a_session_across_hup_and_usr2() {
     let dir = tempfile::tempdir().unwrap();
-    let (edge, https) = tls_edge(dir.path(), 4, None);
+    let instance = supervised_edge(4, true, "", "");
+    let (edge, https) = (&instance.proc, instance.tls_addr().port());
     let mut sessions = Vec::new();
     for version in ["-tls1_3", "-tls1_2"] {
         let sess = dir.path().join(format!("session{version}.pem"));
@@ -340,7 +251,7 @@ fn every_worker_and_a_sharing_replica_resume_a_session_across_hup_and_usr2() {
         assert_eq!(resumed(https, version, sess, 8), 8, "{version}: after HUP");
     }
     let workers = children(edge.pid());
-    let new_master = upgrade(&edge, &workers);
+    let new_master = upgrade(edge, &workers);
     let _stop = KillOnDrop(new_master);
     for (version, sess) in &sessions {
         assert_eq!(resumed(https, version, sess, 8), 8, "{version}: after USR2");
@@ -351,8 +262,10 @@ fn every_worker_and_a_sharing_replica_resume_a_session_across_hup_and_usr2() {
     let mut material = [0_u8; 80];
     getrandom_bytes(&mut material);
     std::fs::write(&key, material).unwrap();
-    let (_a, a) = tls_edge(dir.path(), 2, Some(&key));
-    let (_b, b) = tls_edge(dir.path(), 2, Some(&key));
+    let ticket_key = format!("session_ticket_key = \"{}\"\n", key.display());
+    let replica_a = supervised_edge(2, true, &ticket_key, "");
+    let replica_b = supervised_edge(2, true, &ticket_key, "");
+    let (a, b) = (replica_a.tls_addr().port(), replica_b.tls_addr().port());
     for version in ["-tls1_3", "-tls1_2"] {
         let sess = dir.path().join(format!("replica{version}.pem"));
         let sess = sess.display().to_string();
