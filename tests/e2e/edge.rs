@@ -831,7 +831,7 @@ fn proxy_protocol_gives_the_client_address_from_trusted_peers_only() {
 
 /// `openssl s_client` to 127.0.0.1:`port` with `args`, `input` on its
 /// standard input: whether it exited 0, and what it printed.
-fn s_client_with_input(port: u16, args: &[&str], input: &str) -> (bool, String) {
+pub fn s_client_with_input(port: u16, args: &[&str], input: &str) -> (bool, String) {
     let out = output_with_input(
         Command::new("openssl")
             .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])

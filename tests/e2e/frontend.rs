@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use crate::reliability::Proc;
-use crate::support::{command, curl, free_port, start};
+use crate::support::{command, curl, free_port, on_ci, served, skipped, start};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 
@@ -250,11 +250,8 @@ fn with_no_environment_it_is_development_on_loopback_port_7001() {
 
     // Serving needs 7001 itself: no other test uses it, but the machine may.
     if std::net::TcpListener::bind("0.0.0.0:7001").is_err() {
-        assert!(
-            std::env::var("CI").map_or(true, |ci| ci.is_empty() || ci == "false"),
-            "port 7001 is taken on this CI machine"
-        );
-        eprintln!("SKIPPED: serving on the default port: 7001 is taken here");
+        assert!(!on_ci(), "port 7001 is taken on this CI machine");
+        skipped("serving on the default port", "7001 is taken here");
         return;
     }
     let frontend = Proc::spawn(FRONTEND, &["serve"], &HashMap::new(), 7001, None);
@@ -284,15 +281,6 @@ fn with_no_environment_it_is_development_on_loopback_port_7001() {
 
 fn frontend_url(port: u16, path: &str) -> String {
     format!("http://127.0.0.1:{port}{path}")
-}
-
-/// The access-log lines of `logs` for `path` as (status, pid).
-fn served(logs: &str, path: &str) -> Vec<(u64, u64)> {
-    logs.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| l["message"] == "Served request" && l["path"] == path)
-        .map(|l| (l["status"].as_u64().unwrap(), l["pid"].as_u64().unwrap()))
-        .collect()
 }
 
 /// The whole recipient journey on the offline default, across two worker
@@ -385,7 +373,7 @@ fn the_download_flow_works_offline_across_workers() {
     // the file on new connections until the other worker has verified it too
     // (the kernel hands each connection to either worker).
     let confirm_path = format!("{doc}/confirm-email-address");
-    let issuer = served(&frontend.logs(), &confirm_path)
+    let issuer = served(&frontend.logs(), |p| p == confirm_path)
         .into_iter()
         .find(|(status, _)| *status == 302)
         .unwrap_or_else(|| panic!("no 302 for the confirmation in {}", frontend.logs()))
@@ -406,7 +394,7 @@ fn the_download_flow_works_offline_across_workers() {
             bytes,
             "This is the sample file that needs email confirmation.\nIt was served by wharf's local document API.\n"
         );
-        let pids: Vec<(u64, u64)> = served(&frontend.logs(), &file_path);
+        let pids: Vec<(u64, u64)> = served(&frontend.logs(), |p| p == file_path);
         assert!(pids.iter().all(|(status, _)| *status == 200), "{pids:?}");
         if pids.iter().any(|(_, pid)| *pid != issuer) {
             other_worker_served = true;

@@ -9,25 +9,13 @@ use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use crate::reliability::{dead_address, document_path, Edge, EdgeSpec, Proc, FRONTEND};
-use crate::support::{curl, free_port};
+use crate::support::{curl, free_port, served};
 
 /// The status of a GET on a new connection.
 fn status(url: &str) -> String {
     let (ok, code) = curl(&["-o", "/dev/null", "-w", "%{http_code}", url]);
     assert!(ok, "curl {url} failed");
     code
-}
-
-/// Distinct pids in the access log lines for paths starting with `prefix`.
-fn serving_pids(logs: &str, prefix: &str) -> BTreeSet<u64> {
-    logs.lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|l| {
-            l["message"] == "Served request"
-                && l["path"].as_str().is_some_and(|p| p.starts_with(prefix))
-        })
-        .filter_map(|l| l["pid"].as_u64())
-        .collect()
 }
 
 fn signal(pid: u32, name: &str) {
@@ -113,7 +101,10 @@ fn assert_one_zone_across_hup_and_usr2(
 ) -> KillOnDrop {
     let statuses: Vec<String> = (0..60).map(|_| status(url)).collect();
     let passed = statuses.iter().filter(|s| *s != "429").count();
-    let pids = serving_pids(&proc.logs(), log_prefix);
+    let pids: BTreeSet<u64> = served(&proc.logs(), |p| p.starts_with(log_prefix))
+        .into_iter()
+        .map(|(_, pid)| pid)
+        .collect();
     assert!(
         pids.len() >= 2,
         "all 60 requests reached one worker ({pids:?}): the test shows nothing"
@@ -196,22 +187,15 @@ fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str) -> 
     edge
 }
 
-/// `openssl s_client` to `port` with `args`, a request on its input: what it
+/// `openssl s_client` for `localhost` with `args` and a request: what it
 /// printed (asserting it exited 0).
 fn s_client(port: u16, args: &[&str]) -> String {
-    let out = crate::support::output_with_input(
-        std::process::Command::new("openssl")
-            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
-            .args(["-servername", "localhost", "-ign_eof"])
-            .args(args),
+    let (ok, text) = crate::edge::s_client_with_input(
+        port,
+        &[&["-servername", "localhost", "-ign_eof"][..], args].concat(),
         "GET /fixed HTTP/1.0\r\nHost: localhost\r\n\r\n",
     );
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{text}");
+    assert!(ok, "{text}");
     text
 }
 

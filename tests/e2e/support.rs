@@ -196,3 +196,13 @@ pub fn find_tool(tool: &str) -> Option<PathBuf> {
         .map(|dir| dir.join(tool))
         .find(|path| executable(path))
 }
+
+/// The access-log lines (`Served request`, JSON) in `logs` whose path
+/// `matches`, as (status, pid of the worker that served it).
+pub fn served(logs: &str, matches: impl Fn(&str) -> bool) -> Vec<(u64, u64)> {
+    logs.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["message"] == "Served request" && l["path"].as_str().is_some_and(&matches))
+        .map(|l| (l["status"].as_u64().unwrap(), l["pid"].as_u64().unwrap()))
+        .collect()
+}
