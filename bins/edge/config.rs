@@ -202,8 +202,14 @@ impl Default for HttpSection {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct TlsSection {
-    /// `ssl_session_cache` size in sessions; 0 turns it off. Default 20480.
+    /// `ssl_session_cache shared:SSL:…` size in sessions (512 bytes each in
+    /// memory every worker shares, so 20480 is nginx's `10m`); 0 turns it
+    /// off. Default 20480.
     pub(crate) session_cache: usize,
+    /// `ssl_session_timeout`: how long a cached session can be resumed.
+    /// Default `1d` (the seeds'; nginx's own default is `5m`).
+    #[serde(deserialize_with = "duration")]
+    pub(crate) session_timeout: Duration,
     /// `ssl_session_tickets`. Default on.
     pub(crate) session_tickets: bool,
     /// Handshake timeout. Default `10s`.
@@ -228,6 +234,7 @@ impl Default for TlsSection {
     fn default() -> Self {
         Self {
             session_cache: 20_480,
+            session_timeout: Duration::from_secs(86_400),
             session_tickets: true,
             handshake_timeout: Duration::from_secs(10),
             watch_interval: Duration::from_secs(5),

@@ -214,6 +214,21 @@ fn tls_settings(config: &EdgeConfig, certificates: Vec<wharf_tls::CertificatePai
 
 /// The shared-memory segment holding the instance's ticket secret.
 const TICKET_SEGMENT: &str = "tls-tickets";
+/// The shared-memory segment holding the instance's TLS session cache.
+const SESSION_SEGMENT: &str = "tls-sessions";
+
+/// The session cache every worker shares (the master's segment), or `None`
+/// outside a supervisor (one process: rustls's own cache is already shared).
+fn session_store(
+    config: &EdgeConfig,
+    worker: Option<&mut WorkerContext>,
+) -> Option<wharf_tls::SharedSessionCache> {
+    let segment = worker?.take_shared_memory(SESSION_SEGMENT)?;
+    Some(wharf_tls::SharedSessionCache::new(
+        segment,
+        config.tls.session_timeout,
+    ))
+}
 
 /// Where session-ticket keys come from: `session_ticket_key` (a fleet's
 /// file), else the instance's secret in the master's shared memory (every
@@ -348,6 +363,12 @@ fn serve_supervised(
         .graceful_timeout(config.http.shutdown_timeout + Duration::from_secs(1))
         .shared_memory(runtime::ZONE_SEGMENT, runtime::zone_memory_bytes())
         .shared_memory(TICKET_SEGMENT, 64);
+    if built.listeners.iter().any(|l| l.tls) && config.tls.session_cache > 0 {
+        supervisor = supervisor.shared_memory(
+            SESSION_SEGMENT,
+            wharf_tls::SharedSessionCache::bytes_for(config.tls.session_cache),
+        );
+    }
     for plan in &built.listeners {
         supervisor = supervisor.listen(plan.addr);
     }
@@ -413,6 +434,7 @@ async fn run(
     };
     let tls = if needs_tls {
         let mut settings = tls_settings(&config, certificates);
+        settings.session_store = session_store(&config, worker.as_mut());
         settings.ticket_secret = match ticket_secret(&config, worker.as_mut()) {
             Ok(secret) => secret,
             Err(error) => {

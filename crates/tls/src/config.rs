@@ -109,10 +109,12 @@ impl TlsConfig {
                 }
             })
             .collect::<Result<_, _>>()?;
-        config.session_storage = if settings.session_cache_size > 0 {
-            ServerSessionMemoryCache::new(settings.session_cache_size)
-        } else {
+        config.session_storage = if settings.session_cache_size == 0 {
             Arc::new(NoServerSessionStorage {})
+        } else if let Some(shared) = &settings.session_store {
+            Arc::new(shared.clone())
+        } else {
+            ServerSessionMemoryCache::new(settings.session_cache_size)
         };
         if settings.session_tickets {
             config.ticketer = match &settings.ticket_secret {

@@ -73,6 +73,11 @@ pub struct TlsSettings {
     /// alike in every process and replica that holds it, so any of them
     /// resumes a session another issued. Default `None`.
     pub ticket_secret: Option<crate::TicketSecret>,
+    /// Where the session cache lives. `None`: rustls's cache of
+    /// [`session_cache_size`](Self::session_cache_size) sessions in this
+    /// process. `Some`: this cache, which other processes share (a worker
+    /// per CPU then resumes any worker's sessions). Default `None`.
+    pub session_store: Option<crate::SharedSessionCache>,
 }
 
 impl Default for TlsSettings {
@@ -86,6 +91,7 @@ impl Default for TlsSettings {
             watch_interval: Some(Duration::from_secs(5)),
             client_auth: None,
             ticket_secret: None,
+            session_store: None,
         }
     }
 }
