@@ -50,13 +50,14 @@ T0 = time.monotonic()
 # Scenario ids in the order they run (the issue's priorities: the cheap,
 # plain-HTTP ones first, the TLS ones after, Redis last).
 SCENARIOS = ["status", "accept", "metrics-overhead", "rss", "ready", "reload", "landing", "edge-tls", "handshakes",
-             "idle", "ratelimit"]
+             "resume", "idle", "ratelimit"]
 TITLES = {
     "status": "(1) GET /_status, plain HTTP/1.1 keep-alive",
     "accept": "(1b) frontend worker layout: shared socket vs SO_REUSEPORT per worker, worker count",
     "landing": "(2) Document landing page rendered by frontend",
     "edge-tls": "(3) TLS 1.3 reverse proxy: HTTP/1.1 keep-alive (wrk) and HTTP/2 (h2load)",
     "handshakes": "(4) New TLS handshakes per second (no session reuse)",
+    "resume": "(4b) Returning clients: new TLS connection per request, session resumption allowed",
     "idle": "(5) Idle keep-alive TLS connections: memory",
     "ratelimit": "(6) Rate-limit check cost (bench/ratelimit.sh)",
     "rss": "(7) Resident memory per worker, idle and after load",
@@ -69,6 +70,15 @@ TITLES = {
 TLS_ONLY_PATH = "/_tls_only"
 STATUS_BODY = '{"status":"ok","git_commit":"abcdef0","build_time":"2026-11-23T00:00:00Z","environment":"development"}'
 MB = 1024 * 1024
+# Scenario (4b)'s two ways to resume a TLS session, as (id, label): edge
+# `session_cache = 20480, session_tickets = false` beside nginx's `ssl_session_cache
+# shared:SSL:10m; ssl_session_tickets off;` (the seed's), and edge `session_cache
+# = 0, session_tickets = true` beside nginx's `ssl_session_tickets on;
+# ssl_session_cache off;`.
+RESUME_VARIANTS = [("cache", "session cache"), ("tickets", "session tickets")]
+# nginx writes scenario (4b)'s access logs (one `$ssl_session_reused` per
+# connection) through a buffer flushed at least this often (seconds).
+NGINX_LOG_FLUSH = 1
 # Every target the report lists (id, text, threshold, op, unit); one that a run
 # did not measure is listed as "not measured".
 TARGETS = [
@@ -79,6 +89,14 @@ TARGETS = [
     ("tls-p99", "edge TLS keep-alive p99 ≤ nginx p99", None, "<=", "ms"),
     ("handshakes-ecdsa", "edge handshakes/s ≥ nginx (ECDSA)", 1.0, ">=", "×"),
     ("handshakes-rsa", "edge handshakes/s ≥ nginx (RSA)", 1.0, ">=", "×"),
+    ("resume-cache-ecdsa", "edge returning clients/s ≥ nginx (session cache, ECDSA)", 1.0, ">=", "×"),
+    ("resume-cache-rsa", "edge returning clients/s ≥ nginx (session cache, RSA)", 1.0, ">=", "×"),
+    ("resume-cache-rate", "edge resumes ≥ 99 % of the sessions returning clients offer (session cache)", 99, ">=",
+     "%"),
+    ("resume-tickets-ecdsa", "edge returning clients/s ≥ nginx (session tickets, ECDSA)", 1.0, ">=", "×"),
+    ("resume-tickets-rsa", "edge returning clients/s ≥ nginx (session tickets, RSA)", 1.0, ">=", "×"),
+    ("resume-tickets-rate", "edge resumes ≥ 99 % of the sessions returning clients offer (session tickets)", 99, ">=",
+     "%"),
     ("idle", "edge memory holding idle TLS connections ≤ nginx (PSS, all processes)", None, "<=", "MB"),
     ("redis-p99", "Redis rate-limit check p99 ≤ 0.5 ms", 0.5, "<=", "ms"),
     ("rss", "≤ 12 MB RSS per frontend worker (after load)", 12, "<=", "MB"),
@@ -590,6 +608,7 @@ class Harness:
             "edge-ecdsa": bool(s.edge_bin),
             "edge-hs-ecdsa": bool(s.edge_bin),
             "edge-hs-rsa": bool(s.edge_bin),
+            **{f"edge-{v}-{k}": bool(s.edge_bin) for v, _ in RESUME_VARIANTS for k in ("ecdsa", "rsa")},
             "frontend-metrics-off": bool(s.frontend_bin),
             "frontend-traces-on": bool(s.frontend_bin),
         }[name]
@@ -608,6 +627,12 @@ class Harness:
             "edge-ecdsa": lambda: self.make_edge("ecdsa"),
             "edge-hs-ecdsa": lambda: self.make_edge("ecdsa", resumption=False, name="edge-hs-ecdsa"),
             "edge-hs-rsa": lambda: self.make_edge("rsa", resumption=False, name="edge-hs-rsa"),
+            "edge-cache-ecdsa": lambda: self.make_edge("ecdsa", name="edge-cache-ecdsa"),
+            "edge-cache-rsa": lambda: self.make_edge("rsa", name="edge-cache-rsa"),
+            "edge-tickets-ecdsa": lambda: self.make_edge("ecdsa", resumption=False, tickets=True,
+                                                         name="edge-tickets-ecdsa"),
+            "edge-tickets-rsa": lambda: self.make_edge("rsa", resumption=False, tickets=True,
+                                                       name="edge-tickets-rsa"),
             "frontend-metrics-off": lambda: self.make_frontend("frontend-metrics-off", {"WHARF_METRICS": "false"}),
             "frontend-traces-on": lambda: self.make_frontend("frontend-traces-on", {
                 "WHARF_TRACING": "otlp", "OTEL_TRACES_SAMPLER": "always_on",
@@ -639,6 +664,7 @@ class Harness:
             "edge-ecdsa": "no EDGE_BIN",
             "edge-hs-ecdsa": "no EDGE_BIN",
             "edge-hs-rsa": "no EDGE_BIN",
+            **{f"edge-{v}-{k}": "no EDGE_BIN" for v, _ in RESUME_VARIANTS for k in ("ecdsa", "rsa")},
             "frontend-metrics-off": "no FRONTEND_BIN",
             "frontend-traces-on": "no FRONTEND_BIN",
         }[name]
@@ -724,7 +750,10 @@ class Harness:
     def make_nginx(self):
         """One nginx with every listener the scenarios use: plain `return 200`
         /_status, and the seed's TLS reverse proxy (ECDSA and RSA certificates
-        on two ports) in front of bare-hyper."""
+        on two ports) in front of bare-hyper; the same proxy without session
+        resumption (`hs-`, scenario 4), and with the session cache (`cache-`)
+        or session tickets only (`tickets-`), each logging
+        `$ssl_session_reused` (scenario 4b)."""
         certs = self.ensure_certs() if self.have("bare-hyper") else None
         prefix = self.tmp / "nginx"
         (prefix / "logs").mkdir(parents=True, exist_ok=True)
@@ -770,16 +799,30 @@ class Harness:
                 "  ssl_session_cache shared:SSL:10m;",
                 "  ssl_session_timeout 1d;",
                 "  ssl_session_tickets off;",
+                # Scenario (4b): one character per connection, `r` (resumed) or `.`.
+                "  log_format resumed '$ssl_session_reused';",
             ]
-            for kind, resumption in [(k, True) for k in certs] + [(f"hs-{k}", False) for k in certs]:
-                cert, key = certs[kind.removeprefix("hs-")]
+            # Per listener: its session settings (the http block's by default).
+            sessions = {
+                "": [],
+                "hs-": ["ssl_session_cache off;", "ssl_session_tickets off;"],
+                # The http block's shared cache, tickets off: counted, not changed.
+                "cache-": [],
+                # nginx's ticket keys (OpenSSL's, made before the fork) are the same in every worker.
+                "tickets-": ["ssl_session_tickets on;", "ssl_session_cache off;"],
+            }
+            for kind, cert_kind, prefix_ in [(f"{p}{k}", k, p) for p in sessions for k in certs]:
+                cert, key = certs[cert_kind]
                 port = free_port()
                 tls_ports[kind] = port
+                logged = prefix_ in ("cache-", "tickets-")
                 conf += [
                     "  server {",
                     f"    listen 127.0.0.1:{port} ssl http2;",
                     "    server_name localhost;",
-                    *([] if resumption else ["    ssl_session_cache off;", "    ssl_session_tickets off;"]),
+                    *(f"    {d}" for d in sessions[prefix_]),
+                    *([f"    access_log {prefix}/logs/{kind}.log resumed buffer=64k flush={NGINX_LOG_FLUSH}s;"]
+                      if logged else []),
                     f"    ssl_certificate {cert};",
                     f"    ssl_certificate_key {key};",
                     "    add_header X-Frame-Options DENY;",
@@ -813,9 +856,22 @@ class Harness:
         server = Server("nginx", [self.s.nginx, "-p", str(prefix), "-c", str(path), "-e", "stderr",
                                   "-g", "daemon off;"], plain)
         server.tls_ports = tls_ports
+        server.logs = prefix / "logs"
         return server
 
-    def make_edge(self, kind, port=None, admin=True, name=None, resumption=True):
+    def nginx_session_reused(self, kind):
+        """Connections logged on nginx's `kind` listener so far, by
+        `$ssl_session_reused`: {"r": resumed, ".": full handshakes}."""
+        path = self.server("nginx").logs / f"{kind}.log"
+        counts = {"r": 0, ".": 0}
+        if path.exists():
+            for line in path.read_text().split():
+                counts[line] = counts.get(line, 0) + 1
+        return counts
+
+    def make_edge(self, kind, port=None, admin=True, name=None, resumption=True, tickets=False):
+        """edge with the seed's settings; `resumption`: a session cache of
+        20480 sessions (else none), `tickets`: session tickets on."""
         cert, key = self.ensure_certs()[kind]
         hyper = self.server("bare-hyper")
         port = port or free_port()
@@ -838,7 +894,7 @@ x_frame_options = "DENY"
 client_max_body_size = "10M"
 
 [tls]
-session_tickets = false
+session_tickets = {"true" if tickets else "false"}
 session_cache = {20480 if resumption else 0}
 watch_interval = "0s"
 
@@ -1526,6 +1582,77 @@ proxy_pass = "backend"
             out[kind] = result
         return out
 
+    def scenario_resume(self):
+        if not (self.have("edge-ecdsa") and self.have("nginx") and self.have("bare-hyper")):
+            raise BenchError("needs edge, nginx and bare-hyper (the upstream)")
+        if self.s.load_tool != "wrk":
+            raise BenchError("needs wrk")
+        out = {"method": "wrk with `Connection: close`: every request is a new TCP connection and a new TLS 1.3 "
+                         "handshake, and each wrk connection offers the session of its previous one, as a "
+                         "returning browser does; both servers run a worker process per CPU. Two ways to "
+                         "resume: the session cache (edge `session_cache = 20480`, `session_tickets = false`; "
+                         "nginx `ssl_session_cache shared:SSL:10m; ssl_session_tickets off;`, the seed's) and "
+                         "session tickets alone (edge `session_tickets = true`, `session_cache = 0`; nginx "
+                         "`ssl_session_tickets on; ssl_session_cache off;`, whose ticket keys every worker "
+                         "shares). Resumed share of the handshakes: edge's edge_tls_resumed_total / "
+                         "edge_tls_handshakes_total on its admin /metrics, nginx's `$ssl_session_reused` "
+                         "(`r` or `.`) in an access log on these listeners only (one character per "
+                         "connection, buffered), both over the warm-up and every round. Each wrk run's first "
+                         f"handshake on each of its {self.s.connections} connections has no session to offer: "
+                         "`resumed %` counts every handshake, `of offered` leaves those out (the share of the "
+                         "sessions offered that the server resumed; the target is on it)"}
+        wrk_runs = self.s.rounds + (1 if self.s.warmup > 0 else 0)
+        first = self.s.connections * wrk_runs  # handshakes per server that offered no session
+
+        def pct(part, whole):
+            return round(100 * part / whole, 2) if whole and whole > 0 else None
+
+        def runner(url, seconds):
+            return self.load.wrk(url, seconds, headers=("Connection: close",))
+
+        for variant, label in RESUME_VARIANTS:
+            out[variant] = {}
+            for kind in ("ecdsa", "rsa"):
+                edge = self.server(f"edge-{variant}-{kind}")
+                nginx_kind = f"{variant}-{kind}"
+                nginx_url = self.nginx_tls_url(nginx_kind)
+                before, logged_before = self.edge_tls_metrics(edge), self.nginx_session_reused(nginx_kind)
+                result = self.compare(f"resume {variant} {kind}", [("edge", edge.url()), ("nginx", nginx_url)],
+                                      runner)
+                time.sleep(NGINX_LOG_FLUSH + 1)  # nginx's workers flush their log buffers
+                after, logged_after = self.edge_tls_metrics(edge), self.nginx_session_reused(nginx_kind)
+                delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+                reused = {k: logged_after.get(k, 0) - logged_before.get(k, 0) for k in ("r", ".")}
+                result["edge_metrics_delta"] = delta
+                result["nginx_session_reused"] = reused
+                hs, n = delta.get("edge_tls_handshakes_total", 0), reused["r"] + reused["."]
+                resumed = {"edge": delta.get("edge_tls_resumed_total", 0), "nginx": reused["r"]}
+                result["resumed_pct"] = {"edge": pct(resumed["edge"], hs), "nginx": pct(resumed["nginx"], n)}
+                result["handshakes_without_session"] = first
+                result["resumed_pct_of_offered"] = {"edge": pct(resumed["edge"], hs - first),
+                                                    "nginx": pct(resumed["nginx"], n - first)}
+                rows = {r["name"]: r for r in result["rows"]}
+                ratio = round(rows["edge"]["rps"] / rows["nginx"]["rps"], 3) if rows["nginx"]["rps"] else None
+                result["ratios"] = {"edge/nginx": ratio}
+                offered = result["resumed_pct_of_offered"]
+                if offered["nginx"] is None or offered["nginx"] < 90:
+                    self.warnings.append(f"resume {variant} {kind}: nginx resumed {offered['nginx']} % of the "
+                                         f"sessions offered ({reused}): the comparison is not of returning clients")
+                self.target(f"resume-{variant}-{kind}",
+                            f"edge returning clients/s ≥ nginx ({label}, {kind.upper()})", ratio, 1.0, ">=", "×",
+                            f"resumed of offered: edge {offered['edge']} %, nginx {offered['nginx']} %; p99 edge "
+                            f"{rows['edge']['latency_ms'].get('p99')} ms, nginx "
+                            f"{rows['nginx']['latency_ms'].get('p99')} ms")
+                out[variant][kind] = result
+            rates = {k: out[variant][k]["resumed_pct_of_offered"] for k in ("ecdsa", "rsa")}
+            edge_rates = [r["edge"] for r in rates.values()]
+            self.target(f"resume-{variant}-rate",
+                        f"edge resumes ≥ 99 % of the sessions returning clients offer ({label})",
+                        None if None in edge_rates else min(edge_rates), 99, ">=", "%",
+                        "of the sessions offered; " + "; ".join(f"{k.upper()}: edge {r['edge']} %, nginx {r['nginx']} %"
+                                                                for k, r in rates.items()))
+        return out
+
     def scenario_idle(self):
         if not (self.have("edge-ecdsa") and self.have("nginx") and self.have("bare-hyper")):
             raise BenchError("needs edge, nginx and bare-hyper (the upstream)")
@@ -2111,6 +2238,27 @@ def render(report, svg_dir, svg_rel):
                            f"{fmt(row['latency_ms'].get('p99'), 3)} | {row['errors_total']} | "
                            f"{r[kind]['ratios']['edge/nginx'] if row['name'] == 'edge' else ''} |")
         out.append("")
+    r = header("resume")
+    if r:
+        out.extend([r["method"] + ".", ""])
+        variants = [(v, label) for v, label in RESUME_VARIANTS if v in r]
+        panels = [(f"{label}, {kind.upper()}: req/s (higher is better)", "/s", ["req/s"],
+                   [(row["name"], [row["rps"]]) for row in r[v][kind]["rows"]])
+                  for v, label in variants for kind in ("ecdsa", "rsa")]
+        plot("resume", "Returning clients: a new TLS connection per request, resumption on", panels)
+        out.extend(["| Resumption | Certificate | Server | req/s | p99 ms | errors | resumed % | of offered % | "
+                    "edge/nginx |", "|---|---|---|---:|---:|---:|---:|---:|---:|"])
+        for v, label in variants:
+            for kind in ("ecdsa", "rsa"):
+                res = r[v][kind]
+                for row in res["rows"]:
+                    out.append(f"| {label} | {kind.upper()} | {row['name']} | {fmt(row['rps'])} | "
+                               f"{fmt(row['latency_ms'].get('p99'), 3)} | {row['errors_total']} | "
+                               f"{fmt(res['resumed_pct'].get(row['name']), 2)} | "
+                               f"{fmt(res['resumed_pct_of_offered'].get(row['name']), 2)} | "
+                               f"{res['ratios']['edge/nginx'] if row['name'] == 'edge' else ''} |")
+        out.append("")
+        notes(r)
     r = header("idle")
     if r:
         out.extend([r["method"] + ".", ""])
@@ -2227,6 +2375,20 @@ def console_summary(report):
                                           f"{row['latency_ms'].get('p50', float('nan')):.3f} ms   p99 "
                                           f"{row['latency_ms'].get('p99', float('nan')):.3f} ms"
                                           for row in status["rows"]]
+    resume = report["scenarios"].get("resume")
+    if resume and resume["status"] == "ok":
+        lines += ["", "(4b) returning clients (Connection: close, resumption on):"]
+        for v, label in RESUME_VARIANTS:
+            for kind in ("ecdsa", "rsa"):
+                res = resume.get(v, {}).get(kind)
+                if not res:
+                    continue
+                for row in res["rows"]:
+                    lines.append(f"  {label + ' ' + kind.upper():<22} {row['name']:<6} {row['rps']:>9.1f} req/s   "
+                                 f"p99 {row['latency_ms'].get('p99', float('nan')):.3f} ms   resumed "
+                                 f"{fmt(res['resumed_pct'].get(row['name']), 2)} % (of offered "
+                                 f"{fmt(res['resumed_pct_of_offered'].get(row['name']), 2)} %)"
+                                 + (f"   edge/nginx {res['ratios']['edge/nginx']}" if row["name"] == "edge" else ""))
     for w in report["warnings"]:
         lines.append(f"WARNING: {w}")
     print("\n".join(lines))
