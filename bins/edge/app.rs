@@ -507,7 +507,7 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
     );
     // One block per family (HELP, TYPE, then its samples): the exposition
     // format wants a family's samples together.
-    let families: [(&str, &str, &str); 4] = [
+    let families: [(&str, &str, &str); 6] = [
         (
             "edge_upstream_up",
             "gauge",
@@ -528,8 +528,18 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
             "gauge",
             "Requests in flight to an upstream server.",
         ),
+        (
+            "edge_upstream_connections_opened_total",
+            "counter",
+            "Connections opened to an upstream server.",
+        ),
+        (
+            "edge_upstream_connections_reused_total",
+            "counter",
+            "Requests sent over a kept-alive upstream connection (reuse rate: reused / (reused + opened)).",
+        ),
     ];
-    let mut rows: [String; 4] = Default::default();
+    let mut rows: [String; 6] = Default::default();
     for proxy in &runtime.proxies {
         let upstream = proxy.upstream();
         for s in upstream.stats() {
@@ -539,6 +549,8 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
                 s.requests,
                 s.failures,
                 u64::try_from(s.active).unwrap_or(u64::MAX),
+                s.connections_opened,
+                s.connections_reused,
             ];
             for ((row, (name, _, _)), value) in rows.iter_mut().zip(&families).zip(values) {
                 let _ = writeln!(row, "{name}{{{labels}}} {value}");
@@ -550,6 +562,10 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
         out.push_str(row);
     }
     out.push_str(&expiries);
+    // Per zone: checks, rejections, and where it counts (zone_info).
+    if let Some(limit) = &runtime.limit_req {
+        out.push_str(&limit.limiter().metrics().render_prometheus());
+    }
     out
 }
 

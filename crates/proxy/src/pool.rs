@@ -14,6 +14,7 @@
 //! waiters, which is most of what a request cost on top of the HTTP/1 work.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -75,6 +76,10 @@ struct Idle {
 pub(crate) struct Pool {
     idle: Mutex<Vec<Idle>>,
     max_idle: usize,
+    /// Connections opened to the server (requests and upgrades).
+    pub(crate) opened: AtomicU64,
+    /// Requests sent over a kept-alive connection from the pool.
+    pub(crate) reused: AtomicU64,
 }
 
 impl std::fmt::Debug for Pool {
@@ -82,6 +87,8 @@ impl std::fmt::Debug for Pool {
         f.debug_struct("Pool")
             .field("idle", &self.idle_count())
             .field("max_idle", &self.max_idle)
+            .field("opened", &self.opened)
+            .field("reused", &self.reused)
             .finish()
     }
 }
@@ -92,6 +99,8 @@ impl Pool {
         Self {
             idle: Mutex::new(Vec::new()),
             max_idle,
+            opened: AtomicU64::new(0),
+            reused: AtomicU64::new(0),
         }
     }
 
@@ -201,7 +210,10 @@ pub(crate) async fn send(
             continue;
         }
         match sender.try_send_request(request).await {
-            Ok(response) => return Ok((response, sender)),
+            Ok(response) => {
+                pool.reused.fetch_add(1, Ordering::Relaxed);
+                return Ok((response, sender));
+            }
             Err(mut error) => match error.take_message() {
                 // Never written: the connection was closing. Try another.
                 Some(unsent) => request = unsent,
@@ -215,6 +227,7 @@ pub(crate) async fn send(
         }
     }
     let mut sender = connect(addr, connect_timeout).await?;
+    pool.opened.fetch_add(1, Ordering::Relaxed);
     match sender.send_request(request).await {
         Ok(response) => Ok((response, sender)),
         Err(error) => Err(SendError::Request {

@@ -245,6 +245,11 @@ pub struct ServerStats {
     pub requests: u64,
     /// Attempts that failed.
     pub failures: u64,
+    /// Connections opened to it (one per request without keep-alive).
+    pub connections_opened: u64,
+    /// Requests sent over a kept-alive connection: with
+    /// `connections_opened`, the reuse rate (`reused / (reused + opened)`).
+    pub connections_reused: u64,
 }
 
 /// An upstream group at run time: its servers' state and the balancer.
@@ -295,6 +300,8 @@ impl Upstream {
                 active: p.active.load(Ordering::Relaxed),
                 requests: p.requests.load(Ordering::Relaxed),
                 failures: p.failures.load(Ordering::Relaxed),
+                connections_opened: p.pool.opened.load(Ordering::Relaxed),
+                connections_reused: p.pool.reused.load(Ordering::Relaxed),
             })
             .collect()
     }

@@ -35,7 +35,10 @@ pub(crate) async fn proxy_upgrade(
         peer.requests.fetch_add(1, Ordering::Relaxed);
         let addr = peer.config.addr;
         let stream = match crate::pool::connect_tcp(addr, settings.connect_timeout).await {
-            Ok(stream) => stream,
+            Ok(stream) => {
+                peer.pool.opened.fetch_add(1, Ordering::Relaxed);
+                stream
+            }
             Err(error) => {
                 tracing::warn!(upstream = %upstream.name, server = %addr, error = %crate::proxy::error_chain(&error), "Upstream connection failed");
                 peer.failed(&upstream.name);

@@ -215,6 +215,12 @@ async fn one_upstream_connection_serves_sequential_requests_of_every_body_framin
         1,
         "every request reused the first connection"
     );
+    // The counter pair says so: one connection opened, 24 requests reused it.
+    let stats = &front.proxy.upstream().stats()[0];
+    assert_eq!(
+        (stats.connections_opened, stats.connections_reused),
+        (1, 24)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -383,7 +383,19 @@ impl LimiterBuilder {
         };
         let clock = LocalClock::new();
         let now_secs = clock.now() / 1_000_000;
-        let metrics = Metrics::new(self.zones.iter().map(|z| z.name.clone()));
+        let memory_store = if memory.is_shared() {
+            "shared_memory"
+        } else {
+            "memory"
+        };
+        let metrics = Metrics::new(self.zones.iter().map(|z| {
+            let store = if z.store == StoreKind::Shared && self.redis.is_some() {
+                "redis"
+            } else {
+                memory_store
+            };
+            (z.name.clone(), store)
+        }));
         Ok(Limiter {
             inner: Arc::new(Inner {
                 zones: self

@@ -107,6 +107,7 @@ pub struct ZoneMemory {
     zones: usize,
     keys: usize,
     hash_keys: (u64, u64),
+    shared: bool,
 }
 
 impl std::fmt::Debug for ZoneMemory {
@@ -135,7 +136,9 @@ impl ZoneMemory {
     pub fn private(zones: usize, keys_per_zone: usize) -> Result<Self, ZoneMemoryError> {
         let words: Box<[AtomicU64]> =
             bytemuck::allocation::zeroed_slice_box(Self::words_for(zones, keys_per_zone));
-        Self::new(Arc::new(words), zones, keys_per_zone)
+        let mut memory = Self::new(Arc::new(words), zones, keys_per_zone)?;
+        memory.shared = false;
+        Ok(memory)
     }
 
     /// Zone memory in `words` (zeroed when new, or laid out by an earlier
@@ -197,7 +200,14 @@ impl ZoneMemory {
             zones,
             keys,
             hash_keys,
+            shared: true,
         })
+    }
+
+    /// Whether other processes may count in this memory (made by
+    /// [`new`](Self::new) over words they can map), not [`private`](Self::private).
+    pub fn is_shared(&self) -> bool {
+        self.shared
     }
 
     /// Zones this memory holds.

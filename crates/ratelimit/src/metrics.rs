@@ -64,6 +64,8 @@ impl ZoneCounters {
 #[derive(Debug)]
 pub struct Metrics {
     pub(crate) zones: Vec<(String, ZoneCounters)>,
+    /// Where each zone counts: `redis`, `shared_memory` or `memory`.
+    stores: Vec<&'static str>,
     redis_calls: AtomicU64,
     redis_errors: AtomicU64,
     redis_skipped: AtomicU64,
@@ -74,12 +76,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn new(zone_names: impl IntoIterator<Item = String>) -> Self {
+    pub(crate) fn new(zones: impl IntoIterator<Item = (String, &'static str)>) -> Self {
+        let (names, stores): (Vec<String>, Vec<&'static str>) = zones.into_iter().unzip();
         Self {
-            zones: zone_names
+            zones: names
                 .into_iter()
                 .map(|n| (n, ZoneCounters::default()))
                 .collect(),
+            stores,
             redis_calls: AtomicU64::new(0),
             redis_errors: AtomicU64::new(0),
             redis_skipped: AtomicU64::new(0),
@@ -88,6 +92,14 @@ impl Metrics {
             latency_sum_micros: AtomicU64::new(0),
             fallback_active: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Where the zone named `name` counts: `redis` (shared by every
+    /// replica), `shared_memory` (by every worker of this instance) or
+    /// `memory` (this process).
+    pub fn store(&self, name: &str) -> Option<&'static str> {
+        let i = self.zones.iter().position(|(n, _)| n == name)?;
+        self.stores.get(i).copied()
     }
 
     /// The counters of the zone named `name`.
@@ -180,6 +192,7 @@ impl Metrics {
                 );
             }
         }
+        self.render_zone_info(&mut out);
         for (name, help, value) in [
             (
                 "redis_errors_total",
@@ -239,6 +252,23 @@ impl Metrics {
         );
         let _ = writeln!(out, "wharf_ratelimit_redis_seconds_count {cumulative}");
         out
+    }
+}
+
+impl Metrics {
+    /// `wharf_ratelimit_zone_info{zone, store} 1`: where each zone counts.
+    fn render_zone_info(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP wharf_ratelimit_zone_info Where each zone counts: redis (every replica), shared_memory (every worker of the instance) or memory (one process)."
+        );
+        let _ = writeln!(out, "# TYPE wharf_ratelimit_zone_info gauge");
+        for ((zone, _), store) in self.zones.iter().zip(&self.stores) {
+            let _ = writeln!(
+                out,
+                "wharf_ratelimit_zone_info{{zone=\"{zone}\",store=\"{store}\"}} 1"
+            );
+        }
     }
 }
 

@@ -480,3 +480,51 @@ e7d1eecce10fd6bb5eb35b9f99a514335d9ba9ca 127.0.0.1:30001@40001 myself,master - 0
     );
     assert_eq!(crate::redis::importing_node(&other, 93), None);
 }
+
+/// The scrape says where each zone counts: Redis for a shared zone when the
+/// limiter has Redis, else the zone memory, shared or this process's own.
+#[tokio::test]
+async fn metrics_name_each_zones_store() {
+    use crate::{Limiter, RedisOptions, RedisStore, StoreKind, Zone, ZoneMemory};
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+
+    let zones = || {
+        [
+            Zone::new("a", rate("1r/s")),
+            Zone::new("b", rate("1r/s")).store(StoreKind::Memory),
+        ]
+    };
+    let words: Box<[AtomicU64]> = (0..ZoneMemory::bytes_for(2, 64) / 8)
+        .map(|_| AtomicU64::new(0))
+        .collect();
+    let shared = ZoneMemory::new(Arc::new(words), 2, 64).unwrap();
+    assert!(shared.is_shared());
+    assert!(!ZoneMemory::private(2, 64).unwrap().is_shared());
+    let [a, b] = zones();
+    let limiter = Limiter::builder()
+        .zone(a)
+        .zone(b)
+        .memory(shared)
+        .build()
+        .unwrap();
+    assert_eq!(limiter.metrics().store("a"), Some("shared_memory"));
+    assert_eq!(limiter.metrics().store("b"), Some("shared_memory"));
+
+    // A Redis nobody listens on: the store is named from the configuration.
+    let redis = RedisStore::connect(&RedisOptions::new("redis://127.0.0.1:1")).unwrap();
+    let [a, b] = zones();
+    let limiter = Limiter::builder()
+        .zone(a)
+        .zone(b)
+        .redis(redis)
+        .build()
+        .unwrap();
+    assert_eq!(limiter.metrics().store("a"), Some("redis"));
+    assert_eq!(limiter.metrics().store("b"), Some("memory"));
+    let text = limiter.metrics().render_prometheus();
+    assert!(
+        text.contains("wharf_ratelimit_zone_info{zone=\"a\",store=\"redis\"} 1"),
+        "{text}"
+    );
+}

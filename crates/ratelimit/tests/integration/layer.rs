@@ -229,6 +229,12 @@ async fn frontend_zones_limit_documents_and_the_confirmation_post_together() {
         text.contains("wharf_ratelimit_limited_total{zone=\"confirm\"} 2"),
         "{text}"
     );
+    // No Redis, memory of its own: the scrape says where each zone counts.
+    assert!(
+        text.contains("wharf_ratelimit_zone_info{zone=\"document\",store=\"memory\"} 1"),
+        "{text}"
+    );
+    assert_eq!(limiter.metrics().store("confirm"), Some("memory"));
 }
 
 #[tokio::test]
