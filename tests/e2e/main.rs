@@ -16,6 +16,7 @@ mod deploy;
 mod edge;
 mod frontend;
 mod load;
+mod nginx_limit_req;
 mod ratelimit;
 mod reliability;
 mod shared_state;

@@ -6,10 +6,10 @@
 //! answered, so per-process counting could not pass.
 
 use std::collections::{BTreeSet, HashMap};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::reliability::{dead_address, document_path, Edge, EdgeSpec, Proc, FRONTEND};
-use crate::support::{curl, free_port, served};
+use crate::reliability::{document_path, Proc, FRONTEND};
+use crate::support::{children, curl, free_port, served, supervised_edge, wait_until};
 
 /// The status of a GET on a new connection.
 fn status(url: &str) -> String {
@@ -24,23 +24,6 @@ fn signal(pid: u32, name: &str) {
         .status()
         .unwrap();
     assert!(status.success());
-}
-
-/// The children of `pid`.
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !condition() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// HUPs the master and waits until none of `before` is alive and `count`
@@ -164,27 +147,6 @@ fn edge_workers_share_one_limit_req_zone_across_hup_and_usr2() {
     let url = format!("http://127.0.0.1:{}/api", edge.proc.port);
     // nginx with worker_processes 2 and the same zone admits 11.
     let _stop = assert_one_zone_across_hup_and_usr2(&edge.proc, &url, "/api", 2, 11);
-}
-
-/// An edge (the reliability suite's configuration: `/` proxied to a dead
-/// upstream) with `workers` worker processes, a `/fixed` location, a TLS
-/// listener when `tls`, `tls_lines` in `[tls]` and `tables` at the end;
-/// returned once every worker is up.
-fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str) -> Edge {
-    let edge = Edge::start(&EdgeSpec {
-        servers: format!("{{ address = \"{}\" }}", dead_address()),
-        tls,
-        tls_settings: tls_lines.to_owned(),
-        locations: format!(
-            "[[server.location]]\npath = \"/fixed\"\nreturn = {{ status = 200, body = \"fixed\\n\" }}\n\n\
-             [supervisor]\nworkers = {workers}\nworker_threads = 1\n\n{tables}"
-        ),
-        ..EdgeSpec::default()
-    });
-    wait_until("all workers", Duration::from_secs(20), || {
-        children(edge.proc.pid()).len() == workers
-    });
-    edge
 }
 
 /// `openssl s_client` for `localhost` with `args` and a request: what it

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::reliability::{dead_address, Edge, EdgeSpec};
+
 /// A free loopback TCP port (bound then released; fine for tests).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -205,4 +207,44 @@ pub fn served(logs: &str, matches: impl Fn(&str) -> bool) -> Vec<(u64, u64)> {
         .filter(|l| l["message"] == "Served request" && l["path"].as_str().is_some_and(&matches))
         .map(|l| (l["status"].as_u64().unwrap(), l["pid"].as_u64().unwrap()))
         .collect()
+}
+
+/// The children of `pid`.
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Waits up to `timeout` for `condition`, failing the test (naming `what`)
+/// if it never held.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An edge (the reliability suite's configuration: `/` proxied to a dead
+/// upstream) with `workers` worker processes, a `/fixed` location, a TLS
+/// listener when `tls`, `tls_lines` in `[tls]` and `tables` at the end;
+/// returned once every worker is up.
+pub fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str) -> Edge {
+    let edge = Edge::start(&EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", dead_address()),
+        tls,
+        tls_settings: tls_lines.to_owned(),
+        locations: format!(
+            "[[server.location]]\npath = \"/fixed\"\nreturn = {{ status = 200, body = \"fixed\\n\" }}\n\n\
+             [supervisor]\nworkers = {workers}\nworker_threads = 1\n\n{tables}"
+        ),
+        ..EdgeSpec::default()
+    });
+    wait_until("all workers", Duration::from_secs(20), || {
+        children(edge.proc.pid()).len() == workers
+    });
+    edge
 }

@@ -9,7 +9,7 @@
 pub mod dependency;
 mod h2;
 mod hostile;
-mod raw;
+pub mod raw;
 mod redis;
 mod secrets;
 pub mod stub;
