@@ -66,6 +66,11 @@ pub(crate) struct EdgeConfig {
     /// zones whose definition did not change.
     #[serde(default)]
     pub(crate) limit_req: Vec<wharf_ratelimit::ZoneConfig>,
+    /// `[redis]`: where `[[limit_req]]` zones with `store = "shared"` (the
+    /// default) count when set, so every replica of a fleet counts as one.
+    /// Absent: every zone counts in the instance's shared memory.
+    #[serde(default)]
+    pub(crate) redis: Option<RedisSection>,
     /// `limit_req_status`: the status of a rejected request. Default 429
     /// (nginx's default is 503).
     #[serde(default = "default_limit_req_status")]
@@ -82,6 +87,41 @@ pub(crate) struct EdgeConfig {
 
 fn default_limit_req_status() -> u16 {
     429
+}
+
+/// `[redis]`: the store of rate-limit zones shared by a fleet.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RedisSection {
+    /// `redis://`, `rediss://` or `redis-cluster://` URL. `WHARF_EDGE_REDIS_URL`
+    /// overrides it (keep a password out of the file).
+    pub(crate) url: Option<Spanned<String>>,
+    /// Treat the URL's host as a Redis Cluster node. Default false.
+    pub(crate) cluster: bool,
+    /// The most a check waits before the zone's `on_redis_failure` decides.
+    /// Default `50ms`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) timeout: Duration,
+    /// Consecutive failures that open the circuit breaker. Default 5.
+    pub(crate) breaker_failures: u32,
+    /// How long an open breaker skips Redis. Default `1s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) breaker_cooldown: Duration,
+    /// Prefix of every key. Default `wharf:edge`.
+    pub(crate) key_prefix: String,
+}
+
+impl Default for RedisSection {
+    fn default() -> Self {
+        Self {
+            url: None,
+            cluster: false,
+            timeout: Duration::from_millis(50),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(1),
+            key_prefix: "wharf:edge".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -583,6 +623,7 @@ pub(crate) fn development() -> EdgeConfig {
         tls: TlsSection::default(),
         proxy: ProxySection::default(),
         limit_req: Vec::new(),
+        redis: None,
         limit_req_status: default_limit_req_status(),
         // One process: each worker would make its own self-signed certificate.
         supervisor: None,
@@ -653,6 +694,9 @@ pub(crate) struct Overrides {
     /// `WHARF_EDGE_UPSTREAM`: comma-separated `host:port` servers replacing
     /// those of the first upstream.
     pub(crate) upstream: Option<String>,
+    /// `WHARF_EDGE_REDIS_URL`: `[redis] url` (and `[redis]` itself when the
+    /// file has none).
+    pub(crate) redis_url: Option<String>,
 }
 
 impl Overrides {
@@ -663,6 +707,7 @@ impl Overrides {
             https: var("WHARF_EDGE_HTTPS"),
             admin: var("WHARF_EDGE_ADMIN"),
             upstream: var("WHARF_EDGE_UPSTREAM"),
+            redis_url: var("WHARF_EDGE_REDIS_URL"),
         }
     }
 
@@ -689,6 +734,10 @@ impl Overrides {
             } else {
                 config.admin.address.clone_from(admin);
             }
+        }
+        if let Some(url) = &self.redis_url {
+            config.redis.get_or_insert_with(RedisSection::default).url =
+                Some(Spanned::new(0..0, url.clone()));
         }
         if let (Some(servers), Some(first)) = (&self.upstream, config.upstreams.first_mut()) {
             first.servers = servers

@@ -212,6 +212,9 @@ fn limit_req(
     let mut builder = wharf_ratelimit::Limiter::builder()
         .client_ip(client_ip)
         .memory(memory);
+    if let Some(redis) = redis_store(config, source)? {
+        builder = builder.redis(redis);
+    }
     let mut names = HashSet::new();
     for zone in &config.limit_req {
         if !names.insert(zone.zone.clone()) {
@@ -245,6 +248,39 @@ fn limit_req(
             },
         ),
     ))
+}
+
+/// `[redis]` as a store that connects on its first check: a configuration
+/// checked (by `check-config`, or by the master before a HUP) never connects.
+fn redis_store(
+    config: &EdgeConfig,
+    source: &Source,
+) -> Result<Option<wharf_ratelimit::RedisStore>, ConfigError> {
+    let Some(section) = &config.redis else {
+        return Ok(None);
+    };
+    let Some(url) = &section.url else {
+        return Err(source.error(
+            None,
+            "redis: url is not set (set it, or WHARF_EDGE_REDIS_URL)".to_owned(),
+        ));
+    };
+    let mut options = wharf_ratelimit::RedisOptions::new(url.get_ref().clone());
+    options.cluster = section.cluster;
+    options.timeout = section.timeout.max(Duration::from_millis(1));
+    options.breaker_failures = section.breaker_failures;
+    options.breaker_cooldown = section.breaker_cooldown;
+    options.key_prefix.clone_from(&section.key_prefix);
+    wharf_ratelimit::RedisStore::lazy(&options)
+        .map(Some)
+        // The URL itself may hold a password: name the variable, not the value.
+        .map_err(|e| {
+            if matches!(e, wharf_ratelimit::BuildError::KeyPrefix(_)) {
+                return source.error(None, format!("redis: key_prefix: {e}"));
+            }
+            let span = Some(url.span()).filter(|span| !span.is_empty());
+            source.error(span, format!("redis: url: {e}"))
+        })
 }
 
 fn parse_addr(
@@ -663,5 +699,40 @@ mod tests {
         assert_eq!(names(Some("é.example.org")), "*.example.org");
         assert_eq!(names(Some("é")), "default.test");
         assert_eq!(names(None), "default.test");
+    }
+}
+
+#[cfg(test)]
+mod redis_tests {
+    use super::*;
+
+    fn built(extra: &str) -> Result<Built, ConfigError> {
+        let text = format!(
+            "[[listen]]\naddress = \"127.0.0.1:0\"\n\
+             [[server]]\nserver_name = [\"a\"]\ndefault_server = true\n\
+             [[server.location]]\npath = \"/\"\nreturn = {{ status = 200 }}\n\
+             [[limit_req]]\nzone = \"api\"\nrate = \"1r/s\"\n{extra}"
+        );
+        let (config, source) = crate::config::parse(None, text).unwrap();
+        build(&config, &source, 1)
+    }
+
+    /// `[redis]` is checked where it is loaded, and a checked configuration
+    /// never connects (no runtime here: connecting would panic).
+    #[test]
+    fn redis_mistakes_are_named_and_a_good_url_is_not_dialled() {
+        let error = built("[redis]\ntimeout = \"50ms\"\n").err().unwrap();
+        assert!(error.message.contains("redis: url is not set"), "{error}");
+        let error = built("[redis]\nurl = \"redis://a\"\nkey_prefix = \"x{y}\"\n")
+            .err()
+            .unwrap();
+        assert!(error.message.starts_with("redis: key_prefix:"), "{error}");
+        assert!(error.message.contains("must not contain"), "{error}");
+        let error = built("[redis]\nurl = \"redis://a:port\"\n").err().unwrap();
+        assert!(error.message.starts_with("redis: url:"), "{error}");
+        assert_eq!(error.line, Some(13), "{error}");
+        let ok = built("[redis]\nurl = \"redis://127.0.0.1:1\"\n").unwrap();
+        let limiter = ok.runtime.limit_req.unwrap();
+        assert_eq!(limiter.limiter().metrics().store("api"), Some("redis"));
     }
 }

@@ -3,10 +3,9 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, start, wait_for_port};
+use crate::support::{free_port, redis, start};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
@@ -73,40 +72,6 @@ fn document_routes_allow_the_burst_then_answer_429_with_retry_after() {
     }
     assert_eq!(get(frontend.addr(), CONFIRM_DOC).0, 429);
     assert_eq!(get(frontend.addr(), PLAIN_DOC).0, 429);
-}
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis(port: u16) -> Redis {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)",
-        );
-    wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    Redis(child)
 }
 
 #[test]

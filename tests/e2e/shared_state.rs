@@ -228,3 +228,98 @@ fn getrandom_bytes(buf: &mut [u8]) {
     let mut file = std::fs::File::open("/dev/urandom").unwrap();
     std::io::Read::read_exact(&mut file, buf).unwrap();
 }
+
+/// With tickets off (the seeds' `ssl_session_tickets off`), the session
+/// cache is what resumes, and it is one cache for every worker: a TLS 1.2
+/// session id resumes on every connection of a 4-worker edge, and a TLS 1.3
+/// client that keeps the fresh ticket each connection gives it resumes every
+/// time (rustls takes a cached TLS 1.3 ticket once, as RFC 8446 asks). Both
+/// still resume after a HUP and a USR2 upgrade, and the scrape counts it.
+#[test]
+fn every_worker_resumes_from_one_session_cache_across_hup_and_usr2() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance = supervised_edge(4, true, "session_tickets = false\n", "");
+    let (edge, https) = (&instance.proc, instance.tls_addr().port());
+    let tls12 = dir.path().join("session12.pem").display().to_string();
+    let out = s_client(https, &["-tls1_2", "-sess_out", &tls12]);
+    assert!(out.contains("New, TLSv1.2"), "{out}");
+    let tls13 = dir.path().join("session13.pem").display().to_string();
+    let out = s_client(https, &["-tls1_3", "-sess_out", &tls13]);
+    assert!(out.contains("New, TLSv1.3"), "{out}");
+    // Each TLS 1.3 connection offers the ticket the previous one received.
+    let chained = |times: usize| {
+        (0..times)
+            .filter(|_| {
+                s_client(https, &["-tls1_3", "-sess_in", &tls13, "-sess_out", &tls13])
+                    .contains("Reused, TLSv1.3")
+            })
+            .count()
+    };
+    assert_eq!(resumed(https, "-tls1_2", &tls12, 20), 20, "TLS 1.2");
+    assert_eq!(chained(20), 20, "TLS 1.3");
+    // A used TLS 1.3 ticket is refused by whichever worker sees it again.
+    let used = dir.path().join("used13.pem").display().to_string();
+    std::fs::copy(&tls13, &used).unwrap();
+    assert_eq!(chained(1), 1);
+    assert_eq!(
+        resumed(https, "-tls1_3", &used, 1),
+        0,
+        "a ticket resumed twice"
+    );
+
+    let before = children(edge.pid());
+    hup_and_wait(edge.pid(), &before, 4);
+    assert_eq!(resumed(https, "-tls1_2", &tls12, 8), 8, "TLS 1.2 after HUP");
+    assert_eq!(chained(8), 8, "TLS 1.3 after HUP");
+    let workers = children(edge.pid());
+    let new_master = upgrade(edge, &workers);
+    let _stop = KillOnDrop(new_master);
+    assert_eq!(
+        resumed(https, "-tls1_2", &tls12, 8),
+        8,
+        "TLS 1.2 after USR2"
+    );
+    assert_eq!(chained(8), 8, "TLS 1.3 after USR2");
+}
+
+/// Two edge replicas with `[redis]` count a `store = "shared"` zone
+/// together, as frontend replicas do: 1 r/min, burst 10, nodelay admits 11
+/// of 30 requests alternating between them (each replica alone would admit
+/// 11), and each scrape says the zone counts in Redis.
+#[test]
+fn edge_replicas_with_redis_count_one_zone_together() {
+    let redis_port = free_port();
+    let _redis = crate::support::redis(redis_port);
+    let tables = format!(
+        "[[limit_req]]\nzone = \"api\"\nrate = \"1r/m\"\nburst = 10\nnodelay = true\n\n\
+         [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"500ms\"\n"
+    );
+    let replicas = [
+        supervised_edge(2, false, "", &tables),
+        supervised_edge(2, false, "", &tables),
+    ];
+    // The upstream is down: an admitted request is a 502, a refused one 429.
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let port = replicas[i % 2].proc.port;
+        statuses.push(status(&format!("http://127.0.0.1:{port}/api")));
+    }
+    let admitted = statuses.iter().filter(|s| *s == "502").count();
+    assert_eq!(
+        admitted + statuses.iter().filter(|s| *s == "429").count(),
+        30,
+        "{statuses:?}"
+    );
+    assert_eq!(admitted, 11, "{statuses:?}");
+    for edge in &replicas {
+        wait_until("the zone in the scrape", Duration::from_secs(10), || {
+            edge.try_metric("wharf_ratelimit_zone_info{zone=\"api\",store=\"redis\"}") == Ok(1)
+                && edge.try_metric("wharf_ratelimit_checks_total{zone=\"api\"}") == Ok(15)
+        });
+    }
+    let limited: u64 = replicas
+        .iter()
+        .map(|e| e.metric("wharf_ratelimit_limited_total{zone=\"api\"}"))
+        .sum();
+    assert_eq!(limited, 19);
+}

@@ -132,6 +132,8 @@ pub struct RedisStore {
     pub(crate) breaker: Breaker,
     prefix: String,
     deny: DenyCache,
+    /// Whether the connection was started (see [`RedisStore::lazy`]).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -140,6 +142,22 @@ impl std::fmt::Debug for RedisStore {
             .field("timeout", &self.timeout)
             .field("breaker", &self.breaker.state())
             .finish_non_exhaustive()
+    }
+}
+
+/// A started client's connection task outlives the handle unless told to
+/// quit: a store replaced by a configuration reload closes its connection.
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if !self.started.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let client = self.client.clone();
+            runtime.spawn(async move {
+                let _ = client.quit().await;
+            });
+        }
     }
 }
 
@@ -165,6 +183,15 @@ impl RedisStore {
     /// inside a tokio runtime). It does not wait for Redis: until Redis
     /// answers, checks fail fast and each zone's failure mode decides.
     pub fn connect(options: &RedisOptions) -> Result<Self, BuildError> {
+        let store = Self::lazy(options)?;
+        store.start();
+        Ok(store)
+    }
+
+    /// Builds the client and checks the options, connecting only on the
+    /// first check (or [`start`](Self::start)): no runtime needed, and a
+    /// store built only to validate a configuration never connects.
+    pub fn lazy(options: &RedisOptions) -> Result<Self, BuildError> {
         if options.key_prefix.contains(['{', '}']) {
             return Err(BuildError::KeyPrefix(options.key_prefix.clone()));
         }
@@ -216,7 +243,6 @@ impl RedisStore {
             .set_policy(policy)
             .build()
             .map_err(|e| BuildError::RedisUrl(e.details().to_owned()))?;
-        let _connection_task = client.connect();
         Ok(Self {
             client,
             check: Script::from_lua(CHECK_SCRIPT),
@@ -235,11 +261,21 @@ impl RedisStore {
             breaker: Breaker::new(options.breaker_failures, options.breaker_cooldown),
             prefix: options.key_prefix.clone(),
             deny: DenyCache::new(options.deny_cache_keys),
+            started: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Starts connecting in the background, once (call from inside a tokio
+    /// runtime; later calls do nothing).
+    pub fn start(&self) {
+        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            let _connection_task = self.client.connect();
+        }
     }
 
     /// Waits until the client is connected, at most `timeout`. Returns whether it is.
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        self.start();
         matches!(
             tokio::time::timeout(timeout, self.client.wait_for_connect()).await,
             Ok(Ok(()))
@@ -264,6 +300,7 @@ impl RedisStore {
 
     /// PINGs Redis within the timeout budget (readiness).
     pub async fn ping(&self) -> Result<(), String> {
+        self.start();
         // While reconnecting, fail at once rather than queue.
         let client = self.client.with_options(&Options {
             fail_fast: true,
@@ -360,6 +397,7 @@ impl RedisStore {
         keys: Vec<String>,
         args: Vec<i64>,
     ) -> Result<Vec<i64>, String> {
+        self.start();
         let started = Instant::now();
         let slot = keys
             .first()

@@ -336,12 +336,19 @@ proxy_pass = "app"
     /// A metric line's value: `name` with its labels, e.g.
     /// `edge_upstream_up{upstream="app",server="127.0.0.1:1"}`.
     pub fn metric(&self, name: &str) -> u64 {
+        self.try_metric(name)
+            .unwrap_or_else(|text| panic!("no metric {name} in {text}"))
+    }
+
+    /// [`metric`](Self::metric), or the scrape it is not in (the master
+    /// shows a worker's metrics only after the worker has reported).
+    pub fn try_metric(&self, name: &str) -> Result<u64, String> {
         let admin = SocketAddr::from(([127, 0, 0, 1], self.admin));
         let text = raw::get(admin, "/metrics", &[]).body_text();
         text.lines()
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+            .ok_or(text)
     }
 
     /// `edge_upstream_*{upstream="app",server="addr"}`.
