@@ -10,6 +10,9 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 use toml::Spanned;
 
+/// `session_ticket_key` naming Redis rather than a file.
+pub(crate) const TICKET_KEY_IN_REDIS: &str = "redis";
+
 /// Environment variable naming the configuration file (`--config` wins).
 pub(crate) const CONFIG_VAR: &str = "WHARF_EDGE_CONFIG";
 
@@ -266,7 +269,10 @@ pub(crate) struct TlsSection {
     /// `ssl_session_ticket_key`: a file of at least 32 random bytes shared by
     /// the replicas that must resume each other's sessions. Unlike nginx's,
     /// its keys rotate by themselves (derived from it and the time). Re-read
-    /// on reload. Unset: the instance's own secret, in shared memory.
+    /// on reload. `"redis"`: the secret lives in `[redis]` (the first replica
+    /// to ask chooses it), re-read every minute, so deleting the key rotates
+    /// every replica without a restart. Unset: the instance's own secret, in
+    /// shared memory.
     pub(crate) session_ticket_key: Option<Spanned<String>>,
 }
 

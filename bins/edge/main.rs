@@ -237,7 +237,12 @@ fn ticket_secret(
     config: &EdgeConfig,
     worker: Option<&mut WorkerContext>,
 ) -> Result<Option<wharf_tls::TicketSecret>, String> {
-    if let Some(path) = &config.tls.session_ticket_key {
+    if let Some(path) = config
+        .tls
+        .session_ticket_key
+        .as_ref()
+        .filter(|key| key.get_ref() != config::TICKET_KEY_IN_REDIS)
+    {
         let bytes = std::fs::read(path.get_ref())
             .map_err(|e| format!("session_ticket_key {}: {e}", path.get_ref()))?;
         return wharf_tls::TicketSecret::from_material(&bytes)
@@ -252,6 +257,66 @@ fn ticket_secret(
     Ok(worker
         .and_then(|ctx| ctx.take_shared_memory(TICKET_SEGMENT))
         .and_then(|segment| wharf_tls::TicketSecret::in_shared_memory(segment.words())))
+}
+
+/// How often `session_ticket_key = "redis"` reads the fleet's secret again.
+const TICKET_SECRET_REFRESH: Duration = Duration::from_secs(60);
+
+/// `session_ticket_key = "redis"`: the fleet's ticket secret, chosen by the
+/// first replica to ask and read again every minute, so every replica seals
+/// with one secret and deleting the key rotates them all. Until Redis first
+/// answers, the instance's own secret seals (and still opens afterwards).
+fn follow_redis_ticket_secret(config: &EdgeConfig, tls: &TlsConfig) {
+    let (Some(key), Some(section)) = (&config.tls.session_ticket_key, &config.redis) else {
+        return;
+    };
+    let Some(url) = section
+        .url
+        .as_ref()
+        .filter(|_| key.get_ref() == config::TICKET_KEY_IN_REDIS)
+    else {
+        return;
+    };
+    let options = runtime::redis_options(section, url.get_ref());
+    let store = match wharf_ratelimit::RedisStore::lazy(&options) {
+        Ok(store) => store,
+        Err(error) => {
+            tracing::error!(%error, "session_ticket_key: Redis unusable; this instance's own ticket keys serve");
+            return;
+        }
+    };
+    let tls = tls.clone();
+    tokio::spawn(async move {
+        let budget = Duration::from_secs(2);
+        loop {
+            let wait = match fleet_ticket_secret(&store, budget).await {
+                Ok(secret) => {
+                    if tls.set_ticket_secret(&secret) {
+                        tracing::info!("Session tickets sealed with the fleet's secret from Redis");
+                    }
+                    TICKET_SECRET_REFRESH
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "session_ticket_key: cannot read the fleet's secret from Redis; retrying");
+                    Duration::from_secs(5)
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    });
+}
+
+async fn fleet_ticket_secret(
+    store: &wharf_ratelimit::RedisStore,
+    budget: Duration,
+) -> Result<wharf_tls::TicketSecret, String> {
+    let fresh = wharf_tls::TicketSecret::fresh_material()
+        .ok_or_else(|| "no randomness for a new secret".to_owned())?;
+    let material = store
+        .agreed_value("tls-ticket-secret", &fresh, budget)
+        .await?;
+    wharf_tls::TicketSecret::from_material(material.as_bytes())
+        .ok_or_else(|| "the secret in Redis is under 32 bytes".to_owned())
 }
 
 fn server_config(config: &EdgeConfig, tls: bool) -> ServerConfig {
@@ -445,6 +510,7 @@ async fn run(
         match TlsConfig::load(&settings) {
             Ok(tls) => {
                 let _ = tls.watch();
+                follow_redis_ticket_secret(&config, &tls);
                 Some(tls)
             }
             Err(error) => {
@@ -719,7 +785,7 @@ fn reload(
         current.reloads_failed.fetch_add(1, Ordering::Relaxed);
         tracing::error!(error = %error, "Configuration reload refused; the previous configuration keeps serving");
     };
-    let (_, _, built) = match load(path, generation) {
+    let (config, _, built) = match load(path, generation) {
         Ok(loaded) => loaded,
         Err(error) => return refuse(&error),
     };
@@ -734,6 +800,17 @@ fn reload(
         };
         if let Err(error) = tls.set_certificates(certificates) {
             return refuse(&error);
+        }
+        // A `session_ticket_key` file is read again (nginx re-reads it on
+        // reload too): its new secret seals, the one before still opens.
+        match ticket_secret(&config, None) {
+            Ok(Some(secret)) => {
+                if tls.set_ticket_secret(&secret) {
+                    tracing::info!("Session tickets sealed with the new session_ticket_key");
+                }
+            }
+            Ok(None) => {}
+            Err(error) => return refuse(&error),
         }
     }
     for proxy in &built.runtime.proxies {

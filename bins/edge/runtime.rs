@@ -17,7 +17,7 @@ use wharf_proxy::{
 };
 use wharf_tls::CertificatePair;
 
-use crate::config::{BalanceName, ConfigError, EdgeConfig, LocationSection, Source};
+use crate::config::{BalanceName, ConfigError, EdgeConfig, LocationSection, RedisSection, Source};
 
 /// What a location does.
 pub(crate) enum Action {
@@ -250,6 +250,32 @@ fn limit_req(
     ))
 }
 
+/// The options `[redis]` describes, with `url`.
+pub(crate) fn redis_options(section: &RedisSection, url: &str) -> wharf_ratelimit::RedisOptions {
+    let mut options = wharf_ratelimit::RedisOptions::new(url.to_owned());
+    options.cluster = section.cluster;
+    options.timeout = section.timeout.max(Duration::from_millis(1));
+    options.breaker_failures = section.breaker_failures;
+    options.breaker_cooldown = section.breaker_cooldown;
+    options.key_prefix.clone_from(&section.key_prefix);
+    options
+}
+
+/// `[tls] session_ticket_key = "redis"` needs `[redis]`.
+fn check_ticket_key(config: &EdgeConfig, source: &Source) -> Result<(), ConfigError> {
+    match &config.tls.session_ticket_key {
+        Some(key)
+            if key.get_ref() == crate::config::TICKET_KEY_IN_REDIS && config.redis.is_none() =>
+        {
+            Err(source.error(
+                Some(key.span()),
+                "session_ticket_key = \"redis\" needs [redis] (or WHARF_EDGE_REDIS_URL)",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// `[redis]` as a store that connects on its first check: a configuration
 /// checked (by `check-config`, or by the master before a HUP) never connects.
 fn redis_store(
@@ -265,13 +291,7 @@ fn redis_store(
             "redis: url is not set (set it, or WHARF_EDGE_REDIS_URL)".to_owned(),
         ));
     };
-    let mut options = wharf_ratelimit::RedisOptions::new(url.get_ref().clone());
-    options.cluster = section.cluster;
-    options.timeout = section.timeout.max(Duration::from_millis(1));
-    options.breaker_failures = section.breaker_failures;
-    options.breaker_cooldown = section.breaker_cooldown;
-    options.key_prefix.clone_from(&section.key_prefix);
-    wharf_ratelimit::RedisStore::lazy(&options)
+    wharf_ratelimit::RedisStore::lazy(&redis_options(section, url.get_ref()))
         .map(Some)
         // The URL itself may hold a password: name the variable, not the value.
         .map_err(|e| {
@@ -507,6 +527,7 @@ pub(crate) fn build(
         )
     };
     let limit_req = limit_req(config, source, &trusted_nets)?;
+    check_ticket_key(config, source)?;
     Ok(Built {
         runtime: Runtime {
             limit_req,

@@ -323,3 +323,94 @@ fn edge_replicas_with_redis_count_one_zone_together() {
         .sum();
     assert_eq!(limited, 19);
 }
+
+/// `session_ticket_key = "redis"`: two replicas of 2 workers each, with no
+/// key file, resume each other's sessions (TLS 1.3 and 1.2) once each has
+/// read the fleet's secret; replicas sharing the Redis but not the setting
+/// resume none of each other's.
+#[test]
+fn replicas_resume_each_others_sessions_with_the_secret_in_redis() {
+    let redis_port = free_port();
+    let _redis = crate::support::redis(redis_port);
+    let dir = tempfile::tempdir().unwrap();
+    let redis = format!("[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n");
+    let pair = |tls_lines: &str| {
+        [
+            supervised_edge(2, true, tls_lines, &redis),
+            supervised_edge(2, true, tls_lines, &redis),
+        ]
+    };
+    let across = |a: u16, b: u16, version: &str, times: usize| {
+        let sess = dir.path().join(format!("{a}{version}.pem"));
+        let sess = sess.display().to_string();
+        s_client(a, &[version, "-sess_out", &sess]);
+        resumed(b, version, &sess, times)
+    };
+    let shared = pair("session_ticket_key = \"redis\"\n");
+    let (a, b) = (shared[0].tls_addr().port(), shared[1].tls_addr().port());
+    // Each worker reads the secret as it starts: wait until every one has.
+    wait_until(
+        "both replicas on the fleet's secret",
+        Duration::from_secs(15),
+        || across(a, b, "-tls1_3", 4) == 4 && across(b, a, "-tls1_3", 4) == 4,
+    );
+    for version in ["-tls1_3", "-tls1_2"] {
+        assert_eq!(across(a, b, version, 8), 8, "{version}: a to b");
+        assert_eq!(across(b, a, version, 8), 8, "{version}: b to a");
+    }
+    let apart = pair("");
+    let (c, d) = (apart[0].tls_addr().port(), apart[1].tls_addr().port());
+    assert_eq!(across(c, d, "-tls1_3", 4), 0, "without the setting");
+}
+
+/// A single-process edge reads its `session_ticket_key` file again on a
+/// HUP, as nginx does: sessions of a replica already on the new key resume
+/// after the reload, and its own sessions from before it still resume.
+#[test]
+fn a_reload_reads_the_session_ticket_key_file_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (old_key, new_key) = (dir.path().join("old.key"), dir.path().join("new.key"));
+    let mut material = [0_u8; 80];
+    getrandom_bytes(&mut material);
+    std::fs::write(&old_key, material).unwrap();
+    getrandom_bytes(&mut material);
+    std::fs::write(&new_key, material).unwrap();
+    let live_key = dir.path().join("ticket.key");
+    std::fs::copy(&old_key, &live_key).unwrap();
+    let spec = |key: &std::path::Path| crate::reliability::EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", crate::reliability::dead_address()),
+        tls: true,
+        tls_settings: format!("session_ticket_key = \"{}\"\n", key.display()),
+        ..Default::default()
+    };
+    let edge = crate::reliability::Edge::start(&spec(&live_key));
+    let replica = crate::reliability::Edge::start(&spec(&new_key));
+    let (port, other) = (edge.tls_addr().port(), replica.tls_addr().port());
+    let save = |port: u16, name: &str| {
+        let sess = dir.path().join(name).display().to_string();
+        s_client(port, &["-tls1_3", "-sess_out", &sess]);
+        sess
+    };
+    let before = save(port, "before.pem");
+    let from_replica = save(other, "replica.pem");
+    assert_eq!(
+        resumed(port, "-tls1_3", &from_replica, 2),
+        0,
+        "keys differ yet"
+    );
+    std::fs::copy(&new_key, &live_key).unwrap();
+    signal(edge.proc.pid(), "HUP");
+    wait_until("the reload", Duration::from_secs(10), || {
+        edge.try_metric("edge_config_reloads_total") == Ok(1)
+    });
+    assert_eq!(
+        resumed(port, "-tls1_3", &from_replica, 4),
+        4,
+        "after the reload"
+    );
+    assert_eq!(
+        resumed(port, "-tls1_3", &before, 4),
+        4,
+        "its own earlier sessions"
+    );
+}

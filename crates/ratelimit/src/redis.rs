@@ -314,6 +314,45 @@ impl RedisStore {
         }
     }
 
+    /// A value every replica sharing this Redis agrees on: the one stored at
+    /// `<prefix>:<name>`, or `candidate` when none is (set with `SET NX`, so
+    /// of several replicas starting at once, one wins and all read it).
+    /// Within `timeout`; no expiry (delete the key to have a new one chosen).
+    pub async fn agreed_value(
+        &self,
+        name: &str,
+        candidate: &str,
+        timeout: Duration,
+    ) -> Result<String, String> {
+        self.start();
+        let key = format!("{}:{name}", self.prefix);
+        let slot = fred::util::redis_keyslot(key.as_bytes());
+        let client = self.client.with_options(&Options {
+            timeout: Some(timeout),
+            ..self.options.clone()
+        });
+        let exchange = async {
+            let _: Value = client
+                .custom(
+                    CustomCommand::new_static("SET", slot, false),
+                    vec![key.as_str(), candidate, "NX"],
+                )
+                .await?;
+            client
+                .custom::<Option<String>, _>(
+                    CustomCommand::new_static("GET", slot, false),
+                    vec![key.as_str()],
+                )
+                .await
+        };
+        match tokio::time::timeout(timeout, exchange).await {
+            Ok(Ok(Some(value))) => Ok(value),
+            Ok(Ok(None)) => Err(format!("redis: {key} vanished between SET and GET")),
+            Ok(Err(e)) => Err(format!("redis: {e}")),
+            Err(_) => Err("redis: no answer in time".to_owned()),
+        }
+    }
+
     /// The local deny cache: if any key is denied until later than now, the
     /// longest remaining wait.
     pub(crate) fn denied(&self, keys: &[String]) -> Option<Duration> {

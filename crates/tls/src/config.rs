@@ -36,6 +36,8 @@ struct Inner {
     handshake_timeout: Duration,
     watch_interval: Option<Duration>,
     metrics: Arc<TlsMetrics>,
+    /// The ticketer when keys come from a [`TicketSecret`](crate::TicketSecret).
+    ticketer: Option<Arc<crate::tickets::SharedTicketer>>,
     /// The file stamps of the last reload attempt, good or bad: the watcher
     /// retries only when a file changes again.
     last_stamps: Mutex<Vec<Option<FileStamp>>>,
@@ -116,9 +118,14 @@ impl TlsConfig {
         } else {
             ServerSessionMemoryCache::new(settings.session_cache_size)
         };
+        let mut ticketer = None;
         if settings.session_tickets {
             config.ticketer = match &settings.ticket_secret {
-                Some(secret) => Arc::new(crate::tickets::SharedTicketer::new(secret)),
+                Some(secret) => {
+                    let shared = Arc::new(crate::tickets::SharedTicketer::new(secret));
+                    ticketer = Some(Arc::clone(&shared));
+                    shared
+                }
                 None => rustls::crypto::aws_lc_rs::Ticketer::new()?,
             };
         }
@@ -135,6 +142,7 @@ impl TlsConfig {
                 handshake_timeout: settings.handshake_timeout,
                 watch_interval: settings.watch_interval,
                 metrics: Arc::new(TlsMetrics::default()),
+                ticketer,
                 last_stamps: Mutex::new(stamps(&paths)),
             }),
         })
@@ -152,6 +160,19 @@ impl TlsConfig {
     /// The rustls server configuration (for embedding with another server).
     pub fn server_config(&self) -> Arc<ServerConfig> {
         Arc::clone(&self.inner.server_config)
+    }
+
+    /// Seals new session tickets with keys from `secret` from now on (a
+    /// fleet's secret read again from its file or from Redis); tickets
+    /// sealed with the secret it replaces still open. Whether anything
+    /// changed: `false` for the same secret, or when keys do not come from a
+    /// [`TicketSecret`](crate::TicketSecret) (tickets off, or this process's
+    /// own keys).
+    pub fn set_ticket_secret(&self, secret: &crate::TicketSecret) -> bool {
+        self.inner
+            .ticketer
+            .as_ref()
+            .is_some_and(|ticketer| ticketer.set_secret(secret))
     }
 
     /// Handshake and reload counters.

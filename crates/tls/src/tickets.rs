@@ -48,6 +48,21 @@ impl TicketSecret {
         Some(Self(secret))
     }
 
+    /// 32 random bytes of key material, hex-encoded (for a store that holds
+    /// text, such as a fleet's Redis; [`from_material`](Self::from_material)
+    /// takes the text as it is).
+    pub fn fresh_material() -> Option<String> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut bytes = [0_u8; 32];
+        aws_lc_rs::rand::fill(&mut bytes).ok()?;
+        let mut text = String::with_capacity(64);
+        for b in bytes {
+            text.push(char::from(HEX[usize::from(b >> 4)]));
+            text.push(char::from(HEX[usize::from(b & 0xf)]));
+        }
+        Some(text)
+    }
+
     /// The secret kept in shared memory (at least 5 words, zeroed when new):
     /// the first process to ask writes a random one, every other reads it.
     /// Give every worker of an instance the same memory (the supervisor's
@@ -94,13 +109,23 @@ struct PeriodKey {
     key: LessSafeKey,
 }
 
-/// A [`rustls::server::ProducesTickets`] whose keys every holder of the same
-/// [`TicketSecret`] derives alike.
-pub(crate) struct SharedTicketer {
-    secret: hmac::Key,
+/// The keys one secret gives, derived as the periods come.
+struct KeyRing {
+    secret: TicketSecret,
+    hmac: hmac::Key,
     /// The keys derived so far for the periods in use (the one before, this
     /// one and the next, give or take one), so a handshake derives none.
     keys: std::sync::RwLock<Vec<std::sync::Arc<PeriodKey>>>,
+}
+
+/// A [`rustls::server::ProducesTickets`] whose keys every holder of the same
+/// [`TicketSecret`] derives alike. Its secret can be replaced while it
+/// serves ([`set_secret`](Self::set_secret)): the new one seals, and the one
+/// before still opens, as nginx's first `ssl_session_ticket_key` encrypts and
+/// every one decrypts.
+pub(crate) struct SharedTicketer {
+    /// The sealing ring first, then the previous one.
+    rings: std::sync::RwLock<Vec<std::sync::Arc<KeyRing>>>,
 }
 
 impl std::fmt::Debug for SharedTicketer {
@@ -109,18 +134,13 @@ impl std::fmt::Debug for SharedTicketer {
     }
 }
 
-impl SharedTicketer {
-    pub(crate) fn new(secret: &TicketSecret) -> Self {
+impl KeyRing {
+    fn new(secret: &TicketSecret) -> Self {
         Self {
-            secret: hmac::Key::new(hmac::HMAC_SHA256, &secret.0),
+            secret: secret.clone(),
+            hmac: hmac::Key::new(hmac::HMAC_SHA256, &secret.0),
             keys: std::sync::RwLock::new(Vec::new()),
         }
-    }
-
-    fn period_now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs() / ROTATION.as_secs())
     }
 
     /// The key and its name for period `period`, derived once.
@@ -147,7 +167,7 @@ impl SharedTicketer {
 
     fn derive(&self, period: u64) -> Option<PeriodKey> {
         let derive = |label: &[u8]| {
-            let mut ctx = hmac::Context::with_key(&self.secret);
+            let mut ctx = hmac::Context::with_key(&self.hmac);
             ctx.update(label);
             ctx.update(&period.to_be_bytes());
             ctx.sign()
@@ -163,9 +183,41 @@ impl SharedTicketer {
             key: LessSafeKey::new(key),
         })
     }
+}
+
+impl SharedTicketer {
+    pub(crate) fn new(secret: &TicketSecret) -> Self {
+        Self {
+            rings: std::sync::RwLock::new(vec![std::sync::Arc::new(KeyRing::new(secret))]),
+        }
+    }
+
+    /// Seals with `secret` from now on; tickets sealed with the secret it
+    /// replaces still open. Whether it was a new secret.
+    pub(crate) fn set_secret(&self, secret: &TicketSecret) -> bool {
+        let mut rings = self
+            .rings
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if rings.first().is_some_and(|r| r.secret == *secret) {
+            return false;
+        }
+        rings.retain(|r| r.secret != *secret);
+        rings.insert(0, std::sync::Arc::new(KeyRing::new(secret)));
+        rings.truncate(2);
+        true
+    }
+
+    fn rings(&self) -> Vec<std::sync::Arc<KeyRing>> {
+        self.rings
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 
     fn seal(&self, period: u64, plain: &[u8]) -> Option<Vec<u8>> {
-        let key = self.key(period)?;
+        let ring = self.rings().into_iter().next()?;
+        let key = ring.key(period)?;
         let mut nonce = [0_u8; NONCE_LEN];
         aws_lc_rs::rand::fill(&mut nonce).ok()?;
         let mut sealed = Vec::with_capacity(NAME_LEN + NONCE_LEN + plain.len() + 16);
@@ -189,22 +241,31 @@ impl SharedTicketer {
         }
         let (name, rest) = sealed.split_at(NAME_LEN);
         let (nonce, body) = rest.split_at(NONCE_LEN);
-        // The previous period's key too: a ticket outlives its period.
-        for candidate in [period, period.wrapping_sub(1), period.wrapping_add(1)] {
-            let key = self.key(candidate)?;
-            if key.name != name {
-                continue;
+        // Every secret held, and the previous period's key too: a ticket
+        // outlives its period.
+        for ring in self.rings() {
+            for candidate in [period, period.wrapping_sub(1), period.wrapping_add(1)] {
+                let key = ring.key(candidate)?;
+                if key.name != name {
+                    continue;
+                }
+                let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
+                let mut body = body.to_vec();
+                let plain = key
+                    .key
+                    .open_in_place(nonce, Aad::from(name), &mut body)
+                    .ok()?;
+                return Some(plain.to_vec());
             }
-            let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-            let mut body = body.to_vec();
-            let plain = key
-                .key
-                .open_in_place(nonce, Aad::from(name), &mut body)
-                .ok()?;
-            return Some(plain.to_vec());
         }
         None
     }
+}
+
+fn period_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() / ROTATION.as_secs())
 }
 
 impl rustls::server::ProducesTickets for SharedTicketer {
@@ -217,11 +278,11 @@ impl rustls::server::ProducesTickets for SharedTicketer {
     }
 
     fn encrypt(&self, plain: &[u8]) -> Option<Vec<u8>> {
-        self.seal(Self::period_now(), plain)
+        self.seal(period_now(), plain)
     }
 
     fn decrypt(&self, cipher: &[u8]) -> Option<Vec<u8>> {
-        self.open(Self::period_now(), cipher)
+        self.open(period_now(), cipher)
     }
 }
 
@@ -243,6 +304,33 @@ mod tests {
         *tampered.last_mut().unwrap() ^= 1;
         assert!(b.open(100, &tampered).is_none());
         assert!(TicketSecret::from_material(&[1_u8; 31]).is_none());
+        let fresh = TicketSecret::fresh_material().unwrap();
+        assert_eq!(fresh.len(), 64);
+        assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(fresh, TicketSecret::fresh_material().unwrap());
+        assert!(TicketSecret::from_material(fresh.as_bytes()).is_some());
+    }
+
+    #[test]
+    fn a_new_secret_seals_and_the_one_it_replaced_still_opens() {
+        let (one, two, three) = (
+            TicketSecret::from_material(&[1_u8; 32]).unwrap(),
+            TicketSecret::from_material(&[2_u8; 32]).unwrap(),
+            TicketSecret::from_material(&[3_u8; 32]).unwrap(),
+        );
+        let ticketer = SharedTicketer::new(&one);
+        let old = ticketer.seal(100, b"old").unwrap();
+        assert!(!ticketer.set_secret(&one), "the same secret is no change");
+        assert!(ticketer.set_secret(&two));
+        let new = ticketer.seal(100, b"new").unwrap();
+        // Sealed under the new secret: a holder of only the old cannot open it.
+        assert!(SharedTicketer::new(&one).open(100, &new).is_none());
+        assert_eq!(SharedTicketer::new(&two).open(100, &new).unwrap(), b"new");
+        assert_eq!(ticketer.open(100, &old).unwrap(), b"old");
+        // Two changes on, the first secret is gone.
+        assert!(ticketer.set_secret(&three));
+        assert!(ticketer.open(100, &old).is_none());
+        assert_eq!(ticketer.open(100, &new).unwrap(), b"new");
     }
 
     #[test]
