@@ -217,46 +217,70 @@ const TICKET_SEGMENT: &str = "tls-tickets";
 /// The shared-memory segment holding the instance's TLS session cache.
 const SESSION_SEGMENT: &str = "tls-sessions";
 
-/// The session cache every worker shares (the master's segment), or `None`
-/// outside a supervisor (one process: rustls's own cache is already shared).
+/// The session cache: in a worker, the one every worker shares (the
+/// master's segment); in one process, the same kind in its own memory, so
+/// `session_timeout` holds either way.
 fn session_store(
     config: &EdgeConfig,
     worker: Option<&mut WorkerContext>,
-) -> Option<wharf_tls::SharedSessionCache> {
-    let segment = worker?.take_shared_memory(SESSION_SEGMENT)?;
-    Some(wharf_tls::SharedSessionCache::new(
-        segment,
-        config.tls.session_timeout,
-    ))
+) -> wharf_tls::SharedSessionCache {
+    let timeout = config.tls.session_timeout;
+    match worker.and_then(|ctx| ctx.take_shared_memory(SESSION_SEGMENT)) {
+        Some(segment) => wharf_tls::SharedSessionCache::new(segment, timeout),
+        None => wharf_tls::SharedSessionCache::private(config.tls.session_cache, timeout),
+    }
 }
 
-/// Where session-ticket keys come from: `session_ticket_key` (a fleet's
-/// file), else the instance's secret in the master's shared memory (every
-/// worker, across HUP and USR2), else this process's own keys.
-fn ticket_secret(
-    config: &EdgeConfig,
-    worker: Option<&mut WorkerContext>,
-) -> Result<Option<wharf_tls::TicketSecret>, String> {
-    if let Some(path) = config
+/// The secret in the `session_ticket_key` file, when one is named (not
+/// `"redis"`).
+fn file_ticket_secret(config: &EdgeConfig) -> Result<Option<wharf_tls::TicketSecret>, String> {
+    let Some(path) = config
         .tls
         .session_ticket_key
         .as_ref()
         .filter(|key| key.get_ref() != config::TICKET_KEY_IN_REDIS)
-    {
-        let bytes = std::fs::read(path.get_ref())
-            .map_err(|e| format!("session_ticket_key {}: {e}", path.get_ref()))?;
-        return wharf_tls::TicketSecret::from_material(&bytes)
-            .map(Some)
-            .ok_or_else(|| {
-                format!(
-                    "session_ticket_key {}: needs at least 32 bytes of key material (openssl rand 80 > file)",
-                    path.get_ref()
-                )
-            });
+    else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(path.get_ref())
+        .map_err(|e| format!("session_ticket_key {}: {e}", path.get_ref()))?;
+    wharf_tls::TicketSecret::from_material(&bytes)
+        .map(Some)
+        .ok_or_else(|| {
+            format!(
+                "session_ticket_key {}: needs at least 32 bytes of key material (openssl rand 80 > file)",
+                path.get_ref()
+            )
+        })
+}
+
+/// Where session-ticket keys come from: `session_ticket_key` (a fleet's
+/// file), else the instance's secret in the master's shared memory (every
+/// worker, across HUP and USR2); with `"redis"` and no master, a secret of
+/// this process until Redis answers; else this process's own keys.
+fn ticket_secret(
+    config: &EdgeConfig,
+    worker: Option<&mut WorkerContext>,
+) -> Result<Option<wharf_tls::TicketSecret>, String> {
+    if let Some(secret) = file_ticket_secret(config)? {
+        return Ok(Some(secret));
     }
-    Ok(worker
+    let instance = worker
         .and_then(|ctx| ctx.take_shared_memory(TICKET_SEGMENT))
-        .and_then(|segment| wharf_tls::TicketSecret::in_shared_memory(segment.words())))
+        .and_then(|segment| wharf_tls::TicketSecret::in_shared_memory(segment.words()));
+    let in_redis = config
+        .tls
+        .session_ticket_key
+        .as_ref()
+        .is_some_and(|key| key.get_ref() == config::TICKET_KEY_IN_REDIS);
+    if instance.is_none() && in_redis {
+        // A ticketer whose secret the Redis task can replace.
+        return wharf_tls::TicketSecret::fresh_material()
+            .and_then(|material| wharf_tls::TicketSecret::from_material(material.as_bytes()))
+            .map(Some)
+            .ok_or_else(|| "session_ticket_key: no randomness for a secret".to_owned());
+    }
+    Ok(instance)
 }
 
 /// How often `session_ticket_key = "redis"` reads the fleet's secret again.
@@ -266,7 +290,17 @@ const TICKET_SECRET_REFRESH: Duration = Duration::from_secs(60);
 /// first replica to ask and read again every minute, so every replica seals
 /// with one secret and deleting the key rotates them all. Until Redis first
 /// answers, the instance's own secret seals (and still opens afterwards).
+///
+/// A reload calls it again: the task of the previous configuration stops, and
+/// one starts if the new configuration still keeps the secret in Redis.
 fn follow_redis_ticket_secret(config: &EdgeConfig, tls: &TlsConfig) {
+    static TASK: std::sync::Mutex<Option<tokio::task::AbortHandle>> = std::sync::Mutex::new(None);
+    let mut task = TASK
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(previous) = task.take() {
+        previous.abort();
+    }
     let (Some(key), Some(section)) = (&config.tls.session_ticket_key, &config.redis) else {
         return;
     };
@@ -286,7 +320,7 @@ fn follow_redis_ticket_secret(config: &EdgeConfig, tls: &TlsConfig) {
         }
     };
     let tls = tls.clone();
-    tokio::spawn(async move {
+    let handle = tokio::spawn(async move {
         let budget = Duration::from_secs(2);
         loop {
             let wait = match fleet_ticket_secret(&store, budget).await {
@@ -304,6 +338,7 @@ fn follow_redis_ticket_secret(config: &EdgeConfig, tls: &TlsConfig) {
             tokio::time::sleep(wait).await;
         }
     });
+    *task = Some(handle.abort_handle());
 }
 
 async fn fleet_ticket_secret(
@@ -499,7 +534,7 @@ async fn run(
     };
     let tls = if needs_tls {
         let mut settings = tls_settings(&config, certificates);
-        settings.session_store = session_store(&config, worker.as_mut());
+        settings.session_store = Some(session_store(&config, worker.as_mut()));
         settings.ticket_secret = match ticket_secret(&config, worker.as_mut()) {
             Ok(secret) => secret,
             Err(error) => {
@@ -524,6 +559,7 @@ async fn run(
     for proxy in &runtime.proxies {
         let _ = proxy.spawn_health_checks();
     }
+    runtime.start_redis();
     let current = Arc::new(Current::new(runtime));
     let limits = Arc::new(ConnLimits::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -798,24 +834,25 @@ fn reload(
         } else {
             built.certificates.clone()
         };
+        // A `session_ticket_key` file is read again (nginx re-reads it on
+        // reload too), before anything changes: a bad file refuses the reload.
+        let file_secret = match file_ticket_secret(&config) {
+            Ok(secret) => secret,
+            Err(error) => return refuse(&error),
+        };
         if let Err(error) = tls.set_certificates(certificates) {
             return refuse(&error);
         }
-        // A `session_ticket_key` file is read again (nginx re-reads it on
-        // reload too): its new secret seals, the one before still opens.
-        match ticket_secret(&config, None) {
-            Ok(Some(secret)) => {
-                if tls.set_ticket_secret(&secret) {
-                    tracing::info!("Session tickets sealed with the new session_ticket_key");
-                }
-            }
-            Ok(None) => {}
-            Err(error) => return refuse(&error),
+        // Its new secret seals, the one before still opens.
+        if file_secret.is_some_and(|secret| tls.set_ticket_secret(&secret)) {
+            tracing::info!("Session tickets sealed with the new session_ticket_key");
         }
+        follow_redis_ticket_secret(&config, tls);
     }
     for proxy in &built.runtime.proxies {
         let _ = proxy.spawn_health_checks();
     }
+    built.runtime.start_redis();
     current.set(built.runtime);
     current.reloads_ok.fetch_add(1, Ordering::Relaxed);
     tracing::info!(

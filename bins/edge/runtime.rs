@@ -161,6 +161,17 @@ fn header_pair(name: &str, value: &str) -> Option<(HeaderName, HeaderValue)> {
     ))
 }
 
+impl Runtime {
+    /// Starts connecting the `[redis]` of the zones, once this process
+    /// serves (a checked configuration never connects): the first requests
+    /// then find the connection made rather than wait for it in their budget.
+    pub(crate) fn start_redis(&self) {
+        if let Some(redis) = self.limit_req.as_ref().and_then(|l| l.limiter().redis()) {
+            redis.start();
+        }
+    }
+}
+
 /// The shared-memory segment (declared by the master) that holds every
 /// `[[limit_req]]` zone of the instance.
 pub(crate) const ZONE_SEGMENT: &str = "ratelimit";
@@ -261,8 +272,10 @@ pub(crate) fn redis_options(section: &RedisSection, url: &str) -> wharf_ratelimi
     options
 }
 
-/// `[tls] session_ticket_key = "redis"` needs `[redis]`.
-fn check_ticket_key(config: &EdgeConfig, source: &Source) -> Result<(), ConfigError> {
+/// `[redis]`, checked whenever present (zones or not), and `[tls]
+/// session_ticket_key = "redis"`, which needs it.
+fn check_redis(config: &EdgeConfig, source: &Source) -> Result<(), ConfigError> {
+    drop(redis_store(config, source)?);
     match &config.tls.session_ticket_key {
         Some(key)
             if key.get_ref() == crate::config::TICKET_KEY_IN_REDIS && config.redis.is_none() =>
@@ -527,7 +540,7 @@ pub(crate) fn build(
         )
     };
     let limit_req = limit_req(config, source, &trusted_nets)?;
-    check_ticket_key(config, source)?;
+    check_redis(config, source)?;
     Ok(Built {
         runtime: Runtime {
             limit_req,

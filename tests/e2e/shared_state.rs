@@ -257,6 +257,16 @@ fn every_worker_resumes_from_one_session_cache_across_hup_and_usr2() {
     };
     assert_eq!(resumed(https, "-tls1_2", &tls12, 20), 20, "TLS 1.2");
     assert_eq!(chained(20), 20, "TLS 1.3");
+    // The master's one scrape counts every worker's resumptions.
+    wait_until(
+        "the resumptions in the scrape",
+        Duration::from_secs(10),
+        || {
+            instance
+                .try_metric("edge_tls_resumed_total")
+                .is_ok_and(|n| n >= 40)
+        },
+    );
     // A used TLS 1.3 ticket is refused by whichever worker sees it again.
     let used = dir.path().join("used13.pem").display().to_string();
     std::fs::copy(&tls13, &used).unwrap();
@@ -358,9 +368,28 @@ fn replicas_resume_each_others_sessions_with_the_secret_in_redis() {
         assert_eq!(across(a, b, version, 8), 8, "{version}: a to b");
         assert_eq!(across(b, a, version, 8), 8, "{version}: b to a");
     }
+    // One process, no master: the same secret once Redis has answered.
+    let single = crate::reliability::Edge::start(&crate::reliability::EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", crate::reliability::dead_address()),
+        tls: true,
+        tls_settings: "session_ticket_key = \"redis\"\n".to_owned(),
+        locations: redis.clone(),
+        ..Default::default()
+    });
+    let one = single.tls_addr().port();
+    wait_until(
+        "the single process on the fleet's secret",
+        Duration::from_secs(15),
+        || across(a, one, "-tls1_3", 2) == 2,
+    );
+    assert_eq!(
+        across(one, b, "-tls1_2", 4),
+        4,
+        "one process to a supervised replica"
+    );
     let apart = pair("");
-    let (c, d) = (apart[0].tls_addr().port(), apart[1].tls_addr().port());
-    assert_eq!(across(c, d, "-tls1_3", 4), 0, "without the setting");
+    let (left, right) = (apart[0].tls_addr().port(), apart[1].tls_addr().port());
+    assert_eq!(across(left, right, "-tls1_3", 4), 0, "without the setting");
 }
 
 /// A single-process edge reads its `session_ticket_key` file again on a

@@ -268,7 +268,10 @@ impl RedisStore {
     /// Starts connecting in the background, once (call from inside a tokio
     /// runtime; later calls do nothing).
     pub fn start(&self) {
-        if !self.started.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        // A load first: every check calls this, and a swap would write.
+        if !self.started.load(std::sync::atomic::Ordering::Acquire)
+            && !self.started.swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
             let _connection_task = self.client.connect();
         }
     }

@@ -359,10 +359,15 @@ fn is_monotonic(kind: Option<&String>) -> bool {
 /// `*_generation`, `*_up`, `*_info`.
 fn is_per_instance(family: &str, kind: Option<&String>) -> bool {
     kind.is_some_and(|k| k == "gauge")
-        && ["_timestamp_seconds", "_generation", "_up", "_info"]
+        && (["_timestamp_seconds", "_generation", "_up", "_info"]
             .iter()
             .any(|suffix| family.ends_with(suffix))
+            // 1 while any worker's limiter is in its Redis failure mode.
+            || PER_INSTANCE_FLAGS.contains(&family))
 }
+
+/// 0/1 gauges every worker reports alike, by full name.
+const PER_INSTANCE_FLAGS: [&str; 1] = ["wharf_ratelimit_fallback_active"];
 
 /// Sums worker metrics by slot into one scrape, keeping counters monotonic
 /// across worker replacement; per-instance gauges (see `is_per_instance`)
@@ -568,7 +573,8 @@ mod tests {
                 "# TYPE edge_connections_open gauge\nedge_connections_open {open}\n\
                  # TYPE edge_tls_certificate_expiry_timestamp_seconds gauge\n\
                  edge_tls_certificate_expiry_timestamp_seconds{{name=\"a\"}} 1900000000\n\
-                 # TYPE edge_upstream_up gauge\nedge_upstream_up{{server=\"x\"}} {up}\n"
+                 # TYPE edge_upstream_up gauge\nedge_upstream_up{{server=\"x\"}} {up}\n\
+                 # TYPE wharf_ratelimit_fallback_active gauge\nwharf_ratelimit_fallback_active 1\n"
             )
         };
         let mut agg = Aggregator::new();
@@ -581,6 +587,7 @@ mod tests {
             "{out}"
         );
         assert!(out.contains("edge_upstream_up{server=\"x\"} 1\n"), "{out}");
+        assert!(out.contains("wharf_ratelimit_fallback_active 1\n"), "{out}");
     }
 
     #[test]

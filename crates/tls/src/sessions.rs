@@ -104,11 +104,11 @@ impl SharedSessionCache {
         }
     }
 
-    /// A cache of `sessions` sessions in this process's memory.
+    /// A cache of `sessions` sessions in this process's memory (zeroed
+    /// pages from the allocator: memory is touched only as sessions arrive).
     pub fn private(sessions: usize, lifetime: Duration) -> Self {
-        let words: Box<[AtomicU64]> = (0..Self::bytes_for(sessions) / 8)
-            .map(|_| AtomicU64::new(0))
-            .collect();
+        let words: Box<[AtomicU64]> =
+            bytemuck::allocation::zeroed_slice_box(Self::bytes_for(sessions) / 8);
         Self::new(Arc::new(words), lifetime)
     }
 
@@ -198,6 +198,12 @@ impl SharedSessionCache {
                 Ordering::Relaxed,
             )
             .ok()?;
+        // The odd sequence must be visible before any data store: a reader
+        // that sees new data then re-reads the sequence (after its acquire
+        // fence) and finds it moved. The compare-and-swap's acquire orders
+        // only later loads; this orders later stores too (as crossbeam's
+        // SeqLock and Linux's write_seqcount_begin do).
+        fence(Ordering::Release);
         Some(Locked { slot, seq })
     }
 }
@@ -376,6 +382,26 @@ mod tests {
         assert!(!c.put(vec![1; MAX_KEY + 1], b"v".to_vec()));
         assert!(!c.put(b"k".to_vec(), vec![0; MAX_VALUE + 1]));
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_full_run_gives_the_oldest_slot_to_a_new_session() {
+        // Four slots: one run, every key lands in it.
+        let c = cache(WAYS);
+        assert_eq!(c.capacity(), WAYS);
+        let now = now_secs();
+        for (age, key) in [40_u64, 10, 30, 20].into_iter().zip(0_u8..) {
+            assert!(c.put(vec![key], vec![key]));
+            let slot = (0..WAYS)
+                .find(|&i| c.read(i, hash_of(&[key]), &[key], now).is_some())
+                .unwrap();
+            c.slot(slot)[2].store(now - age, Ordering::Relaxed);
+        }
+        assert!(c.put(vec![9], vec![9]));
+        assert_eq!(c.get(&[0]), None, "the oldest (40 s) went");
+        for key in [1_u8, 2, 3, 9] {
+            assert_eq!(c.get(&[key]), Some(vec![key]), "key {key}");
+        }
     }
 
     #[test]
