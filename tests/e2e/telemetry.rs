@@ -16,6 +16,8 @@ use crate::support::{
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const STATUS_SERIES: &str =
     "http_server_requests_total{method=\"GET\",host=\"t\",path=\"/_status\",code=\"200\"}";
+const NOT_FOUND_SERIES: &str =
+    "http_server_requests_total{method=\"GET\",host=\"t\",path=\"other\",code=\"404\"}";
 
 fn frontend(extra: &[(&'static str, &str)]) -> (Running, u16) {
     let port = free_port();
@@ -38,13 +40,24 @@ fn frontend(extra: &[(&'static str, &str)]) -> (Running, u16) {
 }
 
 fn status(addr: SocketAddr) {
+    get(addr, "/_status", 200);
+}
+
+/// `GET path` with `Host: t` on a connection of its own, answered `code`.
+fn get(addr: SocketAddr, path: &str, code: u16) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream
-        .write_all(b"GET /_status HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).unwrap();
-    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    let head = String::from_utf8_lossy(&answer);
+    assert!(
+        head.starts_with(&format!("HTTP/1.1 {code} ")),
+        "{path}: {head}"
+    );
 }
 
 fn scrape(admin: u16) -> String {
@@ -118,15 +131,157 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
     wait_for_value(admin, STATUS_SERIES, 50.0);
 }
 
-/// `promtool check metrics` (lint included) passes on `text`.
-fn promtool_check_metrics(promtool: &Path, text: &str) {
+/// `promtool check metrics` (lint included) passes on `text`; what it
+/// printed (nothing when it passes, so far).
+fn promtool_check_metrics(promtool: &Path, text: &str) -> String {
     let out = output_with_input(Command::new(promtool).args(["check", "metrics"]), text);
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
+    let said = format!(
+        "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {said}\n{text}"
+    );
+    said
+}
+
+/// The `name="value"` pairs of a sample's label text (commas inside quoted
+/// values do not split).
+fn label_pairs(labels: &str) -> Vec<&str> {
+    let mut pairs = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, byte) in labels.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                pairs.push(&labels[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < labels.len() {
+        pairs.push(&labels[start..]);
+    }
+    pairs
+}
+
+/// A histogram's label set (without `le`) and its series in order, as
+/// (rank: bucket 0, sum 1, count 2; `le`).
+type LabelSet = (String, Vec<(u8, f64)>);
+
+/// Where `text` breaks the order the text exposition format asks for, which
+/// `promtool check metrics` does not check: each histogram's series one
+/// label set at a time, as `_bucket`s by ascending `le` ending at `+Inf`,
+/// then `_sum`, then `_count`.
+fn order_problems<'a>(text: &'a str) -> Vec<String> {
+    let types: HashMap<&str, &str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .collect();
+    let family = |name: &'a str| -> &'a str {
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| types.get(base) == Some(&"histogram"))
+            .unwrap_or(name)
+    };
+    let mut problems = Vec::new();
+    let mut histograms: HashMap<&str, Vec<LabelSet>> = HashMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
+        let (name, labels) = series
+            .split_once('{')
+            .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
+        let fam = family(name);
+        if types.get(fam) != Some(&"histogram") {
+            continue;
+        }
+        let rank = match &name[fam.len()..] {
+            "_bucket" => 0,
+            "_sum" => 1,
+            _ => 2,
+        };
+        let pairs = label_pairs(labels);
+        let le = pairs
+            .iter()
+            .find_map(|p| p.strip_prefix("le=\""))
+            .map_or(f64::NAN, |v| {
+                v.trim_end_matches('"').parse().unwrap_or(f64::NAN)
+            });
+        let set: Vec<&str> = pairs
+            .into_iter()
+            .filter(|p| !p.starts_with("le="))
+            .collect();
+        let set = set.join(",");
+        let sets = histograms.entry(fam).or_default();
+        match sets.last_mut() {
+            Some((last, series)) if *last == set => series.push((rank, le)),
+            _ => {
+                if sets.iter().any(|(s, _)| *s == set) {
+                    problems.push(format!("{fam}{{{set}}}: series not in one group"));
+                }
+                sets.push((set, vec![(rank, le)]));
+            }
+        }
+    }
+    for (fam, sets) in histograms {
+        for (set, series) in sets {
+            let buckets: Vec<f64> = series
+                .iter()
+                .filter(|(r, _)| *r == 0)
+                .map(|(_, le)| *le)
+                .collect();
+            let ranks: Vec<u8> = series.iter().map(|(r, _)| *r).collect();
+            let in_order = buckets.windows(2).all(|w| w[0] < w[1])
+                && buckets.last() == Some(&f64::INFINITY)
+                && ranks[buckets.len()..] == [1, 2]
+                && ranks[..buckets.len()].iter().all(|r| *r == 0);
+            if !in_order {
+                problems.push(format!(
+                    "{fam}{{{set}}}: not buckets by le to +Inf, _sum, _count: {series:?}"
+                ));
+            }
+        }
+    }
+    problems
+}
+
+/// `frontend` with 2 workers, after a few requests on two routes: its one
+/// scrape passes `promtool check metrics` without a word and is in the
+/// format's order (buckets by `le`, as one worker writes them; not as text,
+/// where `le="10"` comes before `le="2.5"`).
+#[test]
+fn a_frontend_scrape_passes_promtool_with_its_buckets_in_order() {
+    let (frontend, admin) = frontend(&[]);
+    for _ in 0..20 {
+        status(frontend.addr());
+        get(frontend.addr(), "/no-such-page", 404);
+    }
+    let text = wait_for_value(admin, STATUS_SERIES, 20.0);
+    let text = if value(&text, NOT_FOUND_SERIES).is_some_and(|v| (v - 20.0).abs() < 0.5) {
+        text
+    } else {
+        wait_for_value(admin, NOT_FOUND_SERIES, 20.0)
+    };
+    assert!(text.contains("_bucket{"), "{text}");
+    let problems = order_problems(&text);
+    assert!(problems.is_empty(), "{problems:#?}\n{text}");
+    if let Some(promtool) = require_tool("promtool", "apt-get install -y prometheus") {
+        let said = promtool_check_metrics(&promtool, &text);
+        assert!(
+            said.trim().is_empty(),
+            "promtool check metrics: {said}\n{text}"
+        );
+    }
 }
 
 /// edge's admin `/metrics`, after traffic over plain HTTP and TLS to a real

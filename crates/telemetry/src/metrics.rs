@@ -369,6 +369,82 @@ fn is_per_instance(family: &str, kind: Option<&String>) -> bool {
 /// 0/1 gauges every worker reports alike, by full name.
 const PER_INSTANCE_FLAGS: [&str; 1] = ["wharf_ratelimit_fallback_active"];
 
+/// The `name="value"` pairs of a label text, split at the commas between
+/// them (not at those inside quoted values).
+fn label_pairs(labels: &str) -> Vec<&str> {
+    let mut pairs = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, byte) in labels.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                pairs.push(&labels[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < labels.len() {
+        pairs.push(&labels[start..]);
+    }
+    pairs
+}
+
+/// Puts a histogram's samples in the exposition format's order: by label
+/// set (`le` aside), each set's `_bucket`s by numeric `le` with `+Inf` last,
+/// then its `_sum`, then its `_count`. (Sorted as text, `le="10"` would come
+/// before `le="2.5"` and `_count` before `_sum`.)
+fn sort_histogram(samples: &mut [(&SeriesKey, f64)]) {
+    samples.sort_by_cached_key(|((name, labels), _)| {
+        let rank = if name.ends_with("_bucket") {
+            0
+        } else if name.ends_with("_sum") {
+            1
+        } else if name.ends_with("_count") {
+            2
+        } else {
+            3
+        };
+        let mut le = None;
+        let mut rest = Vec::new();
+        for pair in label_pairs(labels) {
+            match pair.strip_prefix("le=\"").and_then(|v| v.strip_suffix('"')) {
+                Some(bound) => le = Some(bound),
+                None => rest.push(pair),
+            }
+        }
+        // Parses `+Inf` too; an unreadable bound sorts after it, by text.
+        let bound = le.map_or(f64::NAN, |le| le.parse().unwrap_or(f64::NAN));
+        (rest.join(","), rank, TotalOrder(bound), labels.clone())
+    });
+}
+
+/// An `f64` ordered by [`f64::total_cmp`] (NaN after `+Inf`).
+#[derive(Debug, Clone, Copy)]
+struct TotalOrder(f64);
+
+impl PartialEq for TotalOrder {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for TotalOrder {}
+
+impl PartialOrd for TotalOrder {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for TotalOrder {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
 /// Sums worker metrics by slot into one scrape, keeping counters monotonic
 /// across worker replacement; per-instance gauges (see `is_per_instance`)
 /// take the maximum instead.
@@ -453,11 +529,14 @@ impl Aggregator {
                 .push((key, *value));
         }
         let mut out = String::new();
-        for (fam, samples) in by_family {
+        for (fam, mut samples) in by_family {
             if let Some((help, kind)) = meta.get(&fam) {
                 for line in [help, kind].into_iter().flatten() {
                     let _ = writeln!(out, "{line}");
                 }
+            }
+            if types.get(&fam).is_some_and(|kind| kind == "histogram") {
+                sort_histogram(&mut samples);
             }
             for ((name, labels), value) in samples {
                 if labels.is_empty() {
@@ -564,6 +643,86 @@ mod tests {
             );
             assert!(text.contains(&line), "{line} in {text}");
         }
+    }
+
+    /// The series (name and labels, no value) of `family`'s lines in `text`.
+    fn series_of<'a>(text: &'a str, family: &str) -> Vec<&'a str> {
+        text.lines()
+            .filter(|l| l.starts_with(family))
+            .filter_map(|l| l.rsplit_once(' ').map(|(series, _)| series))
+            .collect()
+    }
+
+    #[test]
+    fn the_aggregate_lists_buckets_by_bound_then_sum_and_count() {
+        let (a, b, both) = (HttpMetrics::new(), HttpMetrics::new(), HttpMetrics::new());
+        for (metrics, route, status, ms) in [
+            (&a, "/_status", 200, 3),
+            (&b, "/_status", 200, 700),
+            (&b, "other", 404, 12_000),
+        ] {
+            observe(metrics, route, status, ms);
+            observe(&both, route, status, ms);
+        }
+        let mut agg = Aggregator::new();
+        agg.update(1, 0, &a.render());
+        agg.update(2, 1, &b.render());
+        let text = agg.render();
+        // One process that saw every request writes them in the order the
+        // exposition format wants: per label set, `le` ascending, `+Inf`,
+        // `_sum`, `_count`.
+        let want = both.render();
+        let family = "http_server_request_duration_seconds";
+        assert_eq!(series_of(&text, family), series_of(&want, family), "{text}");
+        assert_eq!(
+            series_of(&text, family).len(),
+            2 * (DURATION_BUCKETS.len() + 3)
+        );
+        assert!(text.contains(
+            "http_server_request_duration_seconds_bucket{method=\"GET\",path=\"/_status\",code=\"200\",le=\"2.5\"} 2\n"
+        ));
+    }
+
+    #[test]
+    fn buckets_sort_by_number_wherever_le_is_and_however_it_is_written() {
+        let mut agg = Aggregator::new();
+        agg.update(
+            1,
+            0,
+            "# TYPE t_seconds histogram\n\
+             t_seconds_count{zone=\"b,\\\"c\"} 3\n\
+             t_seconds_sum{zone=\"b,\\\"c\"} 0.5\n\
+             t_seconds_bucket{le=\"+Inf\",zone=\"b,\\\"c\"} 3\n\
+             t_seconds_bucket{le=\"1.000000\",zone=\"b,\\\"c\"} 3\n\
+             t_seconds_bucket{le=\"0.000100\",zone=\"b,\\\"c\"} 1\n\
+             t_seconds_bucket{le=\"0.050000\",zone=\"b,\\\"c\"} 2\n\
+             t_seconds_count{zone=\"a\"} 0\n\
+             t_seconds_bucket{zone=\"a\",le=\"10\"} 0\n\
+             t_seconds_bucket{zone=\"a\",le=\"2.5\"} 0\n\
+             t_seconds_bucket{zone=\"a\",le=\"+Inf\"} 0\n\
+             t_seconds_sum{zone=\"a\"} 0\n\
+             # TYPE t_total counter\n\
+             t_total{le=\"2\"} 1\n\
+             t_total{le=\"10\"} 1\n",
+        );
+        assert_eq!(
+            agg.render(),
+            "# TYPE t_seconds histogram\n\
+             t_seconds_bucket{zone=\"a\",le=\"2.5\"} 0\n\
+             t_seconds_bucket{zone=\"a\",le=\"10\"} 0\n\
+             t_seconds_bucket{zone=\"a\",le=\"+Inf\"} 0\n\
+             t_seconds_sum{zone=\"a\"} 0\n\
+             t_seconds_count{zone=\"a\"} 0\n\
+             t_seconds_bucket{le=\"0.000100\",zone=\"b,\\\"c\"} 1\n\
+             t_seconds_bucket{le=\"0.050000\",zone=\"b,\\\"c\"} 2\n\
+             t_seconds_bucket{le=\"1.000000\",zone=\"b,\\\"c\"} 3\n\
+             t_seconds_bucket{le=\"+Inf\",zone=\"b,\\\"c\"} 3\n\
+             t_seconds_sum{zone=\"b,\\\"c\"} 0.5\n\
+             t_seconds_count{zone=\"b,\\\"c\"} 3\n\
+             # TYPE t_total counter\n\
+             t_total{le=\"10\"} 1\n\
+             t_total{le=\"2\"} 1\n"
+        );
     }
 
     #[test]
