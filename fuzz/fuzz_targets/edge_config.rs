@@ -1,43 +1,17 @@
-//! edge's TOML configuration parser (bins/edge/config.rs, compiled here as
-//! it is): never panics; an error's line is a line of the file; durations and
-//! sizes follow their grammar without overflow; `set_real_ip_from` entries
-//! that parse are networks that print back.
+//! edge's TOML configuration parser (wharf-edge): never panics; an error's
+//! line is a line of the file; durations and sizes follow their grammar
+//! without overflow; `set_real_ip_from` entries that parse are networks that
+//! print back.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-
-// The binary's own module, unchanged: a fuzz crate cannot depend on a binary.
-#[allow(dead_code, unused_imports, unreachable_pub)]
-#[path = "../../bins/edge/config.rs"]
-mod config;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let lines = text.matches('\n').count() + 1;
-    match config::parse(None, text.to_owned()) {
-        Ok((config, _)) => {
-            for net in &config.http.set_real_ip_from {
-                if let Ok(parsed) = net.get_ref().parse::<wharf_http::IpNet>() {
-                    assert_eq!(parsed.to_string().parse::<wharf_http::IpNet>(), Ok(parsed));
-                }
-            }
-            for zone in &config.limit_req {
-                assert!(zone.rate.interval_micros() >= 1);
-                let key = String::from(zone.key.clone());
-                assert_eq!(
-                    wharf_ratelimit::KeySpec::try_from(key),
-                    Ok(zone.key.clone())
-                );
-            }
-        }
-        Err(e) => {
-            if let Some(line) = e.line {
-                assert!((1..=lines).contains(&line), "line {line} of {lines}: {e}");
-            }
-        }
-    }
+    // The parser's properties, asserted inside the library.
+    wharf_edge::fuzz_config(text);
     // The value grammars on the raw text: digits then a unit; no overflow.
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -61,7 +35,7 @@ fuzz_target!(|data: &[u8]| {
             .and_then(|(n, f)| n.checked_mul(f))
             .map(u128::from)
     };
-    let got = config::parse_duration(text).ok().map(|d| {
+    let got = wharf_edge::parse_duration(text).ok().map(|d| {
         if unit == "ms" {
             d.as_millis()
         } else {
@@ -77,7 +51,7 @@ fuzz_target!(|data: &[u8]| {
         _ => None,
     };
     assert_eq!(
-        config::parse_size(text).ok(),
+        wharf_edge::parse_size(text).ok(),
         n.zip(factor).and_then(|(n, f)| n.checked_mul(f))
     );
 });

@@ -1398,7 +1398,7 @@ fn alerts_and_dashboard_use_only_metrics_the_binaries_export() {
         .map(str::to_owned)
         .collect();
     // edge: its exporter's source names every metric it writes.
-    let edge_source = read("bins/edge/app.rs");
+    let edge_source = read("crates/edge/src/app.rs");
     for name in &used {
         if exported.contains(name) {
             continue;

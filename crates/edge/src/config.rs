@@ -14,14 +14,17 @@ use toml::Spanned;
 pub(crate) const TICKET_KEY_IN_REDIS: &str = "redis";
 
 /// Environment variable naming the configuration file (`--config` wins).
-pub(crate) const CONFIG_VAR: &str = "WHARF_EDGE_CONFIG";
+pub const CONFIG_VAR: &str = "WHARF_EDGE_CONFIG";
 
 /// A configuration problem, with the line it is on when known.
 #[derive(Debug)]
-pub(crate) struct ConfigError {
-    pub(crate) file: Option<PathBuf>,
-    pub(crate) line: Option<usize>,
-    pub(crate) message: String,
+pub struct ConfigError {
+    /// The file, or `None` for the development defaults.
+    pub file: Option<PathBuf>,
+    /// The line of the file the mistake is on, when known.
+    pub line: Option<usize>,
+    /// What is wrong, naming the setting.
+    pub message: String,
 }
 
 impl std::fmt::Display for ConfigError {
@@ -474,7 +477,7 @@ pub(crate) struct ReturnSection {
 }
 
 /// Parses `30s`, `5m`, `1h`, `1d`, `500ms`, or a number of seconds.
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
@@ -499,7 +502,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Parses `10M`, `16k`, `1g`, or a number of bytes.
-pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (number, unit) = text
         .find(|c: char| !c.is_ascii_digit())
@@ -799,7 +802,7 @@ mod tests {
     /// wharf-config.
     #[test]
     fn every_environment_variable_is_documented() {
-        let doc = include_str!("../../docs/configuration.md");
+        let doc = include_str!("../../../docs/configuration.md");
         for var in env_vars() {
             assert!(
                 doc.contains(&format!("| `{}` |", var.name())),
