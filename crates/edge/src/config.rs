@@ -682,9 +682,10 @@ pub(crate) fn env_vars() -> Vec<wharf_config::Var> {
     wharf_telemetry::trace::TraceSection::vars("tracing")
 }
 
-/// Loads [`EdgeEnv`] from the process environment (no `.env` file).
-pub(crate) fn load_env() -> Result<EdgeEnv, wharf_config::ConfigError> {
+/// Loads [`EdgeEnv`] from `env` (no `.env` file).
+pub(crate) fn load_env(env: &wharf_config::EnvMap) -> Result<EdgeEnv, wharf_config::ConfigError> {
     wharf_config::Loader::new(env_vars())
+        .env(env.clone())
         .dotenv(None)
         .load::<EdgeEnv>()
         .map(|loaded| loaded.config)
@@ -709,8 +710,13 @@ pub(crate) struct Overrides {
 }
 
 impl Overrides {
-    pub(crate) fn from_env() -> Self {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    /// The overrides `env` sets (blank values count as unset).
+    pub(crate) fn from_env(env: &wharf_config::EnvMap) -> Self {
+        let var = |name: &str| {
+            env.get(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(str::to_owned)
+        };
         Self {
             http: var("WHARF_EDGE_HTTP"),
             https: var("WHARF_EDGE_HTTPS"),
@@ -818,12 +824,41 @@ mod tests {
             ("WHARF_TRACING", "otlp"),
             ("OTEL_TRACES_SAMPLER_ARG", "2"),
         ]);
-        let err = wharf_config::Loader::new(env_vars())
-            .env(env)
-            .dotenv(None)
-            .load::<EdgeEnv>()
-            .unwrap_err();
+        let err = load_env(&env).unwrap_err();
         assert!(err.to_string().contains("OTEL_TRACES_SAMPLER_ARG"), "{err}");
+    }
+
+    /// The overrides come from the map given, not the process: a blank value
+    /// is unset, `off` turns the admin listener off, a Redis URL turns
+    /// `[redis]` on.
+    #[test]
+    fn overrides_read_the_environment_they_are_given() {
+        let env = wharf_config::EnvMap::from_pairs([
+            ("WHARF_EDGE_HTTPS", "127.0.0.1:9443"),
+            ("WHARF_EDGE_HTTP", "  "),
+            ("WHARF_EDGE_ADMIN", "off"),
+            ("WHARF_EDGE_UPSTREAM", "127.0.0.1:1, 127.0.0.1:2"),
+            ("WHARF_EDGE_REDIS_URL", "redis://127.0.0.1:6390"),
+        ]);
+        let overrides = Overrides::from_env(&env);
+        assert_eq!(overrides.http, None);
+        let mut config = development();
+        overrides.apply(&mut config);
+        let https = config.listen.iter().find(|l| l.ssl).unwrap();
+        assert_eq!(https.address.get_ref(), "127.0.0.1:9443");
+        assert!(config
+            .listen
+            .iter()
+            .all(|l| !l.redirect_to_https || l.https_port == 9443));
+        assert!(!config.admin.enabled);
+        let servers: Vec<&str> = config.upstreams[0]
+            .servers
+            .iter()
+            .map(|s| s.address.get_ref().as_str())
+            .collect();
+        assert_eq!(servers, ["127.0.0.1:1", "127.0.0.1:2"]);
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.url.unwrap().get_ref(), "redis://127.0.0.1:6390");
     }
 
     #[test]

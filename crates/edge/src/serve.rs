@@ -12,7 +12,7 @@ use http::{HeaderMap, StatusCode, Version};
 use tokio::sync::watch;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::compression::CompressionLayer;
-use wharf_config::EXIT_CONFIG;
+use wharf_config::{EnvMap, EXIT_CONFIG};
 use wharf_http::{Health, Listener, PlainAcceptor, Server, ServerConfig, StatusInfo};
 use wharf_proxy::proxy_protocol::ProxyProtocolAcceptor;
 use wharf_supervisor::{Supervisor, WorkerContext};
@@ -44,7 +44,7 @@ pub struct BuildInfo {
 /// there is none.
 pub fn admin_address(path: Option<&std::path::Path>) -> Result<std::net::SocketAddr, String> {
     let (mut config, _) = config::load(path).map_err(|error| error.to_string())?;
-    Overrides::from_env().apply(&mut config);
+    Overrides::from_env(&EnvMap::from_process()).apply(&mut config);
     if !config.admin.enabled {
         return Err("the admin listener is off ([admin] enabled = false)".to_owned());
     }
@@ -61,7 +61,7 @@ fn load(
     generation: u64,
 ) -> Result<(EdgeConfig, Source, Built), ConfigError> {
     let (mut config, source) = config::load(path)?;
-    Overrides::from_env().apply(&mut config);
+    Overrides::from_env(&EnvMap::from_process()).apply(&mut config);
     if config
         .supervisor
         .as_ref()
@@ -103,7 +103,7 @@ pub fn check_config(path: Option<&std::path::Path>) -> ExitCode {
 fn validate(path: Option<&std::path::Path>) -> Result<(), ConfigError> {
     let (config, _, built) = load(path, 0)?;
     let file = path.map(ToOwned::to_owned);
-    config::load_env().map_err(|error| ConfigError {
+    config::load_env(&EnvMap::from_process()).map_err(|error| ConfigError {
         file: file.clone(),
         line: None,
         message: error.to_string(),
@@ -169,7 +169,9 @@ pub fn serve(path: Option<PathBuf>, build_info: BuildInfo) -> ExitCode {
     } else {
         wharf_telemetry::LogFormat::Pretty
     };
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    // The process environment, read once through wharf-config, as frontend does.
+    let env = EnvMap::from_process();
+    let filter = env.get("RUST_LOG").unwrap_or("info").to_owned();
     if let Err(error) = wharf_telemetry::init(&wharf_telemetry::LogSettings { format, filter }) {
         eprintln!("edge: {error}");
         return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
@@ -179,7 +181,7 @@ pub fn serve(path: Option<PathBuf>, build_info: BuildInfo) -> ExitCode {
     // variables are checked everywhere; the master of worker processes serves
     // no request, so only workers (or the single process) export spans.
     let serves_requests = supervised.is_none() || Supervisor::is_worker();
-    let traces = match config::load_env()
+    let traces = match config::load_env(&env)
         .map_err(|error| error.to_string())
         .and_then(|env| {
             let section = if serves_requests {
