@@ -175,9 +175,10 @@ fn label_pairs(labels: &str) -> Vec<&str> {
 type LabelSet = (String, Vec<(u8, f64)>);
 
 /// Where `text` breaks the order the text exposition format asks for, which
-/// `promtool check metrics` does not check: each histogram's series one
-/// label set at a time, as `_bucket`s by ascending `le` ending at `+Inf`,
-/// then `_sum`, then `_count`.
+/// `promtool check metrics` does not check: every family's lines in one
+/// group, no series twice, and each histogram's series one label set at a
+/// time, as `_bucket`s by ascending `le` ending at `+Inf`, then `_sum`, then
+/// `_count`.
 fn order_problems<'a>(text: &'a str) -> Vec<String> {
     let types: HashMap<&str, &str> = text
         .lines()
@@ -192,16 +193,38 @@ fn order_problems<'a>(text: &'a str) -> Vec<String> {
             .unwrap_or(name)
     };
     let mut problems = Vec::new();
+    let mut ended: Vec<&str> = Vec::new();
+    let mut current = "";
+    let mut seen = std::collections::HashSet::new();
     let mut histograms: HashMap<&str, Vec<LabelSet>> = HashMap::new();
     for line in text.lines() {
-        if line.starts_with('#') || line.trim().is_empty() {
+        let meta = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "));
+        if meta.is_none() && (line.starts_with('#') || line.trim().is_empty()) {
             continue;
         }
         let series = line.rsplit_once(' ').map_or(line, |(series, _)| series);
         let (name, labels) = series
             .split_once('{')
             .map_or((series, ""), |(n, l)| (n, l.trim_end_matches('}')));
-        let fam = family(name);
+        let fam = match meta {
+            Some(meta) => meta.split(' ').next().unwrap_or_default(),
+            None => family(name),
+        };
+        if fam != current {
+            if ended.contains(&fam) {
+                problems.push(format!("{fam}: lines not in one group"));
+            }
+            ended.push(current);
+            current = fam;
+        }
+        if meta.is_some() {
+            continue;
+        }
+        if !seen.insert(series) {
+            problems.push(format!("{series}: twice"));
+        }
         if types.get(fam) != Some(&"histogram") {
             continue;
         }
@@ -284,9 +307,10 @@ fn a_frontend_scrape_passes_promtool_with_its_buckets_in_order() {
     }
 }
 
-/// edge's admin `/metrics`, after traffic over plain HTTP and TLS to a real
-/// `frontend` (so the TLS, certificate and per-upstream series all exist),
-/// passes `promtool check metrics`.
+/// The admin `/metrics` of an edge with 2 workers, after traffic over plain
+/// HTTP and TLS to a real `frontend` (so the TLS, certificate and
+/// per-upstream series all exist), passes `promtool check metrics` and is in
+/// the format's order.
 #[test]
 fn an_edge_scrape_passes_promtool() {
     let Some(promtool) = require_tool("promtool", "apt-get install -y prometheus") else {
@@ -296,6 +320,7 @@ fn an_edge_scrape_passes_promtool() {
     let edge = crate::reliability::Edge::start(&crate::reliability::EdgeSpec {
         servers: format!("{{ address = \"{}\" }}", upstream.addr()),
         tls: true,
+        locations: "[supervisor]\nworkers = 2\nworker_threads = 1\n".to_owned(),
         ..crate::reliability::EdgeSpec::default()
     });
     let tls = edge.tls_addr();
@@ -318,14 +343,29 @@ fn an_edge_scrape_passes_promtool() {
         &format!("https://localhost:{}/_status", tls.port()),
     ]);
     assert_eq!(secure.1, "200");
-    let text = scrape(edge.admin);
-    for family in [
+    // The master shows a worker's series once the worker has reported.
+    let families = [
         "edge_upstream_up",
         "edge_tls_certificate_expiry_timestamp_seconds",
-    ] {
-        assert!(text.contains(family), "no {family}:\n{text}");
-    }
-    promtool_check_metrics(&promtool, &text);
+        "wharf_worker_rss_bytes{slot=\"1\"}",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = scrape(edge.admin);
+        let missing: Vec<&str> = families.into_iter().filter(|f| !text.contains(f)).collect();
+        if missing.is_empty() {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no {missing:?}:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let problems = order_problems(&text);
+    assert!(problems.is_empty(), "{problems:#?}\n{text}");
+    let said = promtool_check_metrics(&promtool, &text);
+    assert!(
+        said.trim().is_empty(),
+        "promtool check metrics: {said}\n{text}"
+    );
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The master process: starts workers by re-executing this binary, watches
 //! them, replaces them through the readiness gate, and handles signals.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::TcpListener;
@@ -696,20 +696,24 @@ impl Master {
             let _ = writeln!(out, "wharf_worker_requests_total{{slot=\"{slot}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP wharf_requests_total Requests started by all workers.\n# TYPE wharf_requests_total counter\nwharf_requests_total {total}");
+        // One series per slot (while a slot's worker is replaced, the old
+        // and the new one count together), each family's lines in one group
+        // as the exposition format asks.
+        let mut by_slot: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        for worker in self.workers.values() {
+            let (in_flight, rss) = by_slot.entry(worker.slot).or_default();
+            *in_flight += worker.in_flight;
+            *rss += worker.rss;
+        }
         let _ = writeln!(out, "# HELP wharf_worker_in_flight Requests in flight per worker slot.\n# TYPE wharf_worker_in_flight gauge");
-        let _ = writeln!(out, "# HELP wharf_worker_rss_bytes Resident memory per worker slot.\n# TYPE wharf_worker_rss_bytes gauge");
-        let mut rss_total = 0;
-        let mut by_slot: Vec<(usize, u64, u64)> = self
-            .workers
-            .values()
-            .map(|w| (w.slot, w.in_flight, w.rss))
-            .collect();
-        by_slot.sort_unstable();
-        for (slot, in_flight, rss) in by_slot {
-            rss_total += rss;
+        for (slot, (in_flight, _)) in &by_slot {
             let _ = writeln!(out, "wharf_worker_in_flight{{slot=\"{slot}\"}} {in_flight}");
+        }
+        let _ = writeln!(out, "# HELP wharf_worker_rss_bytes Resident memory per worker slot.\n# TYPE wharf_worker_rss_bytes gauge");
+        for (slot, (_, rss)) in &by_slot {
             let _ = writeln!(out, "wharf_worker_rss_bytes{{slot=\"{slot}\"}} {rss}");
         }
+        let rss_total: u64 = by_slot.values().map(|(_, rss)| rss).sum();
         let _ = writeln!(out, "# HELP wharf_workers_rss_bytes Resident memory of all workers.\n# TYPE wharf_workers_rss_bytes gauge\nwharf_workers_rss_bytes {rss_total}");
         out.push_str(&self.aggregator.render());
         if self.last_broadcast.elapsed() >= BROADCAST_EVERY {
@@ -1106,4 +1110,65 @@ fn check_heartbeat(
         );
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(slot: usize, in_flight: u64, rss: u64, draining: bool) -> Worker {
+        let (control, _) = mpsc::unbounded_channel();
+        Worker {
+            slot,
+            started: Instant::now(),
+            ready: true,
+            draining_since: draining.then(Instant::now),
+            last_heartbeat: Instant::now(),
+            requests: 0,
+            in_flight,
+            rss,
+            recycle_at: None,
+            replacement_queued: false,
+            killed_for: None,
+            stall_reported: None,
+            wants_metrics: false,
+            control,
+        }
+    }
+
+    /// Slot 0 mid-replacement (its old worker draining beside the new one):
+    /// still one series per slot, and each per-slot family in one group.
+    #[test]
+    fn per_slot_gauges_are_one_group_each_with_one_series_per_slot() {
+        let mut master = Master::new(
+            SupervisorSection::default(),
+            Duration::from_secs(1),
+            Vec::new(),
+        )
+        .unwrap();
+        master.workers.insert(10, worker(0, 2, 100, true));
+        master.workers.insert(11, worker(0, 1, 50, false));
+        master.workers.insert(12, worker(1, 0, 70, false));
+        master.render_metrics();
+        let text = master.metrics.lock().unwrap().clone();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains("wharf_worker_in_flight") || l.contains("wharf_worker_rss"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "# HELP wharf_worker_in_flight Requests in flight per worker slot.",
+                "# TYPE wharf_worker_in_flight gauge",
+                "wharf_worker_in_flight{slot=\"0\"} 3",
+                "wharf_worker_in_flight{slot=\"1\"} 0",
+                "# HELP wharf_worker_rss_bytes Resident memory per worker slot.",
+                "# TYPE wharf_worker_rss_bytes gauge",
+                "wharf_worker_rss_bytes{slot=\"0\"} 150",
+                "wharf_worker_rss_bytes{slot=\"1\"} 70",
+            ],
+            "{text}"
+        );
+        assert!(text.contains("\nwharf_workers_rss_bytes 220\n"), "{text}");
+    }
 }
