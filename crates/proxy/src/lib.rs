@@ -41,17 +41,21 @@
 #![forbid(unsafe_code)]
 
 mod body;
+mod errors;
 mod forwarded;
 mod pool;
 mod proxy;
 pub mod proxy_protocol;
+mod settings;
 mod upstream;
 mod websocket;
 
 pub use body::UpstreamStalled;
+pub use errors::error_page;
 pub use forwarded::{
     remove_hop_by_hop, IpNet, IpNetError, TrustedProxies, X_FORWARDED_FOR, X_FORWARDED_HOST,
     X_FORWARDED_PROTO, X_REAL_IP,
 };
-pub use proxy::{error_page, Proxy, ProxySettings};
+pub use proxy::Proxy;
+pub use settings::ProxySettings;
 pub use upstream::{Balance, HealthCheck, ServerStats, Upstream, UpstreamConfig, UpstreamServer};

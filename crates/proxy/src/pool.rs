@@ -4,7 +4,7 @@
 //! used on top. A request takes the top one that is still open, waits until
 //! its connection task is ready for another request, and sends; a connection
 //! goes back on the stack only when its response body was read to the end
-//! (see [`crate::body`]). Beyond the cap the oldest idle connection is closed,
+//! (see the `body` module). Beyond the cap the oldest idle connection is closed,
 //! and connections idle for longer than the idle timeout are closed when the
 //! pool is next used or swept.
 //!
@@ -24,7 +24,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::proxy::UpstreamRequestBody;
+/// The body type sent upstream: what the pool's connections carry.
+pub(crate) type UpstreamRequestBody =
+    http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, wharf_http::BoxError>;
 
 /// A connection's request handle.
 pub(crate) type Sender = SendRequest<UpstreamRequestBody>;

@@ -17,64 +17,11 @@ use wharf_http::{body as wbody, BoxError, ConnectInfo, ResponseBody, TlsInfo};
 use wharf_telemetry::trace::ClientSpan;
 
 use crate::body::{ActiveGuard, UpstreamBody};
-use crate::forwarded::{remove_hop_by_hop, set_forwarded, TrustedProxies};
-use crate::pool::SendError;
+use crate::errors::{error_chain, error_page};
+use crate::forwarded::{remove_hop_by_hop, set_forwarded};
+use crate::pool::{SendError, UpstreamRequestBody};
+use crate::settings::ProxySettings;
 use crate::upstream::Upstream;
-
-/// The body type sent upstream.
-pub(crate) type UpstreamRequestBody = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-/// How requests are passed upstream. `Default` gives the documented defaults
-/// (nginx's, with the seeds' body limit).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProxySettings {
-    /// Time to establish a TCP connection to a server (`proxy_connect_timeout`).
-    /// Default 60 s.
-    pub connect_timeout: Duration,
-    /// Time to transmit the request to the server (`proxy_send_timeout`);
-    /// added to the read timeout for the wait on the response head.
-    /// Default 60 s.
-    pub send_timeout: Duration,
-    /// Time to wait for the response head after sending, and the longest
-    /// pause between two reads of the response body (`proxy_read_timeout`).
-    /// Default 60 s.
-    pub read_timeout: Duration,
-    /// Read the whole request body before contacting an upstream
-    /// (`proxy_request_buffering on`), so a slow client never holds an upstream
-    /// connection and a retry can resend the body. Default on.
-    pub buffer_request_body: bool,
-    /// Largest request body (`client_max_body_size`): `413` beyond it.
-    /// Default 10 MiB.
-    pub max_body_bytes: usize,
-    /// Longest pause between two reads of the client's body while buffering
-    /// (`client_body_timeout`): `408` past it. Default 60 s.
-    pub client_body_timeout: Duration,
-    /// Servers tried per request (`proxy_next_upstream_tries`); 0 tries every
-    /// server once. Default 0.
-    pub next_upstream_tries: usize,
-    /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are believed
-    /// (`set_real_ip_from`). Default none.
-    pub trusted_proxies: TrustedProxies,
-    /// Idle upstream connections are closed after this (a sweep runs every
-    /// this long, so at the latest after twice it). Default 60 s.
-    pub pool_idle_timeout: Duration,
-}
-
-impl Default for ProxySettings {
-    fn default() -> Self {
-        Self {
-            connect_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(60),
-            read_timeout: Duration::from_secs(60),
-            buffer_request_body: true,
-            max_body_bytes: 10 * 1024 * 1024,
-            client_body_timeout: Duration::from_secs(60),
-            next_upstream_tries: 0,
-            trusted_proxies: TrustedProxies::default(),
-            pool_idle_timeout: Duration::from_secs(60),
-        }
-    }
-}
 
 /// A reverse proxy to one upstream group, as a tower service. Cheap to clone;
 /// clones share the connection pool and the servers' state.
@@ -154,22 +101,6 @@ where
         let request = request.map(wharf_http::body::boxed);
         Box::pin(async move { Ok(inner.handle(request).await) })
     }
-}
-
-/// A short error page, like nginx's.
-pub fn error_page(status: StatusCode) -> Response<ResponseBody> {
-    let reason = status.canonical_reason().unwrap_or("Error");
-    let code = status.as_u16();
-    let html = format!(
-        "<html>\n<head><title>{code} {reason}</title></head>\n<body>\n<h1>{code} {reason}</h1>\n</body>\n</html>\n"
-    );
-    let mut response = Response::new(wbody::full(html));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -321,7 +252,8 @@ impl ProxyInner {
 
         if let (Some(protocol), Some(client_upgrade)) = (upgrade, client_upgrade) {
             return crate::websocket::proxy_upgrade(
-                &self,
+                &self.upstream,
+                &self.settings,
                 &parts,
                 path.as_str(),
                 protocol,
@@ -512,17 +444,6 @@ impl ProxyInner {
         let body = UpstreamBody::new(body, self.settings.read_timeout, guard);
         Response::from_parts(parts, wbody::boxed(body))
     }
-}
-
-pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn health_loop(weak: Weak<ProxyInner>, check: crate::upstream::HealthCheck) {

@@ -17,17 +17,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use wharf_http::{body as wbody, ResponseBody};
 
 use crate::body::ActiveGuard;
-use crate::proxy::{error_page, ProxyInner};
+use crate::errors::{error_chain, error_page};
+use crate::settings::ProxySettings;
+use crate::upstream::Upstream;
 
 pub(crate) async fn proxy_upgrade(
-    inner: &std::sync::Arc<ProxyInner>,
+    upstream: &std::sync::Arc<Upstream>,
+    settings: &ProxySettings,
     parts: &http::request::Parts,
     path: &str,
     protocol: HeaderValue,
     client_upgrade: OnUpgrade,
 ) -> Response<ResponseBody> {
-    let upstream = &inner.upstream;
-    let settings = &inner.settings;
     let mut tried = Vec::new();
     while let Some(index) = upstream.pick(&tried) {
         tried.push(index);
@@ -40,7 +41,7 @@ pub(crate) async fn proxy_upgrade(
                 stream
             }
             Err(error) => {
-                tracing::warn!(upstream = %upstream.name, server = %addr, error = %crate::proxy::error_chain(&error), "Upstream connection failed");
+                tracing::warn!(upstream = %upstream.name, server = %addr, error = %error_chain(&error), "Upstream connection failed");
                 peer.failed(&upstream.name);
                 continue;
             }
