@@ -15,7 +15,7 @@ use wharf_http::{Body, ResponseBody};
 use crate::api::{DocumentApi, NotifyApi, ServiceFailure, ServiceInfo};
 use crate::assets::{Assets, STATIC_PREFIX};
 use crate::csrf::{self, CSRF_COOKIE};
-use crate::html::{self, url_encode, Chrome, FileView, FormError, ServiceView};
+use crate::html::{self, url_encode, Chrome, FileView, FormError, ServiceView, Unavailable};
 use crate::ids::Uuid;
 use crate::local::{cookie, json_content_type, LocalApi, LocalFile, ACCESS_COOKIE};
 use crate::present::{self, Clock, Contact, Date};
@@ -134,7 +134,8 @@ impl Reply {
 /// A page that ends a request early.
 enum Stop {
     NotFound,
-    Unavailable(ServiceInfo),
+    /// DDF's `views/file-unavailable.html`, with the service's name and contact.
+    Unavailable(ServiceInfo, Unavailable),
     ServiceProblem(StatusCode),
     Error(StatusCode),
 }
@@ -339,13 +340,17 @@ impl Inner {
         let chrome = self.chrome(nonce);
         match stop {
             Stop::NotFound => Reply::html(StatusCode::NOT_FOUND, html::not_found(&chrome)),
-            Stop::Unavailable(service) => {
+            Stop::Unavailable(service, why) => {
                 let contact = Contact::assess(service.contact_link.as_deref());
                 let view = ServiceView {
                     name: &service.name,
                     contact: &contact,
                 };
-                Reply::html(StatusCode::GONE, html::file_unavailable(&chrome, &view))
+                let status = match why {
+                    Unavailable::NotFound => StatusCode::NOT_FOUND,
+                    Unavailable::Gone => StatusCode::GONE,
+                };
+                Reply::html(status, html::file_unavailable(&chrome, &view, why))
             }
             Stop::ServiceProblem(status) => Reply::html(status, html::service_problem(&chrome)),
             Stop::Error(status) => Reply::html(status, html::server_error(&chrome)),
@@ -517,13 +522,15 @@ impl Inner {
                     .available_until
                     .is_some_and(|d| present::has_expired(d, today))
                 {
-                    Err(Stop::Unavailable(service))
+                    Err(Stop::Unavailable(service, Unavailable::Gone))
                 } else {
                     Ok((service, meta))
                 }
             }
-            Check::Unavailable => Err(Stop::Unavailable(service)),
-            Check::NotFound => Err(Stop::NotFound),
+            Check::Unavailable => Err(Stop::Unavailable(service, Unavailable::Gone)),
+            // DDF `_get_document_metadata` aborts 404 and `landing` (and the
+            // other views) render `views/file-unavailable.html` for it.
+            Check::NotFound => Err(Stop::Unavailable(service, Unavailable::NotFound)),
             Check::Error => {
                 tracing::error!(
                     status = answer.status.as_u16(),

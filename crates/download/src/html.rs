@@ -309,13 +309,44 @@ pub(crate) fn download(
     page(chrome, title, &main)
 }
 
-/// "No longer available": the document expired, was deleted or never existed.
-pub(crate) fn file_unavailable(chrome: &Chrome<'_>, service: &ServiceView<'_>) -> String {
-    let title = "No longer available";
+/// Why a document page cannot show the file (DDF's `status_code` in
+/// `views/file-unavailable.html`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Unavailable {
+    /// 404: the document API refused the key or does not know the document.
+    NotFound,
+    /// 410: the document expired or was deleted.
+    Gone,
+}
+
+/// DDF's `views/file-unavailable.html`: "Page not found" (404) or "No longer
+/// available" (410), naming the service and how to contact it.
+pub(crate) fn file_unavailable(
+    chrome: &Chrome<'_>,
+    service: &ServiceView<'_>,
+    why: Unavailable,
+) -> String {
+    let title = match why {
+        Unavailable::NotFound => "Page not found",
+        Unavailable::Gone => "No longer available",
+    };
     let mut main = h1(title);
-    main.push_str(&paragraph(
-        "The file you are looking for has expired or been deleted.",
-    ));
+    match why {
+        Unavailable::NotFound => {
+            main.push_str(&paragraph(
+                "If you selected a link in an email, the file may have expired or been deleted.",
+            ));
+            main.push_str(&paragraph(
+                "If you typed the web address, check it is correct.",
+            ));
+            main.push_str(&paragraph(
+                "If you pasted the web address, check you copied the entire address.",
+            ));
+        }
+        Unavailable::Gone => main.push_str(&paragraph(
+            "The file you are looking for has expired or been deleted.",
+        )),
+    }
     main.push_str(&contact_paragraph(service.name, service.contact));
     page(chrome, title, &main)
 }

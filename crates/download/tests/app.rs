@@ -92,8 +92,68 @@ async fn notifications_api_errors() {
         .contains("mailto:notify-support@digital.cabinet-office.gov.uk"));
 }
 
+/// DDF's own 404 for a document the API refuses or does not know
+/// (`views/file-unavailable.html` with `status_code == 404`): "Page not
+/// found", the three hints, and the service's contact.
+fn assert_contextual_not_found(page: &support::Page, case: &str) {
+    assert_eq!(page.status, 404, "{case}: {}", page.body);
+    assert_eq!(page.title(), "Page not found – GOV.UK", "{case}");
+    assert_eq!(page.h1(), "Page not found", "{case}");
+    // "ensure this is our contextualized 404 page"
+    assert!(
+        page.paragraphs()
+            .iter()
+            .any(|p| p.contains("Sample Service")),
+        "{case}: {:?}",
+        page.paragraphs()
+    );
+    assert_eq!(
+        page.paragraphs(),
+        [
+            "If you selected a link in an email, the file may have expired or been deleted.",
+            "If you typed the web address, check it is correct.",
+            "If you pasted the web address, check you copied the entire address.",
+            "If you have any questions, contact Sample Service.",
+        ],
+        "{case}"
+    );
+    let (href, text) = &page.main_links()[0];
+    assert_eq!(text, "contact Sample Service", "{case}");
+    assert_eq!(href, "https://sample-service.gov.uk", "{case}");
+}
+
+/// The one `/check` call a document page makes, after the service.
+fn assert_one_check(f: &Fixture, case: &str) {
+    let requests = f.stub.requests();
+    let checks: Vec<_> = requests
+        .iter()
+        .filter(|r| r.uri.starts_with("/services/"))
+        .collect();
+    assert_eq!(checks.len(), 1, "{case}: {requests:?}");
+    assert_eq!(checks[0].method, Method::GET, "{case}");
+    assert_eq!(
+        checks[0].uri,
+        format!("{}?key=1234", f.check_path()),
+        "{case}"
+    );
+}
+
+/// DDF `test_when_document_is_unavailable`: `/check` answers 404.
 #[tokio::test]
 async fn when_document_is_unavailable() {
+    let f = fixture().await;
+    f.check_answers(404, &json!({"Error": "Nope"}));
+    for (suffix, method) in VIEWS {
+        f.stub.clear_requests();
+        let page = open(&f, suffix, method, Some(f.key)).await;
+        let case = format!("{method} {suffix}");
+        assert_contextual_not_found(&page, &case);
+        assert_one_check(&f, &case);
+    }
+}
+
+#[tokio::test]
+async fn when_document_is_gone() {
     let f = fixture().await;
     for answer in [
         (200, json!({"document": null})),
@@ -128,24 +188,30 @@ async fn expired_documents_are_no_longer_available() {
     );
 }
 
+/// DDF `test_404_hides_incorrect_credentials`: every view × 400/403/404 ×
+/// the three error bodies is DDF's contextual 404, after one `/check`.
 #[tokio::test]
 async fn not_found_hides_incorrect_credentials() {
     let f = fixture().await;
-    let answers = [
-        (400, json!({"error": "Missing decryption key"})),
-        (400, json!({"error": "Invalid decryption key"})),
-        (400, json!({"error": "Forbidden"})),
-        (403, json!({"error": "Forbidden"})),
-        (404, json!({"error": "Not found"})),
-    ];
-    for (status, body) in answers {
-        f.check_answers(status, &body);
-        for (suffix, method) in VIEWS {
-            let page = open(&f, suffix, method, Some(f.key)).await;
-            assert_eq!(page.status, 404, "{status} {body} {method} {suffix}");
-            assert_eq!(page.h1(), "Page not found");
+    for status in [400, 404, 403] {
+        for body in [
+            json!({"error": "Missing decryption key"}),
+            json!({"error": "Invalid decryption key"}),
+            json!({"error": "Forbidden"}),
+        ] {
+            f.check_answers(status, &body);
+            for (suffix, method) in VIEWS {
+                f.stub.clear_requests();
+                let page = open(&f, suffix, method, Some(f.key)).await;
+                let case = format!("{status} {body} {method} {suffix}");
+                assert_contextual_not_found(&page, &case);
+                assert_one_check(&f, &case);
+            }
         }
     }
+    f.check_answers(404, &json!({"error": "Not found"}));
+    assert_contextual_not_found(&open(&f, "", "GET", Some(f.key)).await, "404");
+    // Any other 400 is `raise_for_status` → 500, as any other error status.
     f.check_answers(400, &json!({"error": "Something else"}));
     assert_eq!(open(&f, "", "GET", Some(f.key)).await.status, 500);
     f.check_answers(502, &json!({}));
@@ -977,6 +1043,8 @@ async fn snapshots_of_each_page() {
     pages.push(("download", f.get(&f.url("/download", Some(f.key))).await));
     f.check_answers(200, &json!({"document": null}));
     pages.push(("no_longer_available", f.get(&f.url("", Some(f.key))).await));
+    f.check_answers(404, &json!({"error": "Not found"}));
+    pages.push(("file_not_found", f.get(&f.url("", Some(f.key))).await));
     pages.push(("not_found", f.get("/nowhere").await));
     f.service_answers(403, &json!({}));
     pages.push(("service_problem", f.get(&f.url("", Some(f.key))).await));
