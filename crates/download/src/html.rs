@@ -343,9 +343,10 @@ pub(crate) fn file_unavailable(
                 "If you pasted the web address, check you copied the entire address.",
             ));
         }
-        Unavailable::Gone => main.push_str(&paragraph(
-            "The file you are looking for has expired or been deleted.",
-        )),
+        Unavailable::Gone => main.push_str(&paragraph(&format!(
+            "The file {} sent you has expired or been deleted.",
+            esc(service.name)
+        ))),
     }
     main.push_str(&contact_paragraph(service.name, service.contact));
     page(chrome, title, &main)

@@ -152,33 +152,58 @@ async fn when_document_is_unavailable() {
     }
 }
 
+/// DDF's 410 (`views/file-unavailable.html` with `status_code == 410`): "No
+/// longer available", the service named, and its contact.
+fn assert_gone(page: &support::Page, case: &str) {
+    assert_eq!(page.status, 410, "{case}: {}", page.body);
+    assert_eq!(page.title(), "No longer available – GOV.UK", "{case}");
+    assert_eq!(page.h1(), "No longer available", "{case}");
+    assert_eq!(
+        page.paragraphs(),
+        [
+            "The file Sample Service sent you has expired or been deleted.",
+            "If you have any questions, contact Sample Service.",
+        ],
+        "{case}"
+    );
+    let (href, text) = &page.main_links()[0];
+    assert_eq!(text, "contact Sample Service", "{case}");
+    assert_eq!(href, "https://sample-service.gov.uk", "{case}");
+}
+
+/// DDF `test_when_document_is_unavailable_old_api` (`{"document": null}`,
+/// every view) and `test_download_document_returns_file_unavailable_if_file_past_expiry_date`
+/// (`/check` answers 410).
 #[tokio::test]
 async fn when_document_is_gone() {
     let f = fixture().await;
     for answer in [
         (200, json!({"document": null})),
-        (410, json!({"error": "gone"})),
+        (410, json!({"Error": "Gone"})),
     ] {
         f.check_answers(answer.0, &answer.1);
         for (suffix, method) in VIEWS {
+            f.stub.clear_requests();
             let page = open(&f, suffix, method, Some(f.key)).await;
-            assert_eq!(page.status, 410, "{method} {suffix}");
-            assert_eq!(page.h1(), "No longer available");
-            let (href, text) = &page.main_links()[0];
-            assert_eq!(text, "contact Sample Service");
-            assert_eq!(href, "https://sample-service.gov.uk");
+            let case = format!("{} {method} {suffix}", answer.0);
+            assert_gone(&page, &case);
+            assert_one_check(&f, &case);
         }
     }
 }
 
+/// DDF `test_download_document_returns_file_unavailable_if_file_past_expiry_date_old_api`:
+/// `available_until` yesterday.
 #[tokio::test]
 async fn expired_documents_are_no_longer_available() {
     let f = fixture().await;
     f.document(false, "pdf", -1);
     for (suffix, method) in VIEWS {
+        f.stub.clear_requests();
         let page = open(&f, suffix, method, Some(f.key)).await;
-        assert_eq!(page.status, 410, "{method} {suffix}");
-        assert_eq!(page.title(), "No longer available – GOV.UK");
+        let case = format!("{method} {suffix}");
+        assert_gone(&page, &case);
+        assert_one_check(&f, &case);
     }
     f.document(false, "pdf", 0);
     assert_eq!(
