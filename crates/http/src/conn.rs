@@ -27,7 +27,14 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 
 use crate::body::{BoxError, ResponseBody};
-use crate::server::AppService;
+
+/// The whole request pipeline as one cloneable service: what a connection
+/// drives (built by the middleware module).
+pub(crate) type AppService = tower::util::BoxCloneSyncService<
+    http::Request<RequestBody>,
+    http::Response<ResponseBody>,
+    std::convert::Infallible,
+>;
 
 /// Peer and local addresses of the connection a request came in on, in the
 /// request's extensions.

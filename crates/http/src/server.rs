@@ -18,11 +18,11 @@ use tower::Service;
 use crate::accept::{Acceptor, PlainAcceptor};
 use crate::body::{Body, BoxError};
 use crate::config::{ServerConfig, MIN_HEADER_BYTES};
+pub(crate) use crate::conn::AppService;
 use crate::conn::{ConnService, ConnState, ConnectInfo, Deadline, RequestHook, TrackedIo};
 use crate::health::Health;
 use crate::listener::Listener;
 use crate::middleware::access_log::RequestObserver;
-pub(crate) use crate::middleware::AppService;
 
 /// How long connections get to close after the grace period before the
 /// server stops waiting for them.

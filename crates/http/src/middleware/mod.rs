@@ -33,17 +33,13 @@ use tower_http::timeout::TimeoutLayer;
 
 use crate::body::{boxed, full, Body, BoxError, ResponseBody};
 use crate::config::ServerConfig;
-use crate::conn::RequestBody;
+use crate::conn::{AppService, RequestBody};
 use crate::health::{Health, HealthLayer};
 
 use access_log::AccessLogLayer;
 use default_headers::DefaultHeadersLayer;
 use error_body::ErrorBodyLayer;
 use request_id::RequestIdLayer;
-
-/// The whole request pipeline as one cloneable service.
-pub(crate) type AppService =
-    BoxCloneSyncService<Request<RequestBody>, Response<ResponseBody>, Infallible>;
 
 #[allow(clippy::needless_pass_by_value)] // tower-http's ResponseForPanic hands the payload over by value.
 fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response<ResponseBody> {
