@@ -177,9 +177,15 @@ pub(crate) fn landing(
 ) -> String {
     let title = "You have a file to download";
     let mut main = h1(title);
+    // DDF: `{{ service_name or '[SERVICE_NAME]'}}`: only an empty name.
+    let name = if service.name.is_empty() {
+        "[SERVICE_NAME]"
+    } else {
+        service.name
+    };
     main.push_str(&paragraph(&format!(
         "{} sent you a file to download.",
-        esc(service.name)
+        esc(name)
     )));
     main.push_str(&paragraph(&format!(
         "<a href=\"{}\" role=\"button\" draggable=\"false\" class=\"govuk-button govuk-button--start\" data-module=\"govuk-button\">Continue</a>",
@@ -300,7 +306,7 @@ pub(crate) fn download(
         "Make sure you save your file somewhere you can find it.",
     ));
     main.push_str(&paragraph(&format!(
-        "<a href=\"{}\" class=\"govuk-link\" rel=\"noreferrer\">Download this {} ({}) to your device</a>",
+        "<a href=\"{}\" download class=\"govuk-link\" rel=\"noreferrer\">Download this {} ({}) to your device</a>",
         esc(file.url),
         esc(file.type_name),
         esc(file.size)

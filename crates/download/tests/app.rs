@@ -267,6 +267,35 @@ async fn landing_page_creates_link_for_document() {
     assert_eq!(continue_link.0, f.url("/download", Some("1234")));
 }
 
+/// DDF `views/landing.html`: `{{ service_name or '[SERVICE_NAME]'}} sent you
+/// a file to download.` (the placeholder is on that page only).
+#[tokio::test]
+async fn landing_page_shows_a_placeholder_for_an_empty_service_name() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    f.service_answers(
+        200,
+        &json!({"data": {"name": "", "contact_link": "07123456789"}}),
+    );
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.paragraphs(),
+        [
+            "[SERVICE_NAME] sent you a file to download.",
+            "Continue",
+            "If you have any questions, call 07123456789."
+        ]
+    );
+    f.service_answers(200, &json!({"data": {"name": " ", "contact_link": "x"}}));
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(
+        page.paragraphs()[0],
+        "sent you a file to download.",
+        "a blank name is not empty: Jinja's `or` keeps it"
+    );
+}
+
 #[tokio::test]
 async fn landing_page_creates_link_to_confirm_email_address() {
     let f = fixture().await;
@@ -592,6 +621,14 @@ async fn download_document_creates_link_to_actual_doc_from_api() {
             "https://sample-service.gov.uk".to_owned(),
             "contact Sample Service".to_owned()
         )
+    );
+    // DDF `views/download.html`: `<a href="{{download_link}}" download
+    // class="govuk-link" rel="noreferrer">`.
+    let main = page.element("<main", "</main>").unwrap();
+    let tag = main.split("<a ").nth(1).unwrap().split('>').next().unwrap();
+    assert_eq!(
+        tag,
+        "href=\"url\" download class=\"govuk-link\" rel=\"noreferrer\""
     );
 }
 
