@@ -134,6 +134,8 @@ impl Reply {
 /// A page that ends a request early.
 enum Stop {
     NotFound,
+    /// "Page not found" with another status (DDF's `error/400.html`, `410.html`).
+    NotFoundAs(StatusCode),
     /// DDF's `views/file-unavailable.html`, with the service's name and contact.
     Unavailable(ServiceInfo, Unavailable),
     ServiceProblem(StatusCode),
@@ -340,6 +342,7 @@ impl Inner {
         let chrome = self.chrome(nonce);
         match stop {
             Stop::NotFound => Reply::html(StatusCode::NOT_FOUND, html::not_found(&chrome)),
+            Stop::NotFoundAs(status) => Reply::html(status, html::not_found(&chrome)),
             Stop::Unavailable(service, why) => {
                 let contact = Contact::assess(service.contact_link.as_deref());
                 let view = ServiceView {
@@ -493,7 +496,10 @@ impl Inner {
         match self.notify.get_service(doc.service, &doc.trace).await {
             Ok(service) => Ok(service),
             Err(ServiceFailure::Status(status)) => Err(match status.as_u16() {
-                404 => Stop::NotFound,
+                // DDF `_get_service_or_raise_error` aborts with the API's
+                // status: `error/400.html`, `404.html` and `410.html` are all
+                // "Page not found".
+                400 | 404 | 410 => Stop::NotFoundAs(status),
                 401 | 403 => Stop::ServiceProblem(status),
                 _ => {
                     tracing::error!(status = status.as_u16(), "Notify API answered an error");

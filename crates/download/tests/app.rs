@@ -72,15 +72,40 @@ async fn notifications_api_errors() {
     f.document(false, "pdf", 5);
     for (api_status, page_status, heading) in [
         (404, 404, "Page not found"),
+        // DDF `_get_service_or_raise_error` aborts with the API's status:
+        // `error/400.html` and `error/410.html` are "Page not found".
+        (400, 400, "Page not found"),
+        (410, 410, "Page not found"),
         (401, 401, "Sorry, there’s a problem with the service"),
         (403, 403, "Sorry, there’s a problem with the service"),
         (500, 500, "Sorry, there’s a problem with the service"),
+        // Any other status: Flask's `errorhandler(Exception)` page, 500.
+        (429, 500, "Sorry, there’s a problem with the service"),
+        (502, 500, "Sorry, there’s a problem with the service"),
     ] {
         f.service_answers(api_status, &json!({"result": "error"}));
         for (suffix, method) in VIEWS {
+            f.stub.clear_requests();
             let page = open(&f, suffix, method, Some(f.key)).await;
+            assert!(
+                !f.stub.requests().iter().any(|r| r.uri.contains("/check")),
+                "no document call after the service failed"
+            );
             assert_eq!(page.status, page_status, "{api_status} {method} {suffix}");
             assert_eq!(page.h1(), heading);
+            assert_eq!(page.title(), format!("{heading} – GOV.UK"));
+            if heading == "Page not found" {
+                // The generic page (`error/404.html` and its twins): no service.
+                assert_eq!(
+                    page.paragraphs(),
+                    [
+                        "If you selected a link in an email, contact the sender to tell them you cannot download your file.",
+                        "If you typed the web address, check it is correct.",
+                        "If you pasted the web address, check you copied the entire address.",
+                    ],
+                    "{api_status} {method} {suffix}"
+                );
+            }
         }
     }
     let service_problem = {
