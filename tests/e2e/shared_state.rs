@@ -299,7 +299,7 @@ fn every_worker_resumes_from_one_session_cache_across_hup_and_usr2() {
 #[test]
 fn edge_replicas_with_redis_count_one_zone_together() {
     let redis_port = free_port();
-    let _redis = crate::support::redis(redis_port);
+    let _redis = crate::support::Redis::start(redis_port);
     let tables = format!(
         "[[limit_req]]\nzone = \"api\"\nrate = \"1r/m\"\nburst = 10\nnodelay = true\n\n\
          [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"500ms\"\n"
@@ -341,7 +341,7 @@ fn edge_replicas_with_redis_count_one_zone_together() {
 #[test]
 fn replicas_resume_each_others_sessions_with_the_secret_in_redis() {
     let redis_port = free_port();
-    let _redis = crate::support::redis(redis_port);
+    let _redis = crate::support::Redis::start(redis_port);
     let dir = tempfile::tempdir().unwrap();
     let redis = format!("[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n");
     let pair = |tls_lines: &str| {

@@ -249,37 +249,55 @@ pub fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str)
     edge
 }
 
-/// A `redis-server` of a test's own, on `port`; killed on drop.
+/// A `redis-server` of a test's own on 127.0.0.1:`port` (no persistence,
+/// `DEBUG` allowed), killed when dropped.
 pub struct Redis(Child);
+
+impl Redis {
+    /// Starts it and waits until it listens.
+    pub fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// With more `redis-server` arguments (`--requirepass …`, say).
+    pub fn start_with(port: u16, extra: &[&str]) -> Self {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--enable-debug-command",
+                "yes",
+            ])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)",
+            );
+        wait_for_port(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(10),
+        );
+        Self(child)
+    }
+
+    /// SIGKILL now: no goodbye to the clients.
+    pub fn kill(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
 
 impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-pub fn redis(port: u16) -> Redis {
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect(
-            "redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)",
-        );
-    wait_for_port(
-        SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_secs(10),
-    );
-    Redis(child)
 }

@@ -4,66 +4,17 @@
 //! a 5xx nor a slow request, and limiting must come back with Redis.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::raw::get;
 use super::{eventually, frontend, Proc};
-use crate::support::{free_port, wait_for_port};
+use crate::support::{free_port, Redis};
 
 /// The sample document's landing page (served from the local directory).
 const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
-
-/// A private `redis-server` on `port`, killed when dropped.
-struct Redis(Child);
-
-impl Redis {
-    fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
-    }
-
-    /// With more `redis-server` arguments (`--requirepass …`, say).
-    fn start_with(port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)");
-        wait_for_port(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(10),
-        );
-        Self(child)
-    }
-
-    /// SIGKILL: no goodbye to the clients.
-    fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A frontend limiting document pages through Redis at `rate` with
 /// `burst`, failing open; `prefix` keeps two frontends' keys apart. The
