@@ -264,9 +264,9 @@ impl Inner {
                 Reply::redirect(StatusCode::FOUND, SECURITY_TXT)
             }
             ["_status" | "security.txt"] | [".well-known", "security.txt"] => {
-                self.not_allowed(nonce, "GET, HEAD")
+                self.not_allowed(&method, nonce, "GET, HEAD")
             }
-            ["static", ..] => self.static_asset(&path, is_get, nonce),
+            ["static", ..] => self.static_asset(&path, &method, nonce),
             ["service", id] if is_get && matches!(self.notify, NotifyApi::Local(_)) => {
                 self.local_service(id)
             }
@@ -284,7 +284,7 @@ impl Inner {
                     _ => return self.stop(Stop::NotFound, nonce),
                 };
                 if !(is_get || (method == Method::POST && page == Page::Confirm)) {
-                    return self.not_allowed(nonce, allowed);
+                    return self.not_allowed(&method, nonce, allowed);
                 }
                 let key = form_value(&query, "key").filter(|k| !k.is_empty());
                 let Some(key) = key else {
@@ -327,7 +327,14 @@ impl Inner {
         }
     }
 
-    fn not_allowed(&self, nonce: &str, allow: &'static str) -> Reply {
+    /// A matched route asked with a method it does not serve: 405 with
+    /// `Allow`, except OPTIONS, which Flask answers on every route itself
+    /// (`provide_automatic_options`): 200, no body, `Allow` with OPTIONS
+    /// added, and the view never runs.
+    fn not_allowed(&self, method: &Method, nonce: &str, allow: &'static str) -> Reply {
+        if method == Method::OPTIONS {
+            return options(allow);
+        }
         let mut reply = Reply::html(
             StatusCode::METHOD_NOT_ALLOWED,
             html::not_found(&self.chrome(nonce)),
@@ -360,15 +367,17 @@ impl Inner {
         }
     }
 
-    fn static_asset(&self, path: &str, is_get: bool, nonce: &str) -> Reply {
-        let Some(asset) = path
-            .strip_prefix(STATIC_PREFIX)
-            .and_then(|p| self.assets.get(p))
-        else {
+    fn static_asset(&self, path: &str, method: &Method, nonce: &str) -> Reply {
+        let name = path.strip_prefix(STATIC_PREFIX).unwrap_or_default();
+        // Flask's `/static/<path:filename>` matches any name, known or not.
+        if method == Method::OPTIONS && !name.is_empty() {
+            return options("GET, HEAD");
+        }
+        let Some(asset) = self.assets.get(name) else {
             return self.stop(Stop::NotFound, nonce);
         };
-        if !is_get {
-            return self.not_allowed(nonce, "GET, HEAD");
+        if !(method == Method::GET || method == Method::HEAD) {
+            return self.not_allowed(method, nonce, "GET, HEAD");
         }
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -396,11 +405,12 @@ impl Inner {
         query: &str,
         nonce: &str,
     ) -> Reply {
-        let is_get = request.method() == Method::GET || request.method() == Method::HEAD;
+        let method = request.method().clone();
+        let is_get = method == Method::GET || method == Method::HEAD;
         let (service, document, tail) = match segments {
             ["services", "_status"] => {
                 if !is_get {
-                    return self.not_allowed(nonce, "GET, HEAD");
+                    return self.not_allowed(&method, nonce, "GET, HEAD");
                 }
                 return match (&self.local, &self.document_api_public) {
                     (_, Some(public)) => Reply::redirect(
@@ -436,7 +446,9 @@ impl Inner {
                     StatusCode::MOVED_PERMANENTLY,
                     &old_link(public, request.uri().path(), query),
                 ),
-                (Some(_), Route::File | Route::Check) => self.not_allowed(nonce, "GET, HEAD"),
+                (Some(_), Route::File | Route::Check) => {
+                    self.not_allowed(&method, nonce, "GET, HEAD")
+                }
                 _ => self.stop(Stop::NotFound, nonce),
             };
         };
@@ -446,7 +458,7 @@ impl Inner {
                 let answer = local.check(service, document, key.as_deref());
                 Reply::json(answer.status, answer.body)
             }
-            Route::Authenticate if request.method() == Method::POST => {
+            Route::Authenticate if method == Method::POST => {
                 let Some(body) = read_body(request.into_body(), MAX_FORM_BYTES).await else {
                     return Reply::json(
                         StatusCode::BAD_REQUEST,
@@ -487,8 +499,8 @@ impl Inner {
                     }
                 }
             },
-            Route::Authenticate => self.not_allowed(nonce, "POST"),
-            Route::Check | Route::File => self.not_allowed(nonce, "GET, HEAD"),
+            Route::Authenticate => self.not_allowed(&method, nonce, "POST"),
+            Route::Check | Route::File => self.not_allowed(&method, nonce, "GET, HEAD"),
         }
     }
 
@@ -785,6 +797,20 @@ fn interpret_check(answer: &Answer) -> Check {
         410 => Check::Unavailable,
         _ => Check::Error,
     }
+}
+
+/// Flask's automatic OPTIONS answer for a route serving `allow`: 200, an
+/// empty `text/html` body, `Allow` with OPTIONS added. (Flask orders `Allow`
+/// as a Python set iterates; here it is alphabetical.)
+fn options(allow: &str) -> Reply {
+    let mut methods: Vec<&str> = allow.split(", ").collect();
+    methods.push("OPTIONS");
+    methods.sort_unstable();
+    let mut reply = Reply::html(StatusCode::OK, String::new());
+    if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+        reply.headers.insert(header::ALLOW, value);
+    }
+    reply
 }
 
 /// The path of a URL (absolute or relative), without query or fragment.

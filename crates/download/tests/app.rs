@@ -967,6 +967,92 @@ async fn a_wrong_method_is_405_not_500() {
     }
 }
 
+/// Flask answers OPTIONS on every route itself (`provide_automatic_options`):
+/// 200, an empty body, `Allow` with the route's methods plus HEAD and
+/// OPTIONS, the after-request headers, and the view never runs (so no key is
+/// needed and no API is called). Flask's order of `Allow` follows a Python
+/// set's; wharf's is alphabetical. Checked against Flask 3.1.3 and Werkzeug
+/// 3.1.8, the versions DDF pins.
+#[tokio::test]
+async fn options_is_answered_as_flask_does() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    let s = f.ids.service;
+    let d = f.ids.document;
+    let get = "GET, HEAD, OPTIONS";
+    for (url, allow) in [
+        ("/_status".to_owned(), get),
+        ("/security.txt".to_owned(), get),
+        ("/.well-known/security.txt".to_owned(), get),
+        (f.url("", Some(f.key)), get),
+        (f.url("", None), get),
+        (f.url("/download", Some(f.key)), get),
+        (
+            f.url("/confirm-email-address", Some(f.key)),
+            "GET, HEAD, OPTIONS, POST",
+        ),
+        (
+            f.url("/confirm-email-address", None),
+            "GET, HEAD, OPTIONS, POST",
+        ),
+        ("/services/_status".to_owned(), get),
+        (format!("/services/{s}/documents/{d}"), get),
+        (format!("/services/{s}/documents/{d}.pdf"), get),
+        (format!("/services/{s}/documents/{d}/check?key=1"), get),
+        // `/static/<path:filename>`: the route matches whether or not the
+        // file exists.
+        ("/static/nothing.css".to_owned(), get),
+    ] {
+        let page = send(&f.app, Method::OPTIONS, &url, None, &[]).await;
+        assert_eq!(page.status, 200, "{url}: {}", page.body);
+        assert_eq!(page.header("allow"), allow, "{url}");
+        assert_eq!(page.body, "", "{url}");
+        assert_eq!(
+            page.header("content-type"),
+            "text/html; charset=utf-8",
+            "{url}"
+        );
+        assert_eq!(page.header("x-frame-options"), "DENY", "{url}");
+        assert_eq!(
+            page.header("cache-control"),
+            "no-store, no-cache, private, must-revalidate",
+            "{url}"
+        );
+    }
+    assert!(f.stub.requests().is_empty(), "no view ran");
+    // No route, no OPTIONS: Werkzeug's NotFound, DDF's 404 page.
+    for url in [
+        "/nowhere".to_owned(),
+        "/static/".to_owned(),
+        format!("/d/{s}/{d}?key=1"),
+        f.url("/other", Some(f.key)),
+        format!("/services/{s}/documents/{d}/authenticate"),
+    ] {
+        let page = send(&f.app, Method::OPTIONS, &url, None, &[]).await;
+        assert_eq!(page.status, 404, "{url}");
+        assert_eq!(page.h1(), "Page not found", "{url}");
+        assert!(page.headers.get("allow").is_none(), "{url}");
+    }
+    // The local document API's routes answer OPTIONS too (the real
+    // document-download-api is a Flask app as well).
+    let dir = tempfile::tempdir().unwrap();
+    let app = DownloadApp::builder()
+        .local_api(dir.path())
+        .build()
+        .unwrap();
+    for (url, allow) in [
+        (format!("/services/{s}/documents/{d}/check"), get),
+        (
+            format!("/services/{s}/documents/{d}/authenticate"),
+            "OPTIONS, POST",
+        ),
+    ] {
+        let page = send(&app, Method::OPTIONS, &url, None, &[]).await;
+        assert_eq!(page.status, 200, "{url}");
+        assert_eq!(page.header("allow"), allow, "{url}");
+    }
+}
+
 #[tokio::test]
 async fn upstream_timeouts_are_504_and_unreachable_apis_502() {
     let f = fixture().await;
