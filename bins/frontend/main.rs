@@ -297,6 +297,13 @@ async fn run(
     );
     let mut server_config = server_config(&config.server);
     server_config.access_log = config.log.access_log;
+    // Trusted proxies (`WHARF_RATELIMIT_TRUSTED_PROXIES`): the client is
+    // resolved once per request; the limiter and the access log read it.
+    if let Ok(client_ip) = config.ratelimit.client_ip() {
+        if !client_ip.resolver().trusted().is_empty() {
+            server_config.client_addr = Some(client_ip.resolver().clone());
+        }
+    }
     let shutdown = ctx.shutdown_signal();
     // Every request counts toward the worker's heartbeat figures (and
     // `WHARF_MAX_REQUESTS`), health checks included.

@@ -990,3 +990,106 @@ fn a_slow_client_body_is_buffered_before_the_upstream_is_contacted() {
     assert_eq!(seen[0].header("content-length").as_deref(), Some("600"));
     assert_eq!(seen[0].body, body.as_bytes());
 }
+
+/// One client address per request (issue #23): what edge sends upstream
+/// (`X-Real-IP`), the client a `limit_req` zone counts, and the access log's
+/// `client` are the same address, for a trusted peer's `X-Forwarded-For`
+/// (trusted hops skipped, garbage stopping the walk), an untrusted peer's
+/// (ignored), and a PROXY protocol header from a trusted balancer.
+#[test]
+fn the_proxy_the_zones_and_the_access_log_agree_on_the_client() {
+    use crate::reliability::{raw, Edge, EdgeSpec};
+
+    // 1 request per client per minute: a second one from the same client is
+    // refused, one from another is not.
+    let zone = "[[limit_req]]\nzone = \"one\"\nrate = \"1r/m\"\nnodelay = true\n";
+    let upstream = Stub::start(|_| Reply::text(200, "ok"));
+    let edge = |trusted: &str, listen: &str| {
+        Edge::start(&EdgeSpec {
+            servers: format!("{{ address = \"{}\" }}", upstream.addr),
+            http: format!("set_real_ip_from = [\"{trusted}\"]\naccess_log = true\n"),
+            listen: listen.to_owned(),
+            locations: zone.to_owned(),
+            ..EdgeSpec::default()
+        })
+    };
+    // What the upstream saw last, and what the access log said last.
+    let last_real_ip = || upstream.seen().last().and_then(|s| s.header("x-real-ip"));
+    // The access log's `client` on its `n`-th line (0-based), once written.
+    let logged_client = |edge: &Edge, n: usize| {
+        let lines = || {
+            edge.proc
+                .logs()
+                .lines()
+                .filter(|l| l.contains("Served request"))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        crate::support::wait_until("the access-log line", Duration::from_secs(5), || {
+            lines().len() > n
+        });
+        let value: serde_json::Value = serde_json::from_str(&lines()[n]).unwrap();
+        value["fields"]["client"]
+            .as_str()
+            .or(value["client"].as_str())
+            .map(str::to_owned)
+    };
+    let get = |edge: &Edge, xff: &str| {
+        raw::get(edge.addr(), "/", &[&format!("X-Forwarded-For: {xff}")]).status
+    };
+
+    // A trusted peer (the test runs on 127.0.0.1).
+    let trusting = edge("127.0.0.0/8", "");
+    for (i, (xff, client)) in [
+        ("203.0.113.1", "203.0.113.1"),
+        ("203.0.113.2, 127.0.0.5", "203.0.113.2"),
+        ("203.0.113.9, junk", "127.0.0.1"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let before = upstream.seen().len();
+        assert_eq!(get(&trusting, xff), 200, "{xff}: the client's first");
+        assert_eq!(upstream.seen().len(), before + 1);
+        assert_eq!(last_real_ip().as_deref(), Some(client), "{xff}: X-Real-IP");
+        assert_eq!(
+            logged_client(&trusting, 2 * i).as_deref(),
+            Some(client),
+            "{xff}: log"
+        );
+        assert_eq!(get(&trusting, xff), 429, "{xff}: the zone counted {client}");
+        assert_eq!(
+            logged_client(&trusting, 2 * i + 1).as_deref(),
+            Some(client),
+            "{xff}: the 429's log line"
+        );
+    }
+
+    // An untrusted peer: its X-Forwarded-For is nobody's address.
+    let wary = edge("10.0.0.0/8", "");
+    assert_eq!(get(&wary, "203.0.113.1"), 200);
+    assert_eq!(last_real_ip().as_deref(), Some("127.0.0.1"));
+    assert_eq!(logged_client(&wary, 0).as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        get(&wary, "203.0.113.77"),
+        429,
+        "the same client, 127.0.0.1"
+    );
+
+    // PROXY protocol from a trusted balancer: the header's source is the
+    // client (it is not trusted, so its X-Forwarded-For is not believed).
+    let balanced = edge("127.0.0.1", "proxy_protocol = true");
+    let through_balancer = |source: &str| {
+        let mut bytes = format!("PROXY TCP4 {source} 127.0.0.1 40000 80\r\n").into_bytes();
+        bytes.extend_from_slice(
+            b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Forwarded-For: 203.0.113.5\r\nConnection: close\r\n\r\n",
+        );
+        let answer = exchange_raw(balanced.addr(), &bytes);
+        answer.get(9..12).unwrap_or_default().to_owned()
+    };
+    assert_eq!(through_balancer("198.51.100.7"), "200");
+    assert_eq!(last_real_ip().as_deref(), Some("198.51.100.7"));
+    assert_eq!(logged_client(&balanced, 0).as_deref(), Some("198.51.100.7"));
+    assert_eq!(through_balancer("198.51.100.7"), "429");
+    assert_eq!(through_balancer("198.51.100.8"), "200", "another client");
+}

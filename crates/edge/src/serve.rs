@@ -346,7 +346,14 @@ async fn run(
         };
         let local = listener.local_addr().unwrap_or(plan.addr);
         tracing::info!(address = %local, tls = plan.tls, redirect = plan.redirect_https_port.is_some(), proxy_protocol = plan.proxy_protocol, "Listening");
-        let server = Server::new(server_config(&config, plan.tls));
+        let mut server_config = server_config(&config, plan.tls);
+        // `set_real_ip_from`: the client is resolved once per request, and the
+        // proxy (X-Forwarded-For, X-Real-IP), the zones and the access log
+        // all read that answer.
+        if !trusted.resolver().trusted().is_empty() {
+            server_config.client_addr = Some(trusted.resolver().clone());
+        }
+        let server = Server::new(server_config);
         let shutdown = stopped(stop_rx.clone());
         let task = spawn_listener(
             plan,

@@ -51,6 +51,11 @@ pub struct ServerConfig {
     /// Write one JSON access-log line per request (tracing target
     /// `wharf_http::access`). Default true.
     pub access_log: bool,
+    /// Resolve each request's real client behind trusted proxies once, here,
+    /// and put it in the request as [`ClientAddr`](crate::ClientAddr): the
+    /// access log (`client`), wharf-proxy and wharf-ratelimit then all read
+    /// that one answer. Default `None` (the peer is the client).
+    pub client_addr: Option<crate::ClientAddrResolver>,
 }
 
 impl Default for ServerConfig {
@@ -68,6 +73,7 @@ impl Default for ServerConfig {
             hsts_max_age: None,
             hsts_include_subdomains: false,
             access_log: true,
+            client_addr: None,
         }
     }
 }

@@ -500,6 +500,8 @@ pub(crate) struct ConnService {
     /// facts); copied into every request.
     pub(crate) extensions: Arc<http::Extensions>,
     pub(crate) hook: Option<RequestHook>,
+    /// Resolves each request's client once (`ServerConfig::client_addr`).
+    pub(crate) client_addr: Option<Arc<crate::ClientAddrResolver>>,
 }
 
 pin_project! {
@@ -582,6 +584,9 @@ impl hyper::service::Service<Request<Incoming>> for ConnService {
             *req.extensions_mut() = conn_extensions;
         } else {
             req.extensions_mut().extend(conn_extensions);
+        }
+        if let Some(resolver) = &self.client_addr {
+            resolver.insert(&mut req);
         }
         let response = {
             let mut app = self

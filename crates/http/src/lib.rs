@@ -45,6 +45,7 @@
 
 mod accept;
 pub mod body;
+mod client_addr;
 mod config;
 mod conn;
 mod health;
@@ -55,6 +56,7 @@ mod server;
 
 pub use accept::{request_scheme, Accepted, Acceptor, PlainAcceptor, TlsInfo};
 pub use body::{is_body_too_large, is_timeout, Body, BoxError, ResponseBody};
+pub use client_addr::{ClientAddr, ClientAddrResolver, ForwardedHeader};
 pub use config::ServerConfig;
 pub use conn::{ConnectInfo, RequestHook, TrackedBody};
 pub use health::{

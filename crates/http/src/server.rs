@@ -242,6 +242,7 @@ impl Server {
             answers,
             slots: Arc::new(Semaphore::new(self.config.max_connections)),
             hook: self.hook.clone(),
+            client_addr: self.config.client_addr.clone().map(Arc::new),
             open: std::sync::atomic::AtomicUsize::new(0),
         });
         let (phase_tx, phase_rx) = watch::channel(Phase::Serving);
@@ -303,6 +304,8 @@ impl Server {
 
 struct Shared {
     hook: Option<RequestHook>,
+    /// `config.client_addr`, shared by every connection.
+    client_addr: Option<Arc<crate::ClientAddrResolver>>,
     /// Connections being served (their permits are held too).
     open: std::sync::atomic::AtomicUsize,
     app: AppService,
@@ -691,6 +694,7 @@ impl Connection {
             state: Arc::clone(&self.state),
             extensions: Arc::clone(&self.extensions),
             hook: self.shared().hook.clone(),
+            client_addr: self.shared().client_addr.clone(),
         }
     }
 }

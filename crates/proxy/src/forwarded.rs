@@ -10,43 +10,31 @@ pub use wharf_http::{IpNet, IpNetError};
 
 /// The peers whose forwarding headers are believed (`set_real_ip_from`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct TrustedProxies(Vec<IpNet>);
+pub struct TrustedProxies(wharf_http::ClientAddrResolver);
 
 impl TrustedProxies {
     /// Trust these networks.
     pub fn new(networks: Vec<IpNet>) -> Self {
-        Self(networks)
+        Self(wharf_http::ClientAddrResolver::new(networks))
     }
 
     /// Whether `ip` is a trusted proxy.
     pub fn contains(&self, ip: IpAddr) -> bool {
-        self.0.iter().any(|net| net.contains(ip))
+        self.0.is_trusted(ip)
+    }
+
+    /// The resolver behind it, to resolve a request's client once
+    /// ([`wharf_http::ClientAddrResolver::insert`]) for every part of wharf.
+    pub fn resolver(&self) -> &wharf_http::ClientAddrResolver {
+        &self.0
     }
 
     /// The client's address: the TCP peer unless it is trusted, in which
     /// case the right-most `X-Forwarded-For` entry that is not itself trusted
-    /// (nginx `real_ip_header X-Forwarded-For; real_ip_recursive on`).
+    /// (nginx `real_ip_header X-Forwarded-For; real_ip_recursive on`); the
+    /// walk is [`wharf_http::ClientAddrResolver`]'s, as the rate limiter's.
     pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
-        if !self.contains(peer) {
-            return peer.to_canonical();
-        }
-        let mut client = peer.to_canonical();
-        let entries: Vec<&str> = headers
-            .get_all(X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .collect();
-        for entry in entries.iter().rev() {
-            let Ok(ip) = entry.trim().parse::<IpAddr>() else {
-                break;
-            };
-            client = ip.to_canonical();
-            if !self.contains(client) {
-                break;
-            }
-        }
-        client
+        self.0.resolve(peer, headers)
     }
 }
 
@@ -302,13 +290,29 @@ mod props {
     }
 
     /// Every entry of the header lines a proxy reads, in order: the text
-    /// lines split on commas (lines that are not text are not read).
+    /// lines split on commas; a line that is not text is one entry that does
+    /// not parse. An entry is an address, with or without a port, IPv6 with
+    /// or without brackets (as nginx's realip reads them).
     fn entries(lines: &[HeaderValue]) -> Vec<Option<IpAddr>> {
+        let parse = |e: &str| {
+            let e = e.trim();
+            e.parse::<IpAddr>()
+                .ok()
+                .or_else(|| e.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+                .or_else(|| {
+                    e.strip_prefix('[')
+                        .and_then(|rest| rest.strip_suffix(']'))
+                        .and_then(|v6| v6.parse::<std::net::Ipv6Addr>().ok())
+                        .map(IpAddr::V6)
+                })
+                .map(|ip| ip.to_canonical())
+        };
         lines
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(|e| e.trim().parse::<IpAddr>().ok().map(|ip| ip.to_canonical()))
+            .flat_map(|v| match v.to_str() {
+                Ok(text) => text.split(',').map(parse).collect::<Vec<_>>(),
+                Err(_) => vec![None],
+            })
             .collect()
     }
 

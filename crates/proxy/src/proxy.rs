@@ -224,7 +224,15 @@ impl ProxyInner {
             "http"
         };
         let trusted = settings.trusted_proxies.contains(peer);
-        let client_ip = settings.trusted_proxies.client_ip(peer, &parts.headers);
+        // Resolved once per request where the server did (edge); else here,
+        // the same way.
+        let client_ip = parts
+            .extensions
+            .get::<wharf_http::ClientAddr>()
+            .map_or_else(
+                || settings.trusted_proxies.client_ip(peer, &parts.headers),
+                |client| client.0,
+            );
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
             parts
                 .uri

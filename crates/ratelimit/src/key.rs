@@ -2,7 +2,7 @@
 //! behind trusted proxies ([`ClientIp`]).
 
 use std::fmt;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -67,26 +67,23 @@ impl fmt::Debug for KeySource {
 /// A function finding the TCP peer of a request.
 pub type PeerFn = Arc<dyn Fn(&Parts) -> Option<IpAddr> + Send + Sync>;
 
-/// Which header a trusted proxy puts the client address in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ForwardedHeader {
-    /// `X-Forwarded-For: client, proxy1, proxy2` (the default).
-    #[default]
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=client, for="[2001:db8::1]:4711"`.
-    Forwarded,
-}
+/// Which header a trusted proxy puts the client address in: wharf-http's,
+/// so the limiter, the proxy and the access log read the same one.
+pub use wharf_http::ForwardedHeader;
 
 /// Finds the real client address of a request, so it cannot be spoofed.
 ///
-/// The TCP peer comes from request extensions: [`wharf_http::ConnectInfo`]
+/// A [`wharf_http::ClientAddr`] in the request's extensions (put there once
+/// per request by whoever resolved it: wharf-http's server, edge) is the
+/// answer. Otherwise the TCP peer comes from request extensions: [`wharf_http::ConnectInfo`]
 /// (with the default `wharf-http` feature), else a [`SocketAddr`] or an
 /// [`IpAddr`] extension (insert one from axum's `ConnectInfo` with a one-line
 /// middleware), else the function given to [`ClientIp::peer_from`]. The
 /// forwarded header is believed **only when the peer is a trusted proxy**;
 /// then its addresses are walked right to left, skipping trusted proxies, and
 /// the first untrusted one is the client (nginx `real_ip_recursive on`). An
-/// unparsable entry stops the walk at the last trusted hop.
+/// unparsable entry stops the walk at the last trusted hop. The walk is
+/// [`wharf_http::ClientAddrResolver`]'s, the one every part of wharf uses.
 ///
 /// Keys group IPv6 clients by prefix (default /64: one household or one VM
 /// usually owns a whole /64) and IPv4 clients by address.
@@ -101,8 +98,7 @@ pub enum ForwardedHeader {
 /// ```
 #[derive(Clone)]
 pub struct ClientIp {
-    trusted: Vec<IpNet>,
-    header: ForwardedHeader,
+    resolver: wharf_http::ClientAddrResolver,
     ipv6_prefix: u8,
     peer_from: Option<PeerFn>,
 }
@@ -110,8 +106,8 @@ pub struct ClientIp {
 impl fmt::Debug for ClientIp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientIp")
-            .field("trusted", &self.trusted)
-            .field("header", &self.header)
+            .field("trusted", &self.resolver.trusted())
+            .field("header", &self.resolver.forwarded_header())
             .field("ipv6_prefix", &self.ipv6_prefix)
             .finish_non_exhaustive()
     }
@@ -127,8 +123,7 @@ impl ClientIp {
     /// No trusted proxies (the peer is the client), `X-Forwarded-For`, IPv6 /64.
     pub fn new() -> Self {
         Self {
-            trusted: Vec::new(),
-            header: ForwardedHeader::XForwardedFor,
+            resolver: wharf_http::ClientAddrResolver::default(),
             ipv6_prefix: 64,
             peer_from: None,
         }
@@ -136,23 +131,29 @@ impl ClientIp {
 
     /// Trusts `net` as a proxy whose forwarded header is believed. Default: none.
     #[must_use]
-    pub fn trust(mut self, net: IpNet) -> Self {
-        self.trusted.push(net);
-        self
+    pub fn trust(self, net: IpNet) -> Self {
+        self.trust_all([net])
     }
 
     /// Trusts every range in `nets`.
     #[must_use]
     pub fn trust_all(mut self, nets: impl IntoIterator<Item = IpNet>) -> Self {
-        self.trusted.extend(nets);
+        let header = self.resolver.forwarded_header();
+        let trusted = self.resolver.trusted().iter().copied().chain(nets);
+        self.resolver = wharf_http::ClientAddrResolver::new(trusted).header(header);
         self
     }
 
     /// The header trusted proxies set. Default `X-Forwarded-For`.
     #[must_use]
     pub fn header(mut self, header: ForwardedHeader) -> Self {
-        self.header = header;
+        self.resolver = self.resolver.header(header);
         self
+    }
+
+    /// The resolver it walks forwarded headers with.
+    pub fn resolver(&self) -> &wharf_http::ClientAddrResolver {
+        &self.resolver
     }
 
     /// IPv6 clients are grouped by this many leading bits (1–128). Default 64.
@@ -170,10 +171,6 @@ impl ClientIp {
     ) -> Self {
         self.peer_from = Some(Arc::new(f));
         self
-    }
-
-    fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|net| net.contains(ip))
     }
 
     /// The TCP peer of the request, if known.
@@ -196,24 +193,12 @@ impl ClientIp {
 
     /// The real client address of the request.
     pub fn resolve(&self, parts: &Parts) -> Option<IpAddr> {
+        #[cfg(feature = "wharf-http")]
+        if let Some(wharf_http::ClientAddr(client)) = parts.extensions.get() {
+            return Some(client.to_canonical());
+        }
         let peer = self.peer(parts)?;
-        if !self.is_trusted(peer) {
-            return Some(peer);
-        }
-        let mut client = peer;
-        let hops = self.forwarded_hops(parts);
-        for hop in hops.iter().rev() {
-            match hop {
-                Some(ip) => {
-                    client = *ip;
-                    if !self.is_trusted(*ip) {
-                        break;
-                    }
-                }
-                None => break,
-            }
-        }
-        Some(client)
+        Some(self.resolver.resolve(peer, &parts.headers))
     }
 
     /// The client's key: its address, or its IPv6 prefix as `2001:db8::/64`.
@@ -229,54 +214,4 @@ impl ClientIp {
             v6 @ IpAddr::V6(_) => IpNet::new(v6, self.ipv6_prefix).to_string(),
         }
     }
-
-    /// Every hop of the forwarded header(s), in order; `None` for one that
-    /// does not parse (or is `unknown`/obfuscated).
-    fn forwarded_hops(&self, parts: &Parts) -> Vec<Option<IpAddr>> {
-        let mut hops = Vec::new();
-        match self.header {
-            ForwardedHeader::XForwardedFor => {
-                for value in parts.headers.get_all("x-forwarded-for") {
-                    let Ok(text) = value.to_str() else {
-                        hops.push(None);
-                        continue;
-                    };
-                    hops.extend(text.split(',').map(|s| parse_node(s.trim())));
-                }
-            }
-            ForwardedHeader::Forwarded => {
-                for value in parts.headers.get_all(http::header::FORWARDED) {
-                    let Ok(text) = value.to_str() else {
-                        hops.push(None);
-                        continue;
-                    };
-                    for element in text.split(',') {
-                        let node = element.split(';').find_map(|pair| {
-                            let (name, value) = pair.trim().split_once('=')?;
-                            name.trim()
-                                .eq_ignore_ascii_case("for")
-                                .then(|| value.trim().trim_matches('"'))
-                        });
-                        hops.push(node.and_then(parse_node));
-                    }
-                }
-            }
-        }
-        hops
-    }
-}
-
-/// Parses `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`, `[2001:db8::1]` or `[2001:db8::1]:80`.
-fn parse_node(text: &str) -> Option<IpAddr> {
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(ip.to_canonical());
-    }
-    if let Ok(addr) = text.parse::<SocketAddr>() {
-        return Some(addr.ip().to_canonical());
-    }
-    let inner = text.strip_prefix('[')?.split(']').next()?;
-    inner
-        .parse::<Ipv6Addr>()
-        .ok()
-        .map(|v6| IpAddr::V6(v6).to_canonical())
 }

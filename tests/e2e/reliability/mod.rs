@@ -211,6 +211,8 @@ pub fn api_env(api: &stub::Stub) -> Vec<(&'static str, String)> {
 pub struct EdgeSpec {
     /// The `servers = [...]` entries of the upstream group.
     pub servers: String,
+    /// Extra lines in the plain `[[listen]]` (e.g. `proxy_protocol = true`).
+    pub listen: String,
     /// Extra lines in the `[[upstream]]` table (e.g. `health_check = …`).
     pub upstream: String,
     /// Extra lines in `[http]`.
@@ -259,6 +261,7 @@ impl Edge {
             r#"
 [[listen]]
 address = "127.0.0.1:{http}"
+{listen_extra}
 {tls}
 [admin]
 address = "127.0.0.1:{admin}"
@@ -300,6 +303,7 @@ proxy_pass = "app"
             } else {
                 "client_header_timeout = \"1s\""
             },
+            listen_extra = spec.listen,
             http_extra = spec.http,
             tls_extra = spec.tls_settings,
             proxy_extra = spec.proxy,

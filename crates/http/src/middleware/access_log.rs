@@ -163,6 +163,8 @@ struct Record {
     version: Version,
     request_id: Option<String>,
     peer: Option<String>,
+    /// The real client behind trusted proxies, when the server resolved it.
+    client: Option<String>,
     user_agent: Option<String>,
     /// The `Host` header (a reference-counted clone), kept only when the URI
     /// has no authority (HTTP/2 `:authority` and absolute-form have one).
@@ -236,6 +238,14 @@ where
                         .extensions()
                         .get::<ConnectInfo>()
                         .map(|info| info.peer.to_string())
+                })
+                .flatten(),
+            client: log
+                .then(|| {
+                    request
+                        .extensions()
+                        .get::<crate::ClientAddr>()
+                        .map(|client| crate::ip_text(client.0))
                 })
                 .flatten(),
             user_agent: log
@@ -401,6 +411,7 @@ fn log(record: &Record, bytes: u64) {
         request_id = record.request_id.as_deref(),
         trace_id = record.trace_id.as_deref(),
         peer = record.peer.as_deref(),
+        client = record.client.as_deref(),
         user_agent = record.user_agent.as_deref(),
         pid = process_id(),
         "Served request"
