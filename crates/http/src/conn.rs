@@ -55,6 +55,8 @@ const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 pub(crate) struct RawAnswers {
     request_timeout: Bytes,
     uri_too_long: Bytes,
+    bad_request: Bytes,
+    header_too_large: Bytes,
 }
 
 impl RawAnswers {
@@ -79,6 +81,20 @@ impl RawAnswers {
         Self {
             request_timeout: answer("408 Request Timeout"),
             uri_too_long: answer("414 URI Too Long"),
+            bad_request: answer("400 Bad Request"),
+            header_too_large: answer("431 Request Header Fields Too Large"),
+        }
+    }
+
+    /// Ours in place of hyper's own HTTP/1 error answer `written` (a head it
+    /// writes for a request it could not parse or whose head overflowed its
+    /// buffer: bare, without the security headers), when it is one.
+    fn instead_of(&self, written: &[u8]) -> Option<&Bytes> {
+        let status = written.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+        match status {
+            b"400" => Some(&self.bad_request),
+            b"431" => Some(&self.header_too_large),
+            _ => None,
         }
     }
 }
@@ -249,6 +265,19 @@ impl ConnState {
             && !self.timed_out.load(Ordering::Relaxed)
     }
 
+    /// Whether the next write can only be hyper's own answer to the head
+    /// being read: HTTP/1, no request in flight, a head under way (none has
+    /// been handed to the service yet), and every byte of the last response
+    /// flushed, so a write now cannot be the tail of a served response. (A
+    /// bad head pipelined behind a request in flight is read uncounted: it
+    /// still gets hyper's bare answer.)
+    fn awaits_hyper_answer(&self) -> bool {
+        self.is_idle_http1()
+            && self.head_started.load(Ordering::Acquire) != NONE
+            && self.head_bytes.load(Ordering::Relaxed)
+            && !self.unflushed.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
     }
@@ -364,6 +393,31 @@ impl<T> TrackedIo<T> {
     }
 }
 
+/// hyper answers a head it cannot parse (400) or that overflows its buffer
+/// (431) itself, bare; wharf's own answer, with the security headers, goes
+/// out instead.
+fn own_answer<'a>(state: &'a ConnState, written: &[u8]) -> Option<&'a Bytes> {
+    if !state.awaits_hyper_answer() {
+        return None;
+    }
+    state.answers.instead_of(written)
+}
+
+/// Writes `answer` (best effort, as the 408: one write into an idle socket
+/// buffer) for hyper's `len` bytes, which count as written; the connection
+/// then ends, as it would have after hyper's.
+fn answer_instead<T: AsyncWrite>(
+    inner: Pin<&mut T>,
+    cx: &mut Context<'_>,
+    state: &ConnState,
+    answer: &Bytes,
+    len: usize,
+) -> Poll<io::Result<usize>> {
+    let _ = inner.poll_write(cx, answer);
+    state.set_timed_out();
+    Poll::Ready(Ok(len))
+}
+
 impl<T: AsyncRead + AsyncWrite> AsyncRead for TrackedIo<T> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -421,7 +475,10 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(answer) = own_answer(this.state, buf) {
+            return answer_instead(this.inner.as_mut(), cx, this.state, answer, buf.len());
+        }
         this.state.unflushed.store(true, Ordering::Relaxed);
         this.inner.poll_write(cx, buf)
     }
@@ -431,7 +488,11 @@ impl<T: AsyncWrite> AsyncWrite for TrackedIo<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(answer) = bufs.first().and_then(|first| own_answer(this.state, first)) {
+            let len = bufs.iter().map(|b| b.len()).sum();
+            return answer_instead(this.inner.as_mut(), cx, this.state, answer, len);
+        }
         this.state.unflushed.store(true, Ordering::Relaxed);
         this.inner.poll_write_vectored(cx, bufs)
     }

@@ -356,6 +356,70 @@ async fn a_431_carries_the_security_headers() {
     server.stop().await;
 }
 
+/// What hyper answers itself (a head past its read buffer, one it cannot
+/// parse) carries the security headers too: wharf's connection layer writes
+/// its own 431 and 400 in place of hyper's bare ones, also after a request
+/// served on the same connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn answers_hyper_gives_itself_carry_the_security_headers() {
+    let server = TestServer::start(ServerConfig {
+        hsts_max_age: Some(Duration::from_secs(31_536_000)),
+        ..fast_config()
+    })
+    .await;
+    let secured = |answer: &str, status: &str| {
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{answer}"
+        );
+        let lower = answer.to_ascii_lowercase();
+        for header in [
+            "x-content-type-options: nosniff",
+            "x-frame-options: deny",
+            "strict-transport-security: max-age=31536000",
+            "connection: close",
+        ] {
+            assert!(lower.contains(header), "no {header:?} in {answer}");
+        }
+    };
+    // Three times the limit: past the middleware's reach (twice), hyper's
+    // own buffer overflows.
+    let huge = "a".repeat(3 * fast_config().max_header_bytes);
+    let request = format!("GET / HTTP/1.1\r\nHost: t\r\nX-Big: {huge}\r\n\r\n");
+    let answer = raw(server.addr, request.as_bytes(), Duration::from_secs(2)).await;
+    secured(&answer, "431");
+    // A head hyper cannot parse.
+    let answer = raw(
+        server.addr,
+        b"GET / HTTP/1.1\r\nHost: t\r\nNot a header\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    secured(&answer, "400");
+    // After a request served on the same (kept-alive) connection.
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let first = read_until(&mut stream, Duration::from_secs(2), |got| {
+        String::from_utf8_lossy(got).contains("\r\n\r\n")
+    })
+    .await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: t\r\nBroken\r\n\r\n")
+        .await
+        .unwrap();
+    let second = read_to_close(&mut stream, Duration::from_secs(2)).await;
+    let second = &second[second
+        .find("HTTP/1.1 400")
+        .unwrap_or_else(|| panic!("{second}"))..];
+    secured(second, "400");
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_body_declared_too_large_gets_413_before_it_is_sent() {
     let server = TestServer::start(fast_config()).await;

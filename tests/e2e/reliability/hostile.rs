@@ -688,3 +688,44 @@ fn static_alias_refuses_path_traversal() {
         );
     }
 }
+
+/// What hyper answers by itself, bare — a head far past the limit (431), a
+/// head it cannot parse (400) — carries the security headers on both
+/// binaries (issue #26): wharf's connection layer answers in its place.
+#[test]
+fn answers_hyper_gives_itself_carry_the_security_headers() {
+    let frontend = frontend(&[]);
+    let upstream = Stub::start(|_| Reply::text(200, "ok"));
+    let edge = Edge::start(&EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", upstream.addr),
+        ..EdgeSpec::default()
+    });
+    let huge = format!(
+        "GET /x HTTP/1.1\r\nHost: localhost\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(200_000)
+    );
+    let garbled = "GET /x HTTP/1.1\r\nHost: localhost\r\nNot a header\r\n\r\n";
+    for (target, addr) in [("frontend", frontend.addr()), ("edge", edge.addr())] {
+        for (what, request, status) in [
+            ("a head far past the limit", huge.as_str(), 431),
+            ("a head that does not parse", garbled, 400),
+        ] {
+            let answer = exchange(addr, request.as_bytes(), Duration::from_secs(3));
+            assert_eq!(
+                answer.statuses(),
+                [status],
+                "{target}: {what}: {}",
+                answer.text()
+            );
+            let text = answer.text().to_ascii_lowercase();
+            for header in ["x-content-type-options: nosniff", "x-frame-options:"] {
+                assert!(
+                    text.contains(header),
+                    "{target}: {what}: no {header}: {text}"
+                );
+            }
+        }
+    }
+    // Nothing reached the upstream.
+    assert_eq!(upstream.count("/x"), 0);
+}
