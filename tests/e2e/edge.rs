@@ -1093,3 +1093,198 @@ fn the_proxy_the_zones_and_the_access_log_agree_on_the_client() {
     assert_eq!(through_balancer("198.51.100.7"), "429");
     assert_eq!(through_balancer("198.51.100.8"), "200", "another client");
 }
+
+/// A rustls client trusting the certificate `write_config` put in `dir`.
+fn trusting_client(dir: &Path) -> Arc<rustls::ClientConfig> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(dir.join("site.crt")).unwrap())
+        .unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Arc::new(config)
+}
+
+type TlsSession = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+/// A TLS connection to `localhost` on `port` (after `prefix`, a PROXY
+/// protocol header, if any) that has answered `GET /fixed` and stays open:
+/// the server has finished its handshake and counts the connection.
+fn held_tls_session(port: u16, client: &Arc<rustls::ClientConfig>, prefix: &[u8]) -> TlsSession {
+    use std::io::{Read, Write};
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.write_all(prefix).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
+    let mut session = rustls::StreamOwned::new(conn, tcp);
+    session
+        .write_all(b"GET /fixed HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0_u8; 4096];
+    while !answer.ends_with(b"\r\n\r\nfixed\n") {
+        let n = session.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+    assert!(answer.starts_with(b"HTTP/1.1 200"));
+    session
+}
+
+/// The bytes of a `ClientHello` for `localhost`, as a client's first flight.
+fn client_hello(client: &Arc<rustls::ClientConfig>) -> Vec<u8> {
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let mut conn = rustls::ClientConnection::new(Arc::clone(client), name).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    assert_eq!(hello[0], 0x16, "a handshake record");
+    hello
+}
+
+/// Sends `prefix` and a `ClientHello` on a new connection to `port` and
+/// asserts the server closes it within a second having sent nothing (a
+/// `ServerHello` would be there); how long the close took.
+fn assert_hello_refused(port: u16, client: &Arc<rustls::ClientConfig>, prefix: &[u8]) -> Duration {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let started = std::time::Instant::now();
+    let _ = stream.write_all(&[prefix, &client_hello(client)].concat());
+    let answer = crate::reliability::raw::read_all(&mut stream, Duration::from_secs(3));
+    let took = started.elapsed();
+    assert!(
+        answer.bytes.is_empty(),
+        "the handshake started: {} bytes came back (record type {:#04x}, 0x16 = handshake: a ServerHello); closed: {}",
+        answer.bytes.len(),
+        answer.bytes[0],
+        answer.closed
+    );
+    assert!(answer.closed, "left open for {took:?}");
+    assert!(took < Duration::from_secs(1), "closed after {took:?}");
+    took
+}
+
+/// The handshakes edge has started and finished one way or another.
+fn handshakes_seen(edge: &Edge) -> u64 {
+    edge.metric("edge_tls_handshakes_total")
+        + edge.metric("edge_tls_handshake_failures_total")
+        + edge.metric("edge_tls_handshake_timeouts_total")
+}
+
+/// Waits (5 s at most) for `edge_connections_open` to be `n`.
+fn wait_for_open_connections(edge: &Edge, n: u64) {
+    wait_for_port(([127, 0, 0, 1], edge.admin).into(), Duration::from_secs(10));
+    crate::support::wait_until("edge_connections_open", Duration::from_secs(5), || {
+        edge.metric("edge_connections_open") == n
+    });
+}
+
+/// `limit_conn` (issue #26) counts a connection when it is accepted, before
+/// the TLS handshake: past the limit, a client's connection is closed before
+/// edge reads its `ClientHello`, so one address cannot make edge do handshakes
+/// (the expensive part) beyond its limit. Plain HTTP connections share the
+/// count, as before; a closed connection gives its slot back.
+#[test]
+fn limit_conn_refuses_past_the_limit_before_the_tls_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let edge = start_edge(dir.path(), &dead_address(), "limit_conn = 2");
+    let client = trusting_client(dir.path());
+    // The start-up port probes have given their slots back.
+    wait_for_open_connections(&edge, 0);
+
+    let mut held = vec![
+        held_tls_session(edge.https, &client, b""),
+        held_tls_session(edge.https, &client, b""),
+    ];
+    assert_eq!(edge.metric("edge_connections_open"), 2);
+    let handshakes = handshakes_seen(&edge);
+    let limited = edge.metric("edge_connections_limited_total");
+
+    // Five more from the same address: closed at once, no ServerHello.
+    let mut slowest = Duration::ZERO;
+    for _ in 0..5 {
+        slowest = slowest.max(assert_hello_refused(edge.https, &client, b""));
+    }
+    // The plain listener counts the same address.
+    let answer = crate::reliability::raw::exchange(
+        ([127, 0, 0, 1], edge.http).into(),
+        b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n",
+        Duration::from_secs(3),
+    );
+    assert!(answer.closed && answer.bytes.is_empty(), "{answer:?}");
+    eprintln!("refused connections closed within {slowest:?}");
+
+    assert_eq!(
+        handshakes_seen(&edge),
+        handshakes,
+        "edge ran handshakes for connections past limit_conn"
+    );
+    assert_eq!(edge.metric("edge_connections_limited_total") - limited, 6);
+    assert_eq!(edge.metric("edge_connections_open"), 2);
+
+    // A closed connection gives its slot back.
+    drop(held.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while edge.metric("edge_connections_open") != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot never came back"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    held.push(held_tls_session(edge.https, &client, b""));
+    assert_eq!(handshakes_seen(&edge), handshakes + 1);
+    assert_eq!(edge.metric("edge_connections_open"), 2);
+}
+
+/// Behind a load balancer speaking PROXY protocol, `limit_conn` counts the
+/// client the header names (nginx's stream `limit_conn` with `real_ip`):
+/// the header is read first (cheap, bounded by `handshake_timeout`), then
+/// the count decides, then TLS.
+#[test]
+fn limit_conn_counts_the_proxy_protocol_client_before_the_tls_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http, https, admin) = (free_port(), free_port(), free_port());
+    let config = write_config(
+        dir.path(),
+        http,
+        https,
+        admin,
+        &dead_address(),
+        "limit_conn = 1\nset_real_ip_from = [\"127.0.0.1\"]",
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text.replace("ssl = true", "ssl = true\nproxy_protocol = true");
+    std::fs::write(&config, text).unwrap();
+    let env = HashMap::from([("RUST_LOG", "info".to_owned())]);
+    let running = start(EDGE, &["--config", config.to_str().unwrap()], &env, https);
+    wait_for_port(([127, 0, 0, 1], admin).into(), Duration::from_secs(10));
+    let edge = Edge {
+        running,
+        http,
+        https,
+        admin,
+        config,
+    };
+    let client = trusting_client(dir.path());
+    let from = |ip: &str| format!("PROXY TCP4 {ip} 127.0.0.1 40000 443\r\n").into_bytes();
+
+    let _held = held_tls_session(https, &client, &from("203.0.113.7"));
+    let handshakes = handshakes_seen(&edge);
+    let limited = edge.metric("edge_connections_limited_total");
+    assert_hello_refused(https, &client, &from("203.0.113.7"));
+    assert_eq!(handshakes_seen(&edge), handshakes);
+    assert_eq!(edge.metric("edge_connections_limited_total") - limited, 1);
+    // Another client behind the same balancer (the same TCP peer) is served.
+    let _other = held_tls_session(https, &client, &from("198.51.100.9"));
+    assert_eq!(handshakes_seen(&edge), handshakes + 1);
+    assert_eq!(edge.metric("edge_connections_open"), 2);
+}

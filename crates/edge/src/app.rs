@@ -1,7 +1,7 @@
 //! The request side of `edge`: routing to locations, static files, fixed
 //! responses, headers on every response, the HTTPS redirect, the acceptor
-//! that pins a connection to a configuration generation and enforces
-//! `limit_conn`, and the admin routes.
+//! that enforces `limit_conn` before the TLS handshake and pins a connection
+//! to a configuration generation, and the admin routes.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -367,8 +367,17 @@ impl<Io: AsyncWrite> AsyncWrite for Counted<Io> {
     }
 }
 
-/// Runs `inner` (TLS, PROXY protocol, plain), then pins the connection to the
-/// current configuration generation and takes a `limit_conn` slot.
+/// Takes the connection's `limit_conn` slot, then runs `inner` (the TLS
+/// handshake, or nothing for plain HTTP) and pins the connection to the
+/// configuration generation it was accepted under.
+///
+/// The slot is taken when the connection is accepted, before the handshake:
+/// a client past its limit is closed before its `ClientHello` is read, so it
+/// cannot make edge do handshakes (the expensive part) beyond the limit.
+/// Behind [`ProxyProtocolAcceptor`](wharf_proxy::proxy_protocol::ProxyProtocolAcceptor),
+/// this runs after the PROXY header (cheap, bounded by `handshake_timeout`),
+/// so `info.peer` is the client the header names, as nginx's stream
+/// `limit_conn` counts `$binary_remote_addr` after `proxy_protocol`.
 #[derive(Clone)]
 pub(crate) struct EdgeAcceptor<A> {
     pub(crate) inner: A,
@@ -386,19 +395,21 @@ where
     fn accept(&self, stream: TcpStream, info: ConnectInfo) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let accepted = this.inner.accept(stream, info).await?;
-            let peer = accepted.peer.unwrap_or(info.peer);
             let runtime = this.current.get();
-            let Some(guard) = this
-                .limits
-                .acquire(peer.ip(), runtime.limit_conn, &this.current)
-            else {
+            let (client, limit) = (info.peer.ip(), runtime.limit_conn);
+            let Some(guard) = this.limits.acquire(client, limit, &this.current) else {
                 this.current
                     .connections_refused
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(peer = %peer, "limit_conn reached; connection closed");
+                tracing::debug!(
+                    peer = %info.peer,
+                    "limit_conn reached; connection closed before the handshake"
+                );
+                drop(stream);
                 return Err(io::Error::other("limit_conn reached"));
             };
+            // A failed handshake drops the guard: the slot is free again.
+            let accepted = this.inner.accept(stream, info).await?;
             let mut extensions = accepted.extensions;
             extensions.insert(Snapshot(runtime));
             Ok(Accepted {

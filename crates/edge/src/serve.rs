@@ -472,21 +472,21 @@ fn spawn_listener(
         let acceptor = edge_acceptor(PlainAcceptor, current, limits);
         return tokio::spawn(server.serve_with(listeners, acceptor, app, shutdown));
     }
+    // `limit_conn` is counted by the acceptor right around TLS (or plain):
+    // before the handshake, and after a PROXY header, which names the client.
     match (plan.tls, plan.proxy_protocol, tls) {
         (true, false, Some(tls)) => {
             let acceptor = edge_acceptor(tls.acceptor(), current, limits);
             tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
         }
         (true, true, Some(tls)) => {
-            let inner =
-                ProxyProtocolAcceptor::new(tls.acceptor(), trusted.clone(), handshake_timeout);
-            let acceptor = edge_acceptor(inner, current, limits);
+            let inner = edge_acceptor(tls.acceptor(), current, limits);
+            let acceptor = ProxyProtocolAcceptor::new(inner, trusted.clone(), handshake_timeout);
             tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
         }
         (false, true, _) => {
-            let inner =
-                ProxyProtocolAcceptor::new(PlainAcceptor, trusted.clone(), handshake_timeout);
-            let acceptor = edge_acceptor(inner, current, limits);
+            let inner = edge_acceptor(PlainAcceptor, current, limits);
+            let acceptor = ProxyProtocolAcceptor::new(inner, trusted.clone(), handshake_timeout);
             tokio::spawn(server.serve_with(listeners, acceptor, compressing, shutdown))
         }
         _ => {
