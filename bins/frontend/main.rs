@@ -181,6 +181,11 @@ fn serve(loaded: &Loaded<FrontendConfig>) -> ExitCode {
         environment,
     ) {
         Ok(app) => app,
+        // The machine, not the configuration: no random generator, no key.
+        Err(error) if error.is_random_failure() => {
+            tracing::error!(%error, "Cannot start");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
         Err(error) => {
             eprintln!("frontend: {error}");
             return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));

@@ -15,6 +15,7 @@ mod browser;
 mod deploy;
 mod edge;
 mod frontend;
+mod hardening;
 mod load;
 mod nginx_limit_req;
 mod ratelimit;

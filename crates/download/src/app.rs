@@ -241,12 +241,25 @@ impl Inner {
     }
 
     async fn handle(self: Arc<Self>, request: Request<Body>) -> Response<ResponseBody> {
-        let nonce = security::new_nonce();
-        let reply = self.route(request, &nonce).await;
+        let (reply, nonce) = match security::new_nonce() {
+            Ok(nonce) => (self.route(request, &nonce).await, Some(nonce)),
+            Err(error) => {
+                // No nonce, no page: the error page, with no inline code allowed.
+                tracing::error!(%error, "The OS random generator failed: no CSP nonce");
+                (
+                    self.stop(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR), ""),
+                    None,
+                )
+            }
+        };
         let mut response = Response::new(wharf_http::body::full(reply.body));
         *response.status_mut() = reply.status;
         *response.headers_mut() = reply.headers;
-        security::apply(response.headers_mut(), &nonce, reply.cache_control);
+        security::apply(
+            response.headers_mut(),
+            nonce.as_deref(),
+            reply.cache_control,
+        );
         response
     }
 
@@ -290,11 +303,18 @@ impl Inner {
                 let Some(key) = key else {
                     return self.stop(Stop::NotFound, nonce);
                 };
+                let trace = match TraceHeaders::onward(request.headers()) {
+                    Ok(trace) => trace,
+                    Err(error) => {
+                        tracing::error!(%error, "The OS random generator failed: no trace id");
+                        return self.stop(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR), nonce);
+                    }
+                };
                 let doc = DocRequest {
                     service,
                     document,
                     key,
-                    trace: TraceHeaders::onward(request.headers()),
+                    trace,
                 };
                 let result = match page {
                     Page::Landing => self.landing(&doc, nonce).await,
@@ -614,7 +634,13 @@ impl Inner {
         let existing_session = cookie(request.headers(), CSRF_COOKIE)
             .filter(|s| !s.is_empty() && s.len() <= 64)
             .map(str::to_owned);
-        let session = existing_session.clone().unwrap_or_else(csrf::new_session);
+        let session = match &existing_session {
+            Some(session) => session.clone(),
+            None => csrf::new_session().map_err(|error| {
+                tracing::error!(%error, "The OS random generator failed: no CSRF secret");
+                Stop::Error(StatusCode::INTERNAL_SERVER_ERROR)
+            })?,
+        };
         let contact = Contact::assess(service.contact_link.as_deref());
         let view = ServiceView {
             name: &service.name,
@@ -863,6 +889,73 @@ pub(crate) fn cookie_domain(document_api: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sample document that needs email confirmation, on a local API in
+    /// `dir`: GET its confirm form (without a CSRF cookie), the random
+    /// generator failing after `successes` fills when set.
+    async fn confirm_form(
+        dir: &std::path::Path,
+        successes: Option<u32>,
+    ) -> (StatusCode, HeaderMap, String) {
+        use tower::ServiceExt as _;
+        let app = crate::DownloadApp::builder()
+            .local_api(dir)
+            .secret_key(b"unit-test key")
+            .build()
+            .unwrap();
+        let path = app.samples()[1]
+            .path
+            .replacen('?', "/confirm-email-address?", 1);
+        let request = Request::get(path).body(wharf_http::body::empty()).unwrap();
+        crate::random::tests::fail_after(successes);
+        let response = app.oneshot(request).await;
+        crate::random::tests::fail_after(None);
+        let (parts, body) = response.unwrap().into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (
+            parts.status,
+            parts.headers,
+            String::from_utf8_lossy(&body).into_owned(),
+        )
+    }
+
+    /// The confirm form draws four times from the generator: the CSP nonce,
+    /// the trace id and span id sent to the APIs, the CSRF secret. Whichever
+    /// fails, the page is the 500 error page, with no CSRF cookie or token.
+    #[tokio::test]
+    async fn a_failing_generator_fails_the_page_and_sets_no_secret() {
+        let dir = tempfile::tempdir().unwrap();
+        let (status, headers, body) = confirm_form(dir.path(), Some(4)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(headers[header::SET_COOKIE]
+            .to_str()
+            .unwrap()
+            .starts_with(CSRF_COOKIE));
+        assert!(body.contains("csrf_token"), "{body}");
+        for successes in [0, 1, 2, 3] {
+            let (status, headers, body) = confirm_form(dir.path(), Some(successes)).await;
+            assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{successes}");
+            assert!(headers.get(header::SET_COOKIE).is_none(), "{successes}");
+            assert!(!body.contains("csrf_token"), "{successes}: {body}");
+            assert!(body.contains("Sorry, there"), "{successes}: {body}");
+            let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+            // A nonce only when the generator made one.
+            assert_eq!(csp.contains("'nonce-"), successes > 0, "{successes}: {csp}");
+        }
+    }
+
+    #[test]
+    fn a_failing_generator_builds_no_app_with_a_made_up_key() {
+        let error = crate::random::tests::failing(|| {
+            crate::DownloadApp::builder()
+                .notify_api("http://127.0.0.1:9", "admin")
+                .document_api("http://127.0.0.1:9", "http://127.0.0.1:9")
+                .build()
+        })
+        .unwrap_err();
+        assert!(error.is_random_failure(), "{error}");
+        assert!(matches!(error, crate::DownloadError::Random(_)), "{error}");
+    }
 
     #[test]
     fn cookie_domains() {

@@ -17,9 +17,10 @@ fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// A new browser secret for the cookie.
-pub(crate) fn new_session() -> String {
-    encode_url_safe(&crate::random::bytes::<18>())
+/// A new browser secret for the cookie; the generator's error when it has
+/// none (never a secret made up from anything else).
+pub(crate) fn new_session() -> Result<String, crate::random::Error> {
+    crate::random::bytes::<18>().map(|b| encode_url_safe(&b))
 }
 
 /// A form token for `session`, issued now.

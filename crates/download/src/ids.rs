@@ -76,12 +76,13 @@ impl Uuid {
         Self(bytes)
     }
 
-    /// A random (version 4) UUID.
-    pub fn new_v4() -> Self {
-        let mut bytes = crate::random::bytes::<16>();
+    /// A random (version 4) UUID; the operating system generator's error
+    /// when it has no random bytes.
+    pub fn new_v4() -> Result<Self, getrandom::Error> {
+        let mut bytes = crate::random::bytes::<16>()?;
         bytes[6] = (bytes[6] & 0x0f) | 0x40;
         bytes[8] = (bytes[8] & 0x3f) | 0x80;
-        Self(bytes)
+        Ok(Self(bytes))
     }
 
     /// The 16 bytes.
@@ -186,7 +187,7 @@ mod tests {
 
     #[test]
     fn uuid_text_forms() {
-        let id = Uuid::new_v4();
+        let id = Uuid::new_v4().unwrap();
         let text = id.to_string();
         assert_eq!(text.len(), 36);
         assert_eq!(text.parse::<Uuid>().unwrap(), id);

@@ -102,6 +102,21 @@ pub enum DownloadError {
     /// The upstream client could not be configured.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    /// The operating system's random generator failed while making the
+    /// default secret key (none is made up from anything else).
+    #[error("secret key: the OS random generator failed: {0}")]
+    Random(#[source] getrandom::Error),
+}
+
+impl DownloadError {
+    /// Whether the operating system's random generator failed (a fault of
+    /// the machine, not of the configuration).
+    pub fn is_random_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::Random(_) | Self::Local(LocalApiError::Random(_))
+        )
+    }
 }
 
 /// The crate's own `static/` directory, where `scripts/govuk-frontend-assets.sh`
@@ -276,9 +291,12 @@ impl Builder {
                 cookie_domain: public.as_deref().and_then(app::cookie_domain),
                 document_api_public: public,
                 secure_cookies: self.https,
-                secret_key: self
-                    .secret_key
-                    .unwrap_or_else(|| crate::random::bytes::<32>().to_vec()),
+                secret_key: match self.secret_key {
+                    Some(key) => key,
+                    None => crate::random::bytes::<32>()
+                        .map_err(DownloadError::Random)?
+                        .to_vec(),
+                },
                 assets: self.assets,
                 clock: self.clock,
             }),

@@ -55,6 +55,10 @@ pub enum LocalApiError {
         /// What is wrong.
         message: String,
     },
+    /// The operating system's random generator failed, so there is no key to
+    /// sign access cookies with (none is made up from anything else).
+    #[error("local document API signing key: the OS random generator failed: {0}")]
+    Random(#[source] getrandom::Error),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -523,13 +527,15 @@ pub(crate) enum LocalFile {
 fn shared_signing_key(dir: &Path) -> Result<[u8; 32], LocalApiError> {
     use std::io::Write as _;
     let path = dir.join(".signing-key");
+    // Made before the file, so a failing generator leaves no empty key file
+    // for the next process to wait on.
+    let key = crate::random::bytes::<32>().map_err(LocalApiError::Random)?;
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&path)
     {
         Ok(mut file) => {
-            let key = crate::random::bytes::<32>();
             file.write_all(&key).map_err(io_error(&path))?;
             return Ok(key);
         }
@@ -641,8 +647,26 @@ mod tests {
         );
         let wrong = api.check(service, confirm, Some("AAAA"));
         assert_eq!(wrong.json()["error"], "Forbidden");
-        let unknown = api.check(service, Uuid::new_v4(), Some("AAAA"));
+        let unknown = api.check(service, Uuid::new_v4().unwrap(), Some("AAAA"));
         assert_eq!(unknown.json(), serde_json::json!({"document": null}));
+    }
+
+    #[test]
+    fn a_failing_generator_opens_no_api_and_writes_no_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::fixed(Date::new(2022, 10, 12).unwrap());
+        let error =
+            crate::random::tests::failing(|| LocalApi::open(dir.path(), &clock)).unwrap_err();
+        assert!(matches!(error, LocalApiError::Random(_)), "{error}");
+        assert!(
+            error.to_string().contains("random generator failed"),
+            "{error}"
+        );
+        assert!(!dir.path().join(".signing-key").exists());
+        // A working generator later: the key is made then, and kept.
+        let api = LocalApi::open(dir.path(), &clock).unwrap();
+        let again = LocalApi::open(dir.path(), &clock).unwrap();
+        assert_eq!(api.signing_key, again.signing_key);
     }
 
     #[test]

@@ -2,16 +2,28 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// A fresh CSP nonce: 16 random bytes, URL-safe base64.
-pub(crate) fn new_nonce() -> String {
-    crate::ids::encode_url_safe(&crate::random::bytes::<16>())
+/// A fresh CSP nonce: 16 random bytes, URL-safe base64; the generator's
+/// error when it has none.
+pub(crate) fn new_nonce() -> Result<String, crate::random::Error> {
+    crate::random::bytes::<16>().map(|b| crate::ids::encode_url_safe(&b))
 }
 
 /// The Content-Security-Policy for a response whose inline script and style
-/// carry `nonce`.
-pub(crate) fn content_security_policy(nonce: &str) -> String {
+/// carry `nonce`; with no nonce (the generator failed), no inline script or
+/// style runs at all.
+pub(crate) fn content_security_policy(nonce: Option<&str>) -> String {
+    let (script, style) = match nonce {
+        Some(nonce) => (
+            format!("script-src 'self' 'nonce-{nonce}'"),
+            format!("style-src 'self' 'nonce-{nonce}'"),
+        ),
+        None => (
+            "script-src 'self'".to_owned(),
+            "style-src 'self'".to_owned(),
+        ),
+    };
     format!(
-        "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}'; \
+        "default-src 'self'; {script}; {style}; \
          img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; \
          base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
@@ -36,9 +48,9 @@ fn set(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// Sets the full header set. `nonce` is the one the body used; `cache_control`
-/// overrides [`NO_STORE`] (static assets).
-pub(crate) fn apply(headers: &mut HeaderMap, nonce: &str, cache_control: Option<&str>) {
+/// Sets the full header set. `nonce` is the one the body used (none when the
+/// generator failed); `cache_control` overrides [`NO_STORE`] (static assets).
+pub(crate) fn apply(headers: &mut HeaderMap, nonce: Option<&str>, cache_control: Option<&str>) {
     set(
         headers,
         HeaderName::from_static("x-robots-tag"),
@@ -91,15 +103,28 @@ mod tests {
 
     #[test]
     fn nonces_are_fresh_and_header_safe() {
-        let a = new_nonce();
-        assert_ne!(a, new_nonce());
+        let a = new_nonce().unwrap();
+        assert_ne!(a, new_nonce().unwrap());
         assert_eq!(a.len(), 22);
         let mut headers = HeaderMap::new();
-        apply(&mut headers, &a, None);
+        apply(&mut headers, Some(&a), None);
         let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
         assert!(csp.contains(&format!("'nonce-{a}'")));
         assert!(!csp.contains("unsafe-inline"));
         assert_eq!(headers[header::CACHE_CONTROL], NO_STORE);
+        assert_eq!(headers.len(), 12);
+    }
+
+    #[test]
+    fn no_generator_no_nonce_and_no_inline_code() {
+        assert!(crate::random::tests::failing(new_nonce).is_err());
+        let mut headers = HeaderMap::new();
+        apply(&mut headers, None, None);
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        assert!(!csp.contains("nonce"), "{csp}");
+        assert!(csp.contains("script-src 'self';"), "{csp}");
+        assert!(csp.contains("style-src 'self';"), "{csp}");
+        assert!(!csp.contains("unsafe-inline"));
         assert_eq!(headers.len(), 12);
     }
 }

@@ -325,8 +325,9 @@ fn is_hex(text: &str, len: usize) -> bool {
 }
 
 impl TraceHeaders {
-    /// Onward headers for a request that arrived with `incoming`.
-    pub(crate) fn onward(incoming: &HeaderMap) -> Self {
+    /// Onward headers for a request that arrived with `incoming`; the random
+    /// generator's error when it cannot make the new ids.
+    pub(crate) fn onward(incoming: &HeaderMap) -> Result<Self, crate::random::Error> {
         let get = |name: &str| {
             incoming
                 .get(name)
@@ -359,9 +360,9 @@ impl TraceHeaders {
                     }
                 })
             })
-            .unwrap_or_else(crate::random::hex::<16>);
+            .map_or_else(crate::random::hex::<16>, Ok)?;
         let flags = traceparent.map_or_else(|| "01".to_owned(), |(_, flags)| flags);
-        let new_span = crate::random::hex::<8>();
+        let new_span = crate::random::hex::<8>()?;
         let mut headers = Vec::new();
         let mut push = |name: &'static str, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
@@ -384,7 +385,7 @@ impl TraceHeaders {
         if let Some(state) = get("tracestate") {
             push("tracestate", state);
         }
-        Self(headers)
+        Ok(Self(headers))
     }
 
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
@@ -407,7 +408,7 @@ mod tests {
         );
         incoming.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
         let mut out = HeaderMap::new();
-        TraceHeaders::onward(&incoming).apply(&mut out);
+        TraceHeaders::onward(&incoming).unwrap().apply(&mut out);
         assert_eq!(out["x-b3-traceid"], "463ac35c9f6413ad48485a3953bb6124");
         assert_eq!(out["x-b3-parentspanid"], "a2fb4a1d1a96d312");
         let span = out["x-b3-spanid"].to_str().unwrap();
@@ -426,7 +427,7 @@ mod tests {
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
         );
         let mut out = HeaderMap::new();
-        TraceHeaders::onward(&incoming).apply(&mut out);
+        TraceHeaders::onward(&incoming).unwrap().apply(&mut out);
         let tp = out["traceparent"].to_str().unwrap();
         assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
         assert!(tp.ends_with("-00"));
@@ -435,9 +436,18 @@ mod tests {
     }
 
     #[test]
+    fn no_generator_no_trace_ids() {
+        let error =
+            crate::random::tests::failing(|| TraceHeaders::onward(&HeaderMap::new())).unwrap_err();
+        assert_eq!(error, crate::random::tests::eio());
+    }
+
+    #[test]
     fn a_new_trace_starts_without_incoming_headers() {
         let mut out = HeaderMap::new();
-        TraceHeaders::onward(&HeaderMap::new()).apply(&mut out);
+        TraceHeaders::onward(&HeaderMap::new())
+            .unwrap()
+            .apply(&mut out);
         let tp = out["traceparent"].to_str().unwrap();
         assert_eq!(tp.len(), 55);
         assert_eq!(out.len(), 1);
