@@ -50,13 +50,13 @@ pub(crate) fn vars() -> Vec<Var> {
     );
     vars.push(
         Var::new("SECRET_KEY", "secret_key", parse::text())
-            .secret()
+            .strong_secret()
             .required_when_deployed()
             .help("key for signed cookies and CSRF tokens"),
     );
     vars.push(
         Var::new("DANGEROUS_SALT", "dangerous_salt", parse::text())
-            .secret()
+            .strong_secret()
             .required_when_deployed()
             .help("salt for signed tokens"),
     );

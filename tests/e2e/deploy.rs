@@ -25,7 +25,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::load::Load;
-use crate::support::{curl, find_tool, free_port, require_tool, skipped, wait_for_port, Running};
+use crate::support::{
+    curl, find_tool, free_port, require_tool, skipped, strong_key, wait_for_port, Running,
+};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
@@ -291,6 +293,20 @@ fn placeholder(name: &str) -> String {
         format!("redis://127.0.0.1:{}/0", free_port())
     } else if name.ends_with("_URL") || name.contains("HOST_NAME") {
         "https://placeholder.invalid".to_owned()
+    } else if matches!(
+        name,
+        "SECRET_KEY" | "DANGEROUS_SALT" | "ADMIN_CLIENT_SECRET"
+    ) {
+        // A deployed frontend refuses a short, shared or shipped key (issue
+        // 26): the operator's keys are fresh ones, one per name for the run.
+        static KEYS: std::sync::OnceLock<std::sync::Mutex<HashMap<String, String>>> =
+            std::sync::OnceLock::new();
+        KEYS.get_or_init(Default::default)
+            .lock()
+            .unwrap()
+            .entry(name.to_owned())
+            .or_insert_with(strong_key)
+            .clone()
     } else {
         format!("placeholder-{}", name.to_ascii_lowercase())
     }

@@ -7,6 +7,11 @@
 //!   built binary, by a tiny `LD_PRELOAD` library compiled here (`cc`): the
 //!   `getrandom` crate reaches the kernel through libc's `syscall()`, which the
 //!   library wraps to answer `EIO` while a flag file exists.
+//! - Weak keys (seed 003, "Hardcoded Secret Keys"): in preview, staging and
+//!   production `frontend` refuses to start (78) with a `SECRET_KEY`,
+//!   `DANGEROUS_SALT` or `ADMIN_CLIENT_SECRET` shorter than 32 bytes, equal
+//!   to another, or shipped in the repository, naming each, never showing
+//!   one; with fresh distinct keys it serves.
 //!
 //! The scenarios and their results are listed in docs/reliability.md.
 
@@ -16,7 +21,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use crate::reliability::{frontend, DOCUMENT_B64, FRONTEND, SERVICE_B64};
-use crate::support::{command, curl, free_port, require_tool};
+use crate::support::{command, curl, free_port, require_tool, strong_key};
 
 /// The sample document that needs email confirmation (seeded by the local
 /// document API): its confirm page sets the CSRF cookie.
@@ -219,4 +224,153 @@ fn a_failing_random_generator_at_start_up_stops_the_start() {
         !local.join(".signing-key").exists(),
         "a signing key was written without a random generator"
     );
+}
+
+/// A key that ships in the repository (frontend's development key): 33
+/// bytes, so only the shipped-values list refuses it.
+const SHIPPED_SECRET_KEY: &str = "wharf-development-only-secret-key";
+
+/// What a deployed `frontend` needs besides its keys (one process, loopback).
+fn deployed_env(environment: &str, port: u16) -> HashMap<&'static str, String> {
+    HashMap::from([
+        ("NOTIFY_ENVIRONMENT", environment.to_owned()),
+        ("PORT", port.to_string()),
+        ("WHARF_BIND_ADDRESS", "127.0.0.1".to_owned()),
+        ("WEB_CONCURRENCY", "0".to_owned()),
+        ("WHARF_LOG_FORMAT", "json".to_owned()),
+        ("WHARF_RATELIMIT_ENABLED", "false".to_owned()),
+        ("REDIS_ENABLED", "false".to_owned()),
+        ("REDIS_URL", format!("redis://127.0.0.1:{}/0", free_port())),
+        ("API_HOST_NAME", "https://api.invalid".to_owned()),
+        (
+            "DOCUMENT_DOWNLOAD_API_HOST_NAME",
+            "https://download.invalid".to_owned(),
+        ),
+        (
+            "DOCUMENT_DOWNLOAD_API_HOST_NAME_INTERNAL",
+            "https://download.invalid".to_owned(),
+        ),
+        ("HTTP_PROTOCOL", "https".to_owned()),
+    ])
+}
+
+/// Runs `frontend serve` with `env` until it exits (its code and all it
+/// printed) or listens on `port` (`None`, and it is stopped).
+fn exit_or_listen(env: &HashMap<&str, String>, port: u16) -> (Option<i32>, String) {
+    let mut child = command(FRONTEND, env)
+        .arg("serve")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            let (ok, body) = curl(&[&format!("http://127.0.0.1:{port}/_status")]);
+            assert!(ok && body.contains("\"status\":\"ok\""), "{body}");
+            let _ = child.kill();
+            break None;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "frontend neither exited nor listened"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (code, printed)
+}
+
+#[test]
+fn a_deployed_frontend_refuses_shipped_short_and_shared_keys_never_showing_them() {
+    // A shipped SECRET_KEY, everything else right.
+    let port = free_port();
+    let mut env = deployed_env("production", port);
+    env.insert("SECRET_KEY", SHIPPED_SECRET_KEY.to_owned());
+    env.insert("DANGEROUS_SALT", strong_key());
+    env.insert("ADMIN_CLIENT_SECRET", strong_key());
+    let (code, printed) = exit_or_listen(&env, port);
+    assert_eq!(code, Some(78), "started with a shipped key:\n{printed}");
+    assert!(
+        printed.contains(
+            "frontend: invalid configuration for NOTIFY_ENVIRONMENT=production (1 problem):\n  \
+             SECRET_KEY: a value that ships in wharf's repository"
+        ),
+        "{printed}"
+    );
+    assert!(!printed.contains(SHIPPED_SECRET_KEY), "{printed}");
+
+    // One run, every problem in the one error: a shipped SECRET_KEY, the
+    // same key twice, and PORT missing.
+    let port = free_port();
+    let shared = strong_key();
+    let mut env = deployed_env("production", port);
+    env.remove("PORT");
+    env.insert("SECRET_KEY", SHIPPED_SECRET_KEY.to_owned());
+    env.insert("DANGEROUS_SALT", shared.clone());
+    env.insert("ADMIN_CLIENT_SECRET", shared.clone());
+    let (code, printed) = exit_or_listen(&env, 7001);
+    assert_eq!(code, Some(78), "started with a shipped key:\n{printed}");
+    for expected in [
+        "invalid configuration for NOTIFY_ENVIRONMENT=production (3 problems)",
+        "PORT: required in production, not set",
+        "SECRET_KEY: a value that ships in wharf's repository",
+        "ADMIN_CLIENT_SECRET: the same value as DANGEROUS_SALT",
+    ] {
+        assert!(printed.contains(expected), "no {expected:?} in:\n{printed}");
+    }
+    assert!(!printed.contains("DANGEROUS_SALT:"), "{printed}");
+    assert!(!printed.contains(SHIPPED_SECRET_KEY), "{printed}");
+    assert!(!printed.contains(&shared), "{printed}");
+
+    // Too short, in every deployed environment.
+    for environment in ["preview", "staging", "production"] {
+        let port = free_port();
+        let short = strong_key()[..31].to_owned();
+        let mut env = deployed_env(environment, port);
+        env.insert("SECRET_KEY", short.clone());
+        env.insert("DANGEROUS_SALT", strong_key());
+        env.insert("ADMIN_CLIENT_SECRET", strong_key());
+        let (code, printed) = exit_or_listen(&env, port);
+        assert_eq!(
+            code,
+            Some(78),
+            "{environment} started with a short key:\n{printed}"
+        );
+        assert!(
+            printed.contains(&format!(
+                "SECRET_KEY: too short for {environment}: 31 bytes, at least 32 needed"
+            )),
+            "{printed}"
+        );
+        assert!(printed.contains("(1 problem)"), "{printed}");
+        assert!(!printed.contains(&short), "{printed}");
+    }
+}
+
+#[test]
+fn a_deployed_frontend_starts_with_fresh_distinct_keys_and_test_keeps_any() {
+    let port = free_port();
+    let mut env = deployed_env("production", port);
+    env.insert("SECRET_KEY", strong_key());
+    env.insert("DANGEROUS_SALT", strong_key());
+    env.insert("ADMIN_CLIENT_SECRET", strong_key());
+    let (code, printed) = exit_or_listen(&env, port);
+    assert_eq!(code, None, "refused good keys:\n{printed}");
+
+    // `test` is like development (automated runs, `.env` read): a shipped
+    // key is still accepted there.
+    let port = free_port();
+    let mut env = deployed_env("test", port);
+    env.insert("SECRET_KEY", SHIPPED_SECRET_KEY.to_owned());
+    let (code, printed) = exit_or_listen(&env, port);
+    assert_eq!(code, None, "test refused a sample key:\n{printed}");
 }

@@ -17,6 +17,23 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh 256-bit key as 64 hex characters, from `/dev/urandom`. A deployed
+/// `frontend` refuses keys that ship in the repository (issue 26), so a test
+/// that runs one in production-like environments makes its own.
+pub fn strong_key() -> String {
+    use std::io::Read;
+    let mut bytes = [0_u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(&mut bytes)
+        .unwrap();
+    bytes.iter().fold(String::new(), |mut hex, b| {
+        use std::fmt::Write;
+        let _ = write!(hex, "{b:02x}");
+        hex
+    })
+}
+
 /// A running binary, killed when dropped.
 pub struct Running {
     pub child: Child,

@@ -8,6 +8,10 @@
 //! or invalid variable and why; exit with [`EXIT_CONFIG`] (78) on it.
 //! [`Secret`] values never show in `Debug`, `Display`, serialised output or
 //! errors. [`Loaded::report`] says where each effective value came from.
+//! A variable marked [`Var::strong_secret`] is key material: deployed
+//! environments refuse it shorter than [`MIN_KEY_BYTES`], equal to another
+//! such variable, or equal to a value that ships with wharf
+//! ([`SHIPPED_SECRETS`]), in the same one error.
 //!
 //! **What it is not for:** files of nested settings or live reload.
 //!
@@ -45,12 +49,14 @@
 #![forbid(unsafe_code)]
 
 mod environment;
+mod keys;
 mod loader;
 mod secret;
 mod sections;
 mod var;
 
 pub use environment::{Environment, UnknownEnvironment};
+pub use keys::{shipped_secret, ShippedSecret, MIN_KEY_BYTES, SHIPPED_SECRETS};
 pub use loader::{
     ConfigError, Effective, EnvMap, Loaded, Loader, Problem, Source, ENVIRONMENT_VAR, EXIT_CONFIG,
 };

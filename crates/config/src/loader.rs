@@ -299,6 +299,9 @@ impl Loader {
 
         let mut from_dotenv = Value::Object(serde_json::Map::new());
         let mut from_env = Value::Object(serde_json::Map::new());
+        // Key material seen so far (deployed environments only), to find a
+        // key equal to another.
+        let mut keys: Vec<(&'static str, String)> = Vec::new();
         for var in &self.vars {
             let (text, layer) = match (self.env.get(var.name), dotenv.get(var.name)) {
                 (Some(text), _) => (text, &mut from_env),
@@ -314,7 +317,14 @@ impl Loader {
                 }
             };
             match var.parse(text) {
-                Ok(value) => insert_at(layer, &var.key, value),
+                Ok(value) => {
+                    if var.strong && environment.is_deployed() {
+                        let key = value.as_str().unwrap_or(text).to_owned();
+                        problems.extend(crate::keys::problems(var.name, &key, &keys, environment));
+                        keys.push((var.name, key));
+                    }
+                    insert_at(layer, &var.key, value);
+                }
                 Err(why) if var.secret => problems.push(Problem {
                     variable: var.name.to_owned(),
                     reason: format!("{why} (value not shown: secret)"),

@@ -322,3 +322,150 @@ fn empty_values_count_as_unset() {
         "DANGEROUS_SALT: required in production, not set"
     );
 }
+
+/// Key material: three strong secrets, as frontend's `SECRET_KEY`,
+/// `DANGEROUS_SALT` and `ADMIN_CLIENT_SECRET`.
+fn key_vars() -> Vec<Var> {
+    let mut vars = vec![Var::new("PORT", "server.port", parse::port()).required_when_deployed()];
+    for (name, key) in [
+        ("SECRET_KEY", "secret_key"),
+        ("DANGEROUS_SALT", "dangerous_salt"),
+        ("ADMIN_CLIENT_SECRET", "admin_client_secret"),
+    ] {
+        vars.push(
+            Var::new(name, key, parse::text())
+                .strong_secret()
+                .required_when_deployed(),
+        );
+    }
+    vars
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
+struct Keys {
+    server: ServerSection,
+    secret_key: Option<Secret<String>>,
+    dangerous_salt: Option<Secret<String>>,
+    admin_client_secret: Option<Secret<String>>,
+}
+
+fn load_keys(pairs: &[(&str, &str)]) -> Result<Loaded<Keys>, ConfigError> {
+    Loader::new(key_vars())
+        .env(EnvMap::from_pairs(pairs.iter().copied()))
+        .dotenv(None)
+        .load()
+}
+
+/// A fresh 64-character key (std's per-process random hash keys): a fixed
+/// one would ship in the repository, and so be refused.
+fn fresh_key() -> String {
+    use std::fmt::Write as _;
+    use std::hash::{BuildHasher, Hasher};
+    let mut key = String::new();
+    for _ in 0..4 {
+        let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+        hasher.write_u8(0);
+        let _ = write!(key, "{:016x}", hasher.finish());
+    }
+    key
+}
+
+#[test]
+fn deployed_keys_long_distinct_and_not_shipped_are_accepted() {
+    let (a, c) = (fresh_key(), fresh_key());
+    let exactly_32 = &a[..32];
+    let padded = format!("  {c}  ");
+    for environment in ["preview", "staging", "production"] {
+        let loaded = load_keys(&[
+            ("NOTIFY_ENVIRONMENT", environment),
+            ("PORT", "7001"),
+            ("SECRET_KEY", exactly_32),
+            ("DANGEROUS_SALT", &padded),
+            ("ADMIN_CLIENT_SECRET", &a),
+        ])
+        .unwrap();
+        assert_eq!(loaded.config.secret_key.unwrap().expose(), exactly_32);
+        assert_eq!(loaded.config.dangerous_salt.unwrap().expose(), &c);
+    }
+}
+
+#[test]
+fn deployed_keys_short_shared_or_shipped_are_all_listed_never_shown() {
+    let short = "0123456789abcdefghijklmnopqrstu"; // 31 bytes
+    let shipped = "wharf-development-only-secret-key";
+    let err = load_keys(&[
+        ("NOTIFY_ENVIRONMENT", "staging"),
+        ("PORT", "seventy"),
+        ("SECRET_KEY", short),
+        ("DANGEROUS_SALT", shipped),
+        ("ADMIN_CLIENT_SECRET", short),
+    ])
+    .unwrap_err();
+    let text = err.to_string();
+    assert!(!text.contains(short) && !text.contains(shipped), "{text}");
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "PORT: expected a port number between 1 and 65535, got \"seventy\"",
+            "SECRET_KEY: too short for staging: 31 bytes, at least 32 needed \
+             (e.g. `openssl rand -base64 48`) (value not shown: secret)",
+            "DANGEROUS_SALT: a value that ships in wharf's repository \
+             (bins/frontend/main.rs (DEVELOPMENT_SECRET_KEY)), so not a secret; \
+             generate one (value not shown: secret)",
+            "ADMIN_CLIENT_SECRET: too short for staging: 31 bytes, at least 32 needed \
+             (e.g. `openssl rand -base64 48`) (value not shown: secret)",
+            "ADMIN_CLIENT_SECRET: the same value as SECRET_KEY; every key must be different \
+             (value not shown: secret)",
+        ]
+    );
+    // All three the same, and a missing variable: one error for all of it.
+    let key = fresh_key();
+    let err = load_keys(&[
+        ("NOTIFY_ENVIRONMENT", "production"),
+        ("SECRET_KEY", &key),
+        ("DANGEROUS_SALT", &key),
+        ("ADMIN_CLIENT_SECRET", &key),
+    ])
+    .unwrap_err();
+    let lines: Vec<String> = err.problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "PORT: required in production, not set",
+            "DANGEROUS_SALT: the same value as SECRET_KEY; every key must be different \
+             (value not shown: secret)",
+            "ADMIN_CLIENT_SECRET: the same value as SECRET_KEY and DANGEROUS_SALT; \
+             every key must be different (value not shown: secret)",
+        ]
+    );
+    assert!(!err.to_string().contains(&key));
+}
+
+#[test]
+fn development_and_test_keep_any_key() {
+    for environment in ["development", "test"] {
+        let loaded = load_keys(&[
+            ("NOTIFY_ENVIRONMENT", environment),
+            ("SECRET_KEY", "sk"),
+            ("DANGEROUS_SALT", "sk"),
+            ("ADMIN_CLIENT_SECRET", "wharf-development-only-secret-key"),
+        ])
+        .unwrap();
+        assert_eq!(loaded.config.secret_key.unwrap().expose(), "sk");
+    }
+}
+
+#[test]
+fn every_shipped_secret_is_refused_and_named_by_its_source() {
+    assert!(SHIPPED_SECRETS.len() > 10);
+    for sample in SHIPPED_SECRETS {
+        assert_eq!(shipped_secret(sample.value), Some(sample));
+        assert!(!sample.source.is_empty());
+    }
+    // Long enough, but shipped.
+    let long = shipped_secret("wharf-development-only-secret-key").unwrap();
+    assert!(long.value.len() >= MIN_KEY_BYTES);
+    assert_eq!(shipped_secret(&fresh_key()), None);
+}

@@ -37,6 +37,7 @@ pub struct Var {
     pub(crate) parser: Parser,
     pub(crate) requirement: Requirement,
     pub(crate) secret: bool,
+    pub(crate) strong: bool,
     pub(crate) help: &'static str,
 }
 
@@ -50,6 +51,7 @@ impl Var {
             parser,
             requirement: Requirement::Optional,
             secret: false,
+            strong: false,
             help: "",
         }
     }
@@ -66,6 +68,19 @@ impl Var {
     #[must_use]
     pub fn secret(mut self) -> Self {
         self.secret = true;
+        self
+    }
+
+    /// Marks the variable as key material: a [secret](Self::secret) that, in
+    /// deployed environments (preview, staging, production), must be at least
+    /// [`MIN_KEY_BYTES`](crate::MIN_KEY_BYTES) long, differ from every other
+    /// such variable, and not be a value that ships with wharf
+    /// ([`SHIPPED_SECRETS`](crate::SHIPPED_SECRETS)). The loader lists every
+    /// such problem with the others, never the value.
+    #[must_use]
+    pub fn strong_secret(mut self) -> Self {
+        self.secret = true;
+        self.strong = true;
         self
     }
 
@@ -103,6 +118,11 @@ impl Var {
         self.secret
     }
 
+    /// Whether it is key material ([`strong_secret`](Self::strong_secret)).
+    pub fn is_strong_secret(&self) -> bool {
+        self.strong
+    }
+
     /// Its one-line description.
     pub fn description(&self) -> &'static str {
         self.help
@@ -121,6 +141,7 @@ impl fmt::Debug for Var {
             .field("key", &self.key)
             .field("requirement", &self.requirement)
             .field("secret", &self.secret)
+            .field("strong", &self.strong)
             .finish_non_exhaustive()
     }
 }

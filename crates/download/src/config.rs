@@ -59,7 +59,7 @@ impl DownloadSection {
     pub fn vars(section: &str) -> Vec<Var> {
         vec![
             Var::new("ADMIN_CLIENT_SECRET", "admin_client_secret", parse::text())
-                .secret()
+                .strong_secret()
                 .required_when_deployed()
                 .help("signs the Notify API token"),
             Var::new(
