@@ -13,6 +13,7 @@
 mod bench;
 mod browser;
 mod deploy;
+mod docs;
 mod edge;
 mod frontend;
 mod hardening;
