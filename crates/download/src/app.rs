@@ -20,7 +20,7 @@ use crate::ids::Uuid;
 use crate::local::{cookie, json_content_type, LocalApi, LocalFile, ACCESS_COOKIE};
 use crate::present::{self, Clock, Contact, Date};
 use crate::security;
-use crate::upstream::{Answer, TraceHeaders, UpstreamError};
+use crate::upstream::{Answer, RequestTrace, TraceHeaders, UpstreamError};
 
 /// Where `/security.txt` points (the GDS Way vulnerability disclosure policy).
 pub(crate) const SECURITY_TXT: &str = "https://vdp.cabinetoffice.gov.uk/.well-known/security.txt";
@@ -240,10 +240,22 @@ impl Inner {
         }
     }
 
-    async fn handle(self: Arc<Self>, request: Request<Body>) -> Response<ResponseBody> {
-        let (reply, nonce) = match security::new_nonce() {
-            Ok(nonce) => (self.route(request, &nonce).await, Some(nonce)),
-            Err(error) => {
+    async fn handle(self: Arc<Self>, mut request: Request<Body>) -> Response<ResponseBody> {
+        let nonce = security::new_nonce();
+        // Notify's B3 ids for this request (notifications-utils' way): on the
+        // response, and carried to the APIs.
+        let trace = RequestTrace::of(request.headers());
+        if let Ok(trace) = &trace {
+            request.extensions_mut().insert(trace.clone());
+        }
+        let (reply, nonce) = match (nonce, &trace) {
+            (Ok(nonce), Ok(_)) => (self.route(request, &nonce).await, Some(nonce)),
+            (Ok(nonce), Err(error)) => {
+                tracing::error!(%error, "The OS random generator failed: no trace id");
+                let reply = self.stop(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR), &nonce);
+                (reply, Some(nonce))
+            }
+            (Err(error), _) => {
                 // No nonce, no page: the error page, with no inline code allowed.
                 tracing::error!(%error, "The OS random generator failed: no CSP nonce");
                 (
@@ -260,6 +272,9 @@ impl Inner {
             nonce.as_deref(),
             reply.cache_control,
         );
+        if let Ok(trace) = &trace {
+            trace.stamp(response.headers_mut());
+        }
         response
     }
 
@@ -303,7 +318,10 @@ impl Inner {
                 let Some(key) = key else {
                     return self.stop(Stop::NotFound, nonce);
                 };
-                let trace = match TraceHeaders::onward(request.headers()) {
+                let Some(request_trace) = request.extensions().get::<RequestTrace>() else {
+                    return self.stop(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR), nonce);
+                };
+                let trace = match TraceHeaders::onward(request.headers(), request_trace) {
                     Ok(trace) => trace,
                     Err(error) => {
                         tracing::error!(%error, "The OS random generator failed: no trace id");
@@ -919,20 +937,21 @@ mod tests {
         )
     }
 
-    /// The confirm form draws four times from the generator: the CSP nonce,
-    /// the trace id and span id sent to the APIs, the CSRF secret. Whichever
-    /// fails, the page is the 500 error page, with no CSRF cookie or token.
+    /// The confirm form draws five times from the generator: the CSP nonce,
+    /// the request's B3 trace id and span id (none came in), the span id
+    /// sent to the APIs, the CSRF secret. Whichever fails, the page is the
+    /// 500 error page, with no CSRF cookie or token.
     #[tokio::test]
     async fn a_failing_generator_fails_the_page_and_sets_no_secret() {
         let dir = tempfile::tempdir().unwrap();
-        let (status, headers, body) = confirm_form(dir.path(), Some(4)).await;
+        let (status, headers, body) = confirm_form(dir.path(), Some(5)).await;
         assert_eq!(status, StatusCode::OK);
         assert!(headers[header::SET_COOKIE]
             .to_str()
             .unwrap()
             .starts_with(CSRF_COOKIE));
         assert!(body.contains("csrf_token"), "{body}");
-        for successes in [0, 1, 2, 3] {
+        for successes in [0, 1, 2, 3, 4] {
             let (status, headers, body) = confirm_form(dir.path(), Some(successes)).await;
             assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{successes}");
             assert!(headers.get(header::SET_COOKIE).is_none(), "{successes}");

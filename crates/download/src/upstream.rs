@@ -313,21 +313,96 @@ fn source_chain(error: &dyn std::error::Error) -> String {
     parts.join(": ")
 }
 
-/// The trace headers a request carries to the APIs: the `X-B3-*` set as the old
-/// service propagated it (trace id kept, this hop's span the parent of a new
-/// span) and W3C `traceparent` in the same trace. With tracing on,
+/// A request's place in Notify's B3 traces, as notifications-utils'
+/// `request_helper` (the version DDF runs) works it out: the trace id is the
+/// first of `X-B3-TraceId`, `X-Amz-Cf-Id` (`CloudFront`) and `X-Amzn-Trace-Id`
+/// (the load balancer) that is set, else a new 128-bit one; the span id is
+/// `X-B3-SpanId`, else `self-` and a new 64-bit one; the parent is
+/// `X-B3-ParentSpanId`. Every response carries the trace and span ids, and
+/// every call to the APIs carries the trace id, a new span id and this span
+/// as its parent, whether or not any id came in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RequestTrace {
+    pub(crate) trace_id: String,
+    pub(crate) span_id: String,
+}
+
+impl RequestTrace {
+    /// The trace of a request that arrived with `headers`; the random
+    /// generator's error when an id must be made and cannot be.
+    pub(crate) fn of(headers: &HeaderMap) -> Result<Self, crate::random::Error> {
+        let first = |names: &[&str]| {
+            names.iter().find_map(|name| {
+                headers
+                    .get(*name)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .map(str::to_owned)
+            })
+        };
+        // Beyond notifications-utils: a W3C trace id that came in names the
+        // trace when no B3 or AWS one did, so both kinds of id agree.
+        let w3c = first(&["traceparent"]).and_then(|tp| {
+            let id = tp.split('-').nth(1)?;
+            (is_hex(id, 32) && id != "00000000000000000000000000000000")
+                .then(|| id.to_ascii_lowercase())
+        });
+        let trace_id = match first(&["x-b3-traceid", "x-amz-cf-id", "x-amzn-trace-id"]).or(w3c) {
+            Some(id) => id,
+            None => crate::random::hex::<16>()?,
+        };
+        let span_id = match first(&["x-b3-spanid"]) {
+            Some(id) => id,
+            None => format!("self-{}", crate::random::hex::<8>()?),
+        };
+        Ok(Self { trace_id, span_id })
+    }
+
+    /// `X-B3-TraceId` and `X-B3-SpanId` on a response, unless it has them.
+    pub(crate) fn stamp(&self, headers: &mut HeaderMap) {
+        for (name, value) in [
+            ("x-b3-traceid", &self.trace_id),
+            ("x-b3-spanid", &self.span_id),
+        ] {
+            if headers.contains_key(name) {
+                continue;
+            }
+            if let Ok(value) = HeaderValue::from_str(value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
+        }
+    }
+}
+
+/// The trace headers a request carries to the APIs: the `X-B3-*` set as
+/// notifications-utils sends it (see [`RequestTrace`]) and W3C `traceparent`
+/// in the same trace where the B3 id is one. With tracing on,
 /// [`Upstream::send`] replaces `traceparent` with its client span's.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct TraceHeaders(Vec<(HeaderName, HeaderValue)>);
+pub(crate) struct TraceHeaders {
+    /// The headers every call carries alike.
+    fixed: Vec<(HeaderName, HeaderValue)>,
+    /// W3C trace id and flags, for each call's `traceparent`.
+    trace_id: String,
+    flags: String,
+    /// Each call is a new span (as notifications-utils makes one per call):
+    /// this random base, plus the number of calls made before.
+    span_base: u64,
+    calls: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
 
 fn is_hex(text: &str, len: usize) -> bool {
     text.len() == len && text.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 impl TraceHeaders {
-    /// Onward headers for a request that arrived with `incoming`; the random
-    /// generator's error when it cannot make the new ids.
-    pub(crate) fn onward(incoming: &HeaderMap) -> Result<Self, crate::random::Error> {
+    /// Onward headers for a request that arrived with `incoming`, whose B3
+    /// trace is `trace`; the random generator's error when it cannot make the
+    /// new ids.
+    pub(crate) fn onward(
+        incoming: &HeaderMap,
+        trace: &RequestTrace,
+    ) -> Result<Self, crate::random::Error> {
         let get = |name: &str| {
             incoming
                 .get(name)
@@ -345,7 +420,7 @@ impl TraceHeaders {
                 && is_hex(parts[3], 2))
             .then(|| (parts[1].to_ascii_lowercase(), parts[3].to_ascii_lowercase()))
         });
-        let b3_trace = get("x-b3-traceid");
+        let b3_trace = Some(trace.trace_id.as_str());
         let trace_id = traceparent
             .as_ref()
             .map(|(id, _)| id.clone())
@@ -362,35 +437,45 @@ impl TraceHeaders {
             })
             .map_or_else(crate::random::hex::<16>, Ok)?;
         let flags = traceparent.map_or_else(|| "01".to_owned(), |(_, flags)| flags);
-        let new_span = crate::random::hex::<8>()?;
+        let span_base = u64::from_be_bytes(crate::random::bytes::<8>()?);
         let mut headers = Vec::new();
         let mut push = |name: &'static str, value: &str| {
             if let Ok(value) = HeaderValue::from_str(value) {
                 headers.push((HeaderName::from_static(name), value));
             }
         };
-        if let Some(id) = b3_trace {
-            push("x-b3-traceid", id);
-        }
-        if let Some(parent) = get("x-b3-spanid") {
-            push("x-b3-parentspanid", parent);
-        }
-        if b3_trace.is_some() {
-            push("x-b3-spanid", &new_span);
-        }
+        push("x-b3-traceid", &trace.trace_id);
+        push("x-b3-parentspanid", &trace.span_id);
         if let Some(sampled) = get("x-b3-sampled") {
             push("x-b3-sampled", sampled);
         }
-        push("traceparent", &format!("00-{trace_id}-{new_span}-{flags}"));
         if let Some(state) = get("tracestate") {
             push("tracestate", state);
         }
-        Ok(Self(headers))
+        Ok(Self {
+            fixed: headers,
+            trace_id,
+            flags,
+            span_base,
+            calls: std::sync::Arc::default(),
+        })
     }
 
+    /// The headers of the next call: the fixed ones, and this call's span
+    /// as `X-B3-SpanId` and `traceparent`'s parent id.
     pub(crate) fn apply(&self, headers: &mut HeaderMap) {
-        for (name, value) in &self.0 {
+        for (name, value) in &self.fixed {
             headers.insert(name.clone(), value.clone());
+        }
+        let n = self
+            .calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = format!("{:016x}", self.span_base.wrapping_add(n));
+        let traceparent = format!("00-{}-{span}-{}", self.trace_id, self.flags);
+        for (name, value) in [("x-b3-spanid", span), ("traceparent", traceparent)] {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), value);
+            }
         }
     }
 }
@@ -408,7 +493,10 @@ mod tests {
         );
         incoming.insert("x-b3-spanid", HeaderValue::from_static("a2fb4a1d1a96d312"));
         let mut out = HeaderMap::new();
-        TraceHeaders::onward(&incoming).unwrap().apply(&mut out);
+        let trace = RequestTrace::of(&incoming).unwrap();
+        TraceHeaders::onward(&incoming, &trace)
+            .unwrap()
+            .apply(&mut out);
         assert_eq!(out["x-b3-traceid"], "463ac35c9f6413ad48485a3953bb6124");
         assert_eq!(out["x-b3-parentspanid"], "a2fb4a1d1a96d312");
         let span = out["x-b3-spanid"].to_str().unwrap();
@@ -427,29 +515,97 @@ mod tests {
             HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00"),
         );
         let mut out = HeaderMap::new();
-        TraceHeaders::onward(&incoming).unwrap().apply(&mut out);
+        let trace = RequestTrace::of(&incoming).unwrap();
+        TraceHeaders::onward(&incoming, &trace)
+            .unwrap()
+            .apply(&mut out);
         let tp = out["traceparent"].to_str().unwrap();
         assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"));
         assert!(tp.ends_with("-00"));
         assert!(!tp.contains("b7ad6b7169203331"));
-        assert!(out.get("x-b3-traceid").is_none());
+        // B3 goes onward too (notifications-utils always sends it), in the
+        // same trace; this request made its own span id, the new call's parent.
+        assert_eq!(out["x-b3-traceid"], "0af7651916cd43dd8448eb211c80319c");
+        assert_eq!(out["x-b3-parentspanid"], trace.span_id.as_str());
+        assert!(trace.span_id.starts_with("self-"));
     }
 
     #[test]
     fn no_generator_no_trace_ids() {
         let error =
-            crate::random::tests::failing(|| TraceHeaders::onward(&HeaderMap::new())).unwrap_err();
+            crate::random::tests::failing(|| RequestTrace::of(&HeaderMap::new())).unwrap_err();
+        assert_eq!(error, crate::random::tests::eio());
+        let trace = RequestTrace {
+            trace_id: "t".to_owned(),
+            span_id: "s".to_owned(),
+        };
+        let error =
+            crate::random::tests::failing(|| TraceHeaders::onward(&HeaderMap::new(), &trace))
+                .unwrap_err();
         assert_eq!(error, crate::random::tests::eio());
     }
 
     #[test]
     fn a_new_trace_starts_without_incoming_headers() {
+        let trace = RequestTrace::of(&HeaderMap::new()).unwrap();
+        assert!(is_hex(&trace.trace_id, 32), "{trace:?}");
+        let span = trace.span_id.strip_prefix("self-").unwrap();
+        assert!(is_hex(span, 16), "{trace:?}");
         let mut out = HeaderMap::new();
-        TraceHeaders::onward(&HeaderMap::new())
+        TraceHeaders::onward(&HeaderMap::new(), &trace)
             .unwrap()
             .apply(&mut out);
         let tp = out["traceparent"].to_str().unwrap();
         assert_eq!(tp.len(), 55);
-        assert_eq!(out.len(), 1);
+        assert!(tp.starts_with(&format!("00-{}-", trace.trace_id)));
+        assert_eq!(out["x-b3-traceid"], trace.trace_id.as_str());
+        assert_eq!(out["x-b3-parentspanid"], trace.span_id.as_str());
+        let onward_span = out["x-b3-spanid"].to_str().unwrap();
+        assert!(is_hex(onward_span, 16) && onward_span != span);
+        // The response carries this request's ids, unless it set its own.
+        let mut response = HeaderMap::new();
+        trace.stamp(&mut response);
+        assert_eq!(response["x-b3-traceid"], trace.trace_id.as_str());
+        assert_eq!(response["x-b3-spanid"], trace.span_id.as_str());
+        let mut own = HeaderMap::new();
+        own.insert("x-b3-spanid", HeaderValue::from_static("mine"));
+        trace.stamp(&mut own);
+        assert_eq!(own["x-b3-spanid"], "mine");
+    }
+
+    /// Behind `CloudFront` or a load balancer, their request id is the trace id
+    /// (notifications-utils' `NOTIFY_TRACE_ID_ALT_HEADERS`), in that order;
+    /// an `X-B3-TraceId` wins over both.
+    #[test]
+    fn aws_request_ids_name_the_trace_when_no_b3_one_came() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, HeaderValue::from_static(value));
+            }
+            map
+        };
+        let cf = "TyE-_AQMm9wVqY2nX0JfQ0m7mcB5oHa3UZF4WJiCDSbNdEp0Ik1mUw==";
+        let alb = "Root=1-67891233-abcdef012345678912345678";
+        let of =
+            |pairs: &[(&'static str, &'static str)]| RequestTrace::of(&headers(pairs)).unwrap();
+        assert_eq!(of(&[("x-amzn-trace-id", alb)]).trace_id, alb);
+        assert_eq!(
+            of(&[("x-amz-cf-id", cf), ("x-amzn-trace-id", alb)]).trace_id,
+            cf
+        );
+        assert_eq!(
+            of(&[("x-b3-traceid", "abc"), ("x-amz-cf-id", cf)]).trace_id,
+            "abc"
+        );
+        // Onward, the AWS id is the B3 trace id as it is; W3C gets its own.
+        let incoming = headers(&[("x-amz-cf-id", cf)]);
+        let trace = RequestTrace::of(&incoming).unwrap();
+        let mut out = HeaderMap::new();
+        TraceHeaders::onward(&incoming, &trace)
+            .unwrap()
+            .apply(&mut out);
+        assert_eq!(out["x-b3-traceid"], cf);
+        assert_eq!(out["traceparent"].to_str().unwrap().len(), 55);
     }
 }

@@ -1145,6 +1145,48 @@ async fn the_notify_api_is_called_first_with_an_hs256_token_and_trace_headers() 
     assert!(requests[1].headers.get("authorization").is_none());
 }
 
+/// notifications-utils' `request_helper`, as DDF runs it: behind `CloudFront`
+/// (`X-Amz-Cf-Id`) with no B3 header, the `CloudFront` id is the trace id; the
+/// response carries it and this request's own span id (`self-…`), and both
+/// API calls carry the trace id, a new span id each, and this request's span
+/// as their parent.
+#[tokio::test]
+async fn b3_ids_are_made_and_sent_as_notifications_utils_does() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    let cf = "TyE-_AQMm9wVqY2nX0JfQ0m7mcB5oHa3UZF4WJiCDSbNdEp0Ik1mUw==";
+    let page = send(
+        &f.app,
+        Method::GET,
+        &f.url("", Some(f.key)),
+        None,
+        &[("x-amz-cf-id", cf)],
+    )
+    .await;
+    assert_eq!(page.status, 200);
+    assert_eq!(page.headers["x-b3-traceid"], cf);
+    let span = page.headers["x-b3-spanid"].to_str().unwrap().to_owned();
+    assert!(span.starts_with("self-") && span.len() == 21, "{span}");
+    let requests = f.stub.requests();
+    assert_eq!(requests.len(), 2);
+    let mut onward_spans = Vec::new();
+    for request in &requests {
+        assert_eq!(request.headers["x-b3-traceid"], cf);
+        assert_eq!(request.headers["x-b3-parentspanid"], span.as_str());
+        onward_spans.push(request.headers["x-b3-spanid"].to_str().unwrap().to_owned());
+    }
+    assert_ne!(onward_spans[0], onward_spans[1], "a new span per call");
+    // With nothing coming in, a new 128-bit trace id, on the page and onward.
+    let page = send(&f.app, Method::GET, &f.url("", Some(f.key)), None, &[]).await;
+    let trace = page.headers["x-b3-traceid"].to_str().unwrap().to_owned();
+    assert!(
+        trace.len() == 32 && trace.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{trace}"
+    );
+    let last = f.stub.requests().pop().unwrap();
+    assert_eq!(last.headers["x-b3-traceid"], trace.as_str());
+}
+
 #[tokio::test]
 async fn static_assets_are_fingerprinted_and_immutable() {
     let mut assets = wharf_download::Assets::empty();
