@@ -3,7 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 #[cfg(unix)]
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -35,15 +35,22 @@ pub struct Listener {
     socket: std::net::TcpListener,
 }
 
-/// The accept backlog requested for sockets wharf binds itself (the kernel
-/// caps it at `net.core.somaxconn`).
-pub const BACKLOG: i32 = 1024;
+/// The accept backlog requested for sockets wharf binds itself when none is
+/// given (the kernel caps it at `net.core.somaxconn`).
+pub const BACKLOG: u32 = 1024;
 
 impl Listener {
     /// Binds `addr` with `SO_REUSEADDR` (a restart does not wait for
     /// `TIME_WAIT`) and a backlog of [`BACKLOG`]. An IPv6 unspecified address
     /// also accepts IPv4 where the system allows it.
     pub fn bind(addr: SocketAddr) -> Result<Self, ListenerError> {
+        Self::bind_with_backlog(addr, BACKLOG)
+    }
+
+    /// [`bind`](Self::bind) with an accept queue of `backlog` connections
+    /// (handshake complete, not yet accepted); the kernel caps it at
+    /// `net.core.somaxconn` and drops connection attempts beyond it.
+    pub fn bind_with_backlog(addr: SocketAddr, backlog: u32) -> Result<Self, ListenerError> {
         let bind = || -> io::Result<Socket> {
             let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
             socket.set_reuse_address(true)?;
@@ -51,7 +58,7 @@ impl Listener {
                 socket.set_only_v6(false)?;
             }
             socket.bind(&addr.into())?;
-            socket.listen(BACKLOG)?;
+            socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
             Ok(socket)
         };
         let socket = bind().map_err(|source| ListenerError::Bind { addr, source })?;
@@ -93,10 +100,25 @@ impl Listener {
         self.socket.local_addr()
     }
 
+    /// A second handle on the same socket (e.g. to read its accept queue
+    /// while a server accepts on this one).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self {
+            socket: self.socket.try_clone()?,
+        })
+    }
+
     /// Converts to a tokio listener; must run inside a tokio runtime.
     pub(crate) fn into_tokio(self) -> io::Result<tokio::net::TcpListener> {
         self.socket.set_nonblocking(true)?;
         tokio::net::TcpListener::from_std(self.socket)
+    }
+}
+
+#[cfg(unix)]
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
     }
 }
 

@@ -21,7 +21,9 @@
 //!   only once the new workers are ready), TTIN/TTOU (one worker more/fewer), reaps every child (it can be PID 1), makes
 //!   workers die with it (`PR_SET_PDEATHSIG`), speaks systemd's notify protocol,
 //!   and serves one `/metrics` for the whole instance on an admin listener,
-//!   with `/health/live` and `/health/ready`;
+//!   with `/health/live` and `/health/ready`, including each listening
+//!   socket's accept queue and the kernel's listen overflows
+//!   ([`render_listen_metrics`]);
 //! - runs an optional [`reload_check`](Supervisor::reload_check) on HUP first,
 //!   so a bad new configuration is refused before any worker is replaced.
 //!
@@ -50,6 +52,7 @@
 #![deny(unsafe_code)]
 
 mod config;
+mod listen;
 mod master;
 mod notify;
 mod shared;
@@ -65,13 +68,16 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use config::{AcceptMode, SupervisorSection};
+pub use listen::{render_listen_metrics, ListenOverflows, ListenQueue};
 pub use notify::sd_notify;
 pub use shared::SharedMemory;
 pub use stats::{InFlightGuard, WorkerStats};
 pub use worker::{InstanceMetrics, MetricsSource, WorkerContext};
 
-/// The accept backlog of sockets the master binds.
-pub const BACKLOG: i32 = 1024;
+/// The accept backlog of sockets the master binds when none is given
+/// ([`Supervisor::listen_with_backlog`]); the kernel caps it at
+/// `net.core.somaxconn`.
+pub const BACKLOG: u32 = 1024;
 
 /// Why supervision failed.
 #[derive(Debug, thiserror::Error)]
@@ -118,7 +124,8 @@ pub type ReloadCheck = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sy
 pub struct Supervisor {
     config: SupervisorSection,
     graceful_timeout: Duration,
-    addrs: Vec<SocketAddr>,
+    /// Addresses to listen on, each with its accept backlog.
+    addrs: Vec<(SocketAddr, u32)>,
     reload_check: Option<ReloadCheck>,
     shared: Vec<shared::Declared>,
 }
@@ -180,10 +187,22 @@ impl Supervisor {
         self
     }
 
-    /// Adds a TCP address to listen on (ignored when systemd passes sockets).
+    /// Adds a TCP address to listen on (ignored when systemd passes sockets),
+    /// with an accept backlog of [`BACKLOG`].
     #[must_use]
-    pub fn listen(mut self, addr: SocketAddr) -> Self {
-        self.addrs.push(addr);
+    pub fn listen(self, addr: SocketAddr) -> Self {
+        self.listen_with_backlog(addr, BACKLOG)
+    }
+
+    /// Adds a TCP address to listen on with an accept backlog of `backlog`
+    /// connections (the kernel caps it at `net.core.somaxconn`). The backlog
+    /// applies to every socket of that address: the one bound here, a worker
+    /// slot's own (`reuseport`), and one inherited instead of bound (a binary
+    /// upgrade's, or systemd's `LISTEN_FDS`, the n-th address's backlog going
+    /// to the n-th socket), which get `listen` again with it, as nginx does.
+    #[must_use]
+    pub fn listen_with_backlog(mut self, addr: SocketAddr, backlog: u32) -> Self {
+        self.addrs.push((addr, backlog));
         self
     }
 
@@ -233,7 +252,9 @@ impl Supervisor {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
+        let backlogs = self.addrs.iter().map(|(_, backlog)| *backlog).collect();
         let master = master::Master::new(self.config, self.graceful_timeout, listeners)?
+            .with_backlogs(backlogs)
             .with_reload_check(self.reload_check)
             .with_shared_memory(shared);
         runtime.block_on(master.run())
@@ -245,10 +266,12 @@ impl Supervisor {
                 count = listeners.len(),
                 "Binary upgrade: using the old master's sockets"
             );
+            self.apply_backlogs(&listeners);
             return Ok(listeners);
         }
         if let Some(listeners) = systemd_listeners()? {
             tracing::info!(count = listeners.len(), "Using sockets passed by systemd");
+            self.apply_backlogs(&listeners);
             return Ok(listeners);
         }
         // With a socket per worker slot, the first one must allow siblings.
@@ -256,19 +279,41 @@ impl Supervisor {
             self.config.accept == AcceptMode::ReusePort && self.config.workers != Some(0);
         self.addrs
             .iter()
-            .map(|addr| {
-                bind(*addr, reuse_port).map_err(|source| SupervisorError::Bind {
+            .map(|(addr, backlog)| {
+                bind(*addr, reuse_port, *backlog).map_err(|source| SupervisorError::Bind {
                     addr: *addr,
                     source,
                 })
             })
             .collect()
     }
+
+    /// Gives inherited sockets the configured backlogs (the n-th address's
+    /// to the n-th socket): `listen` on a listening socket changes its
+    /// backlog, so a new setting takes effect across an upgrade too.
+    fn apply_backlogs(&self, listeners: &[TcpListener]) {
+        for (listener, (_, backlog)) in listeners.iter().zip(&self.addrs) {
+            let result = socket2::SockRef::from(listener).listen(listen_arg(*backlog));
+            if let Err(error) = result {
+                tracing::warn!(%error, backlog, "Cannot set the backlog of an inherited socket; it keeps its own");
+            }
+        }
+    }
+}
+
+/// A backlog as `listen(2)` takes it.
+fn listen_arg(backlog: u32) -> i32 {
+    i32::try_from(backlog).unwrap_or(i32::MAX)
 }
 
 /// Binds a listening socket on `addr` (`SO_REUSEADDR`; dual-stack for IPv6;
-/// `SO_REUSEPORT` when asked, so sibling sockets can join it).
-pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpListener> {
+/// `SO_REUSEPORT` when asked, so sibling sockets can join it) with an accept
+/// queue of `backlog`.
+pub(crate) fn bind(
+    addr: SocketAddr,
+    reuse_port: bool,
+    backlog: u32,
+) -> std::io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     if reuse_port {
@@ -278,7 +323,7 @@ pub(crate) fn bind(addr: SocketAddr, reuse_port: bool) -> std::io::Result<TcpLis
         socket.set_only_v6(false)?;
     }
     socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
+    socket.listen(listen_arg(backlog))?;
     Ok(socket.into())
 }
 

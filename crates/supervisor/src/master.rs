@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
 use std::fmt::Write as _;
 use std::net::TcpListener;
+use std::os::fd::AsFd as _;
 use std::os::unix::net::UnixStream as StdUnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,6 +115,9 @@ pub(crate) struct Master {
     /// The sockets the master bound or inherited; in `reuseport` mode, slot
     /// 0's.
     listeners: Vec<TcpListener>,
+    /// The accept backlog of each of `listeners`' addresses, for the sockets
+    /// of slots 1.. (`reuseport`); [`crate::BACKLOG`] past its end.
+    backlogs: Vec<u32>,
     /// Shared memory made (or taken over) by this master, inherited by every
     /// worker after its control channel.
     shared: Vec<Arc<SharedMemory>>,
@@ -158,6 +162,12 @@ impl Master {
         self
     }
 
+    /// The accept backlog of each listener's address, in order.
+    pub(crate) fn with_backlogs(mut self, backlogs: Vec<u32>) -> Self {
+        self.backlogs = backlogs;
+        self
+    }
+
     /// The shared-memory segments every worker inherits.
     pub(crate) fn with_shared_memory(mut self, shared: Vec<Arc<SharedMemory>>) -> Self {
         self.shared = shared;
@@ -175,6 +185,7 @@ impl Master {
         Ok(Self {
             graceful_timeout,
             listeners,
+            backlogs: Vec::new(),
             shared: Vec::new(),
             slot_listeners: HashMap::new(),
             accept: config.accept,
@@ -225,7 +236,11 @@ impl Master {
                 let siblings: std::io::Result<Vec<TcpListener>> = self
                     .listeners
                     .iter()
-                    .map(|listener| crate::bind(listener.local_addr()?, true))
+                    .enumerate()
+                    .map(|(i, listener)| {
+                        let backlog = self.backlogs.get(i).copied().unwrap_or(crate::BACKLOG);
+                        crate::bind(listener.local_addr()?, true, backlog)
+                    })
                     .collect();
                 match siblings {
                     Ok(siblings) => {
@@ -715,6 +730,7 @@ impl Master {
         }
         let rss_total: u64 = by_slot.values().map(|(_, rss)| rss).sum();
         let _ = writeln!(out, "# HELP wharf_workers_rss_bytes Resident memory of all workers.\n# TYPE wharf_workers_rss_bytes gauge\nwharf_workers_rss_bytes {rss_total}");
+        out.push_str(&self.listen_metrics());
         out.push_str(&self.aggregator.render());
         if self.last_broadcast.elapsed() >= BROADCAST_EVERY {
             self.last_broadcast = Instant::now();
@@ -727,6 +743,32 @@ impl Master {
             *metrics = out;
         }
         self.ready.store(ready > 0, Ordering::Relaxed);
+    }
+
+    /// The accept queue of every socket the master holds (in `reuseport`
+    /// mode one per address and slot, labelled with the slot) and the
+    /// kernel's listen overflows.
+    fn listen_metrics(&self) -> String {
+        let per_slot = self.accept == AcceptMode::ReusePort;
+        let mut sockets: Vec<(std::os::fd::BorrowedFd<'_>, Option<usize>)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.as_fd(), per_slot.then_some(0)))
+            .collect();
+        for (slot, listeners) in &self.slot_listeners {
+            sockets.extend(listeners.iter().map(|l| (l.as_fd(), Some(*slot))));
+        }
+        // By address, then slot: a stable order from scrape to scrape.
+        sockets.sort_by_cached_key(|(fd, slot)| {
+            (
+                socket2::SockRef::from(fd)
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_socket()),
+                *slot,
+            )
+        });
+        crate::render_listen_metrics(sockets)
     }
 
     /// Runs the reload check, if any; whether it refused the reload (logged).

@@ -1,6 +1,6 @@
 //! The operating-system calls std does not wrap: handing listener fds to a
 //! re-executed worker, parent-death signals, reaping any child, signalling,
-//! and adopting inherited fds. All of wharf-supervisor's `unsafe` is here.
+//! adopting inherited fds, and reading a listener's accept queue. All of wharf-supervisor's `unsafe` is here.
 #![allow(unsafe_code)]
 
 use std::ffi::OsString;
@@ -261,6 +261,44 @@ fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
     } else {
         Err(filter_error)
     }
+}
+
+/// `TCP_LISTEN` in the kernel's `tcp_states.h` (libc does not name it).
+const TCP_LISTEN: u8 = 10;
+
+/// A listening TCP socket's accept queue from `TCP_INFO`: for a socket in
+/// `LISTEN` state the kernel reports the queue's length in `tcpi_unacked`
+/// and its limit in `tcpi_sacked` (what `ss -lnt` shows as Recv-Q and
+/// Send-Q). Returns `(length, limit)`; an error for any other socket.
+pub(crate) fn listen_queue(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    // SAFETY: tcp_info is plain integers; all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::tcp_info>();
+    let mut len = libc::socklen_t::try_from(size).unwrap_or(0);
+    // SAFETY: getsockopt writes at most `len` bytes into `info`, which is
+    // `len` bytes long and lives across the call, and updates `len`; the fd
+    // is borrowed, so open for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // Every kernel since 2.6 fills at least the fields up to tcpi_sacked.
+    let filled = usize::try_from(len).unwrap_or(0);
+    if filled < std::mem::offset_of!(libc::tcp_info, tcpi_lost) || info.tcpi_state != TCP_LISTEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a listening TCP socket",
+        ));
+    }
+    Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 /// How long handshakes already under way get to land in the accept queue

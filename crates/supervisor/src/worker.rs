@@ -125,6 +125,9 @@ pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 pub struct InstanceMetrics {
     latest: Arc<std::sync::Mutex<String>>,
     local: Arc<std::sync::Mutex<Option<MetricsSource>>>,
+    /// With no master: this process's listening sockets, whose accept
+    /// queues it reports itself.
+    listening: Arc<Vec<TcpListener>>,
     from_master: bool,
 }
 
@@ -138,16 +141,23 @@ impl std::fmt::Debug for InstanceMetrics {
 
 impl InstanceMetrics {
     /// The latest text: from the master (refreshed every second) in a worker,
-    /// or this process's own metrics when there is no master.
+    /// or this process's own metrics, with its listeners' accept queues,
+    /// when there is no master.
     pub fn text(&self) -> String {
+        use std::os::fd::AsFd as _;
         if self.from_master {
             return self.latest.lock().map(|t| t.clone()).unwrap_or_default();
         }
-        self.local
+        let mut text = self
+            .local
             .lock()
             .ok()
             .and_then(|source| source.as_ref().map(|f| f()))
-            .unwrap_or_default()
+            .unwrap_or_default();
+        text.push_str(&crate::render_listen_metrics(
+            self.listening.iter().map(|l| (l.as_fd(), None)),
+        ));
+        text
     }
 }
 
@@ -155,6 +165,9 @@ impl InstanceMetrics {
 /// way to say it is ready, and the counters its heartbeats carry.
 pub struct WorkerContext {
     listeners: Vec<TcpListener>,
+    /// With no master: copies of `listeners` (the same sockets), for their
+    /// accept queues in [`InstanceMetrics`]. Empty in a worker.
+    listening: Arc<Vec<TcpListener>>,
     shared: Vec<Arc<crate::SharedMemory>>,
     slot: Option<usize>,
     stats: Arc<WorkerStats>,
@@ -230,6 +243,7 @@ impl WorkerContext {
         InstanceMetrics {
             latest: Arc::clone(&self.instance_metrics),
             local: Arc::clone(&self.metrics_source),
+            listening: Arc::clone(&self.listening),
             from_master: self.reports.is_some(),
         }
     }
@@ -338,6 +352,7 @@ where
             });
         let context = WorkerContext {
             listeners,
+            listening: Arc::default(),
             shared,
             slot: Some(env.slot),
             stats,
@@ -381,8 +396,13 @@ where
             // (once, at shutdown).
             std::thread::sleep(sys::HANDSHAKE_SETTLE);
         }));
+        let listening = listeners
+            .iter()
+            .filter_map(|l| l.try_clone().ok())
+            .collect();
         let context = WorkerContext {
             listeners,
+            listening: Arc::new(listening),
             shared,
             slot: None,
             stats: Arc::new(WorkerStats::default()),
