@@ -193,7 +193,7 @@ fn serve(loaded: &Loaded<FrontendConfig>) -> ExitCode {
     };
     let mut supervisor = Supervisor::new(config.supervisor.clone())
         .graceful_timeout(config.server.graceful_timeout())
-        .listen(addr);
+        .listen_with_backlog(addr, config.server.backlog);
     if config.ratelimit.enabled {
         supervisor =
             supervisor.shared_memory(RATELIMIT_SEGMENT, config.ratelimit.zone_memory_bytes());

@@ -17,6 +17,7 @@ mod docs;
 mod edge;
 mod frontend;
 mod hardening;
+mod listen;
 mod load;
 mod nginx_limit_req;
 mod ratelimit;

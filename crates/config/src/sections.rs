@@ -43,6 +43,11 @@ pub struct ServerSection {
     /// `WHARF_HSTS_MAX_AGE_SECONDS`: sends `Strict-Transport-Security` with this
     /// max-age when above 0. Default 0 (off: the TLS terminator sets it).
     pub hsts_max_age_seconds: u64,
+    /// `WHARF_BACKLOG`: the listening socket's accept queue, connections
+    /// whose handshake is done waiting for a worker to accept them; beyond
+    /// it the kernel drops new ones. Capped by the kernel at
+    /// `net.core.somaxconn`. Default 1024.
+    pub backlog: u32,
 }
 
 impl Default for ServerSection {
@@ -58,6 +63,7 @@ impl Default for ServerSection {
             max_body_bytes: 10 * 1024 * 1024,
             max_connections: 1000,
             hsts_max_age_seconds: 0,
+            backlog: 1024,
         }
     }
 }
@@ -116,6 +122,8 @@ impl ServerSection {
                 parse::seconds(0),
             )
             .help("Strict-Transport-Security max-age; 0 = header off"),
+            Var::new("WHARF_BACKLOG", "backlog", parse::count(1, 65_535))
+                .help("accept queue of the listening socket (capped at net.core.somaxconn)"),
         ]
         .into_iter()
         .map(|v| v.under(section))

@@ -75,6 +75,7 @@ fn no_environment_means_development_defaults() {
     assert_eq!(loaded.config.server.keepalive_seconds, 90);
     assert_eq!(loaded.config.server.max_body_bytes, 10 * 1024 * 1024);
     assert_eq!(loaded.config.server.max_connections, 1000);
+    assert_eq!(loaded.config.server.backlog, 1024);
 }
 
 #[test]
@@ -89,6 +90,7 @@ fn every_seed_variable_lands_in_its_field() {
         ("WHARF_MAX_HEADER_BYTES", "32KiB"),
         ("WHARF_MAX_BODY_BYTES", "1M"),
         ("WHARF_MAX_CONNECTIONS", "50"),
+        ("WHARF_BACKLOG", "4096"),
         ("WHARF_BIND_ADDRESS", "::"),
         ("WHARF_HSTS_MAX_AGE_SECONDS", "31536000"),
         ("WHARF_LOG_FORMAT", "pretty"),
@@ -104,6 +106,7 @@ fn every_seed_variable_lands_in_its_field() {
     assert_eq!(c.server.max_header_bytes, 32 * 1024);
     assert_eq!(c.server.max_body_bytes, 1024 * 1024);
     assert_eq!(c.server.max_connections, 50);
+    assert_eq!(c.server.backlog, 4096);
     assert_eq!(
         c.server.bind_address(Environment::Production).to_string(),
         "::"

@@ -584,10 +584,16 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
 pub(crate) fn admin(
     current: &Current,
     tls: Option<&wharf_tls::TlsConfig>,
+    listening: &[wharf_http::Listener],
     request: &Request<Body>,
 ) -> Response<ResponseBody> {
     if request.uri().path() == "/metrics" {
-        let mut response = Response::new(body::full(metrics(current, tls)));
+        use std::os::fd::AsFd as _;
+        let mut text = metrics(current, tls);
+        text.push_str(&wharf_supervisor::render_listen_metrics(
+            listening.iter().map(|l| (l.as_fd(), None)),
+        ));
+        let mut response = Response::new(body::full(text));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),

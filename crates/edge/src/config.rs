@@ -148,6 +148,11 @@ pub(crate) struct ListenSection {
     /// Expect a PROXY protocol header from trusted peers (`set_real_ip_from`).
     #[serde(default)]
     pub(crate) proxy_protocol: bool,
+    /// `listen … backlog=N`: the accept queue (connections whose handshake
+    /// is done, waiting to be accepted; the kernel drops new ones beyond it
+    /// and caps it at `net.core.somaxconn`). Default 1024.
+    #[serde(default)]
+    pub(crate) backlog: Option<Spanned<u32>>,
 }
 
 fn default_https_port() -> u16 {
@@ -618,6 +623,7 @@ pub(crate) fn development() -> EdgeConfig {
                 redirect_to_https: true,
                 https_port: 8443,
                 proxy_protocol: false,
+                backlog: None,
             },
             ListenSection {
                 address: spanned("127.0.0.1:8443"),
@@ -625,6 +631,7 @@ pub(crate) fn development() -> EdgeConfig {
                 redirect_to_https: false,
                 https_port: 8443,
                 proxy_protocol: false,
+                backlog: None,
             },
         ],
         admin: AdminSection::default(),

@@ -136,6 +136,10 @@ impl Current {
     }
 }
 
+/// The largest `[[listen]] backlog` (the kernel caps it at
+/// `net.core.somaxconn` anyway).
+const MAX_BACKLOG: u32 = 65_535;
+
 /// A listener to bind.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ListenPlan {
@@ -143,6 +147,8 @@ pub(crate) struct ListenPlan {
     pub(crate) tls: bool,
     pub(crate) redirect_https_port: Option<u16>,
     pub(crate) proxy_protocol: bool,
+    /// The accept queue asked for (`backlog`).
+    pub(crate) backlog: u32,
 }
 
 /// Everything a configuration yields.
@@ -368,11 +374,22 @@ pub(crate) fn build(
                 "a listener cannot both terminate TLS and redirect to HTTPS".to_owned(),
             ));
         }
+        let backlog = match &l.backlog {
+            None => wharf_http::BACKLOG,
+            Some(n) if (1..=MAX_BACKLOG).contains(n.get_ref()) => *n.get_ref(),
+            Some(n) => {
+                return Err(err(
+                    Some(n.span()),
+                    format!("backlog {}: expected 1 to {MAX_BACKLOG}", n.get_ref()),
+                ))
+            }
+        };
         listeners.push(ListenPlan {
             addr,
             tls: l.ssl,
             redirect_https_port: l.redirect_to_https.then_some(l.https_port),
             proxy_protocol: l.proxy_protocol,
+            backlog,
         });
     }
     if listeners.is_empty() {
@@ -733,6 +750,31 @@ mod tests {
         assert_eq!(names(Some("é.example.org")), "*.example.org");
         assert_eq!(names(Some("é")), "default.test");
         assert_eq!(names(None), "default.test");
+    }
+
+    /// `[[listen]] backlog` (nginx `listen … backlog=N`): 1024 unless set;
+    /// 0 or past 65535 is an error on its line.
+    #[test]
+    fn a_listener_backlog_is_1024_unless_set_and_out_of_range_is_named() {
+        let built = |listen: &str| {
+            let text = format!(
+                "[[listen]]\naddress = \"127.0.0.1:0\"\n{listen}\n\
+                 [[server]]\nserver_name = [\"a\"]\ndefault_server = true\n\
+                 [[server.location]]\npath = \"/\"\nreturn = {{ status = 200 }}\n"
+            );
+            let (config, source) = crate::config::parse(None, text)?;
+            build(&config, &source, 1)
+        };
+        let backlog = |listen: &str| built(listen).map(|b| b.listeners[0].backlog);
+        assert_eq!(backlog("").unwrap(), 1024);
+        assert_eq!(backlog("backlog = 4").unwrap(), 4);
+        assert_eq!(backlog("backlog = 65535").unwrap(), 65_535);
+        for bad in ["backlog = 0", "backlog = 65536"] {
+            let error = backlog(bad).unwrap_err();
+            assert_eq!(error.line, Some(3), "{bad}: {error}");
+            assert!(error.message.contains("expected 1 to 65535"), "{error}");
+        }
+        assert_eq!(backlog("backlog = -1").unwrap_err().line, Some(3));
     }
 }
 

@@ -242,7 +242,7 @@ fn serve_supervised(
         );
     }
     for plan in &built.listeners {
-        supervisor = supervisor.listen(plan.addr);
+        supervisor = supervisor.listen_with_backlog(plan.addr, plan.backlog);
     }
     let check_path = path.clone();
     let supervisor = supervisor.reload_check(Arc::new(move || {
@@ -330,12 +330,21 @@ async fn run(
     let mut tasks = Vec::new();
     // A worker serves the master's sockets, in the order they were listed.
     let mut inherited = worker.as_mut().map(|ctx| ctx.take_listeners().into_iter());
+    // In one process: a second handle on each socket, for its accept queue
+    // on the admin listener (with workers, the master holds the sockets
+    // and reports them).
+    let mut listening = Vec::new();
     for plan in &plans {
         let bound = match inherited.as_mut() {
             Some(sockets) => sockets.next().map(Listener::from_std).ok_or_else(|| {
                 std::io::Error::other(format!("no inherited socket for {}", plan.addr))
             }),
-            None => Listener::bind(plan.addr).map_err(std::io::Error::other),
+            None => Listener::bind_with_backlog(plan.addr, plan.backlog)
+                .map_err(std::io::Error::other)
+                .and_then(|listener| {
+                    listening.push(listener.try_clone()?);
+                    Ok(listener)
+                }),
         };
         let listener = match bound {
             Ok(l) => l,
@@ -388,10 +397,12 @@ async fn run(
                     .to_owned(),
                 });
                 let (current, tls) = (Arc::clone(&current), tls.clone());
+                let listening = Arc::new(listening);
                 let app = tower::service_fn(move |request| {
                     std::future::ready(Ok::<_, Infallible>(app::admin(
                         &current,
                         tls.as_ref(),
+                        &listening,
                         &request,
                     )))
                 });
