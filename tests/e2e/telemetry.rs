@@ -147,29 +147,6 @@ fn promtool_check_metrics(promtool: &Path, text: &str) -> String {
     said
 }
 
-/// The `name="value"` pairs of a sample's label text (commas inside quoted
-/// values do not split).
-fn label_pairs(labels: &str) -> Vec<&str> {
-    let mut pairs = Vec::new();
-    let (mut start, mut quoted, mut escaped) = (0, false, false);
-    for (i, byte) in labels.bytes().enumerate() {
-        match byte {
-            _ if escaped => escaped = false,
-            b'\\' if quoted => escaped = true,
-            b'"' => quoted = !quoted,
-            b',' if !quoted => {
-                pairs.push(&labels[start..i]);
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    if start < labels.len() {
-        pairs.push(&labels[start..]);
-    }
-    pairs
-}
-
 /// A histogram's label set (without `le`) and its series in order, as
 /// (rank: bucket 0, sum 1, count 2; `le`).
 type LabelSet = (String, Vec<(u8, f64)>);
@@ -233,7 +210,7 @@ fn order_problems<'a>(text: &'a str) -> Vec<String> {
             "_sum" => 1,
             _ => 2,
         };
-        let pairs = label_pairs(labels);
+        let pairs = wharf_telemetry::metrics::label_pairs(labels);
         let le = pairs
             .iter()
             .find_map(|p| p.strip_prefix("le=\""))

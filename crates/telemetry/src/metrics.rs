@@ -369,9 +369,15 @@ fn is_per_instance(family: &str, kind: Option<&String>) -> bool {
 /// 0/1 gauges every worker reports alike, by full name.
 const PER_INSTANCE_FLAGS: [&str; 1] = ["wharf_ratelimit_fallback_active"];
 
-/// The `name="value"` pairs of a label text, split at the commas between
-/// them (not at those inside quoted values).
-fn label_pairs(labels: &str) -> Vec<&str> {
+/// The `name="value"` pairs of a label text (what is between a sample's
+/// braces), split at the commas between them, not at those inside quoted
+/// values.
+///
+/// ```
+/// use wharf_telemetry::metrics::label_pairs;
+/// assert_eq!(label_pairs(r#"a="1,2",le="0.5""#), [r#"a="1,2""#, r#"le="0.5""#]);
+/// ```
+pub fn label_pairs(labels: &str) -> Vec<&str> {
     let mut pairs = Vec::new();
     let (mut start, mut quoted, mut escaped) = (0, false, false);
     for (i, byte) in labels.bytes().enumerate() {
