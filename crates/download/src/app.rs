@@ -240,16 +240,13 @@ impl Inner {
         }
     }
 
-    async fn handle(self: Arc<Self>, mut request: Request<Body>) -> Response<ResponseBody> {
+    async fn handle(self: Arc<Self>, request: Request<Body>) -> Response<ResponseBody> {
         let nonce = security::new_nonce();
         // Notify's B3 ids for this request (notifications-utils' way): on the
         // response, and carried to the APIs.
         let trace = RequestTrace::of(request.headers());
-        if let Ok(trace) = &trace {
-            request.extensions_mut().insert(trace.clone());
-        }
         let (reply, nonce) = match (nonce, &trace) {
-            (Ok(nonce), Ok(_)) => (self.route(request, &nonce).await, Some(nonce)),
+            (Ok(nonce), Ok(trace)) => (self.route(request, &nonce, trace).await, Some(nonce)),
             (Ok(nonce), Err(error)) => {
                 tracing::error!(%error, "The OS random generator failed: no trace id");
                 let reply = self.stop(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR), &nonce);
@@ -278,7 +275,12 @@ impl Inner {
         response
     }
 
-    async fn route(&self, request: Request<Body>, nonce: &str) -> Reply {
+    async fn route(
+        &self,
+        request: Request<Body>,
+        nonce: &str,
+        request_trace: &RequestTrace,
+    ) -> Reply {
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
         let method = request.method().clone();
@@ -317,9 +319,6 @@ impl Inner {
                 let key = form_value(&query, "key").filter(|k| !k.is_empty());
                 let Some(key) = key else {
                     return self.stop(Stop::NotFound, nonce);
-                };
-                let Some(request_trace) = request.extensions().get::<RequestTrace>() else {
-                    return self.stop(Stop::Error(StatusCode::INTERNAL_SERVER_ERROR), nonce);
                 };
                 let trace = match TraceHeaders::onward(request.headers(), request_trace) {
                     Ok(trace) => trace,

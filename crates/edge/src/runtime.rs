@@ -217,6 +217,7 @@ fn limit_req(
     config: &EdgeConfig,
     source: &Source,
     trusted: &[IpNet],
+    redis: Option<wharf_ratelimit::RedisStore>,
 ) -> Result<Option<wharf_ratelimit::RateLimitLayer>, ConfigError> {
     if config.limit_req.is_empty() {
         return Ok(None);
@@ -229,7 +230,7 @@ fn limit_req(
     let mut builder = wharf_ratelimit::Limiter::builder()
         .client_ip(client_ip)
         .memory(memory);
-    if let Some(redis) = redis_store(config, source)? {
+    if let Some(redis) = redis {
         builder = builder.redis(redis);
     }
     let mut names = HashSet::new();
@@ -278,10 +279,8 @@ pub(crate) fn redis_options(section: &RedisSection, url: &str) -> wharf_ratelimi
     options
 }
 
-/// `[redis]`, checked whenever present (zones or not), and `[tls]
-/// session_ticket_key = "redis"`, which needs it.
-fn check_redis(config: &EdgeConfig, source: &Source) -> Result<(), ConfigError> {
-    drop(redis_store(config, source)?);
+/// `[tls] session_ticket_key = "redis"` needs `[redis]`.
+fn check_ticket_key(config: &EdgeConfig, source: &Source) -> Result<(), ConfigError> {
     match &config.tls.session_ticket_key {
         Some(key)
             if key.get_ref() == crate::config::TICKET_KEY_IN_REDIS && config.redis.is_none() =>
@@ -556,8 +555,11 @@ pub(crate) fn build(
                 .map_err(|_| err(None, format!("hsts: invalid value {:?}", http.hsts)))?,
         )
     };
-    let limit_req = limit_req(config, source, &trusted_nets)?;
-    check_redis(config, source)?;
+    // `[redis]` is checked whenever present (zones or not), once: the
+    // zones take the store it gives.
+    let redis = redis_store(config, source)?;
+    check_ticket_key(config, source)?;
+    let limit_req = limit_req(config, source, &trusted_nets, redis)?;
     Ok(Built {
         runtime: Runtime {
             limit_req,
