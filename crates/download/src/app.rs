@@ -703,7 +703,7 @@ impl Inner {
             );
             return Ok(render(StatusCode::BAD_REQUEST, Some(&email), Some(&error)));
         }
-        if email.is_empty() {
+        if is_blank(&email) {
             let error = FormError::Field("Enter your email address".to_owned());
             return Ok(render(StatusCode::BAD_REQUEST, Some(&email), Some(&error)));
         }
@@ -842,6 +842,37 @@ fn interpret_check(answer: &Answer) -> Check {
     }
 }
 
+/// wtforms' `DataRequired` (3.2.2, as DDF pins it): a string is missing when
+/// Python's `str.strip()` leaves nothing (`not field.data.strip()`). DDF's
+/// field runs this after its `strip_all_whitespace` filter, which strips
+/// fewer characters, so an address of, say, U+3000 alone is "Enter your email
+/// address" there, not "Not a valid email address".
+fn is_blank(value: &str) -> bool {
+    value.chars().all(is_python_space)
+}
+
+/// The characters Python's `str.strip()` removes: those for which
+/// `str.isspace()` is true (Unicode category Zs or bidirectional class WS, B
+/// or S). Unlike `char::is_whitespace` (Unicode `White_Space`) this includes
+/// the information separators U+001C to U+001F.
+fn is_python_space(c: char) -> bool {
+    matches!(
+        c,
+        '\t'..='\r'
+            | '\u{1C}'..='\u{1F}'
+            | ' '
+            | '\u{85}'
+            | '\u{A0}'
+            | '\u{1680}'
+            | '\u{2000}'..='\u{200A}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{202F}'
+            | '\u{205F}'
+            | '\u{3000}'
+    )
+}
+
 /// Flask's automatic OPTIONS answer for a route serving `allow`: 200, an
 /// empty `text/html` body, `Allow` with OPTIONS added. (Flask orders `Allow`
 /// as a Python set iterates; here it is alphabetical.)
@@ -906,6 +937,27 @@ pub(crate) fn cookie_domain(document_api: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every code point against the list Python 3 prints for
+    /// `[hex(c) for c in range(0x110000) if chr(c).isspace()]`.
+    #[test]
+    fn python_space_is_str_isspace() {
+        const PYTHON: [u32; 29] = [
+            0x9, 0xA, 0xB, 0xC, 0xD, 0x1C, 0x1D, 0x1E, 0x1F, 0x20, 0x85, 0xA0, 0x1680, 0x2000,
+            0x2001, 0x2002, 0x2003, 0x2004, 0x2005, 0x2006, 0x2007, 0x2008, 0x2009, 0x200A, 0x2028,
+            0x2029, 0x202F, 0x205F, 0x3000,
+        ];
+        let ours: Vec<u32> = (0..=0x10_FFFF_u32)
+            .filter_map(char::from_u32)
+            .filter(|&c| is_python_space(c))
+            .map(u32::from)
+            .collect();
+        assert_eq!(ours, PYTHON);
+        assert!(is_blank(""));
+        assert!(is_blank("\u{3000} \u{85}"));
+        assert!(!is_blank("\u{3000}\u{200B}"));
+        assert!(!is_blank("\u{180E}"));
+    }
 
     /// The sample document that needs email confirmation, on a local API in
     /// `dir`: GET its confirm form (without a CSRF cookie), the random

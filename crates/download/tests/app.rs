@@ -464,6 +464,53 @@ async fn confirm_email_address_page_shows_errors_for_empty_and_invalid_addresses
     );
 }
 
+/// DDF's field runs the `strip_all_whitespace` filter, then wtforms 3.2.2's
+/// `DataRequired`, which calls the value empty when Python's `str.strip()`
+/// leaves nothing (`field.data.strip()`). So whitespace the filter keeps but
+/// `str.strip()` drops is "Enter your email address", not "Not a valid email
+/// address"; a character `str.strip()` keeps (U+200B is not `isspace()`)
+/// makes the value non-empty again.
+#[tokio::test]
+async fn whitespace_python_strips_is_an_empty_address() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    for (email, expected) in [
+        ("\u{0085}", "Enter your email address"),
+        ("\u{2000}", "Enter your email address"),
+        (" \u{2003}\u{200A} ", "Enter your email address"),
+        ("\u{3000}", "Enter your email address"),
+        ("\u{1680}\u{205F}", "Enter your email address"),
+        (
+            "\u{001C}\u{001D}\u{001E}\u{001F}",
+            "Enter your email address",
+        ),
+        // The filter strips U+200B from the ends; U+2003 is left.
+        ("\u{200B}\u{2003}\u{200B}", "Enter your email address"),
+        // Kept by the filter (not at an end) and by `str.strip()`.
+        ("\u{2003}\u{200B}\u{2003}", "Not a valid email address"),
+        ("\u{2003}me@example.com", "Not a valid email address"),
+    ] {
+        let page = f.submit_email(email).await;
+        assert_eq!(page.status, 400, "{email:?}");
+        assert_eq!(
+            support::text(
+                &page
+                    .element("<p id=\"email_address-error\"", "</p>")
+                    .unwrap()
+            ),
+            format!("Error: {expected}"),
+            "{email:?}"
+        );
+    }
+    assert!(
+        !f.stub
+            .requests()
+            .iter()
+            .any(|r| r.uri.contains("/authenticate")),
+        "none of these reach the API"
+    );
+}
+
 #[tokio::test]
 async fn confirm_email_address_page_shows_error_if_wrong_email_address() {
     let f = fixture().await;
