@@ -247,11 +247,16 @@ pub(crate) enum Contact {
 }
 
 impl Contact {
-    /// `assess_contact_type`: an email address by Notify's shape check, a link
-    /// when it starts with `http`, otherwise text.
+    /// DDF's `assess_contact_type` (app/utils.py): an email address when
+    /// Notify's `EMAIL_REGEX_PATTERN` matches, a link when it starts with
+    /// `http`, otherwise text; each test on the value as the Notify API sent
+    /// it, untrimmed, and the value is kept as it came. No value, or one of
+    /// whitespace only, is no contact details (DDF fails on `None` and shows
+    /// "call ." for an empty string).
     pub(crate) fn assess(contact: Option<&str>) -> Self {
-        match contact.map(str::trim) {
-            None | Some("") => Self::None,
+        match contact {
+            None => Self::None,
+            Some(c) if c.trim().is_empty() => Self::None,
             Some(c) if email_shape(c).is_some() => Self::Email(c.to_owned()),
             Some(c) if c.starts_with("http") => Self::Link(c.to_owned()),
             Some(c) => Self::Other(c.to_owned()),
@@ -351,5 +356,48 @@ mod tests {
             Contact::Other("07123456789".into())
         );
         assert_eq!(Contact::assess(None), Contact::None);
+    }
+
+    /// DDF's `assess_contact_type` (app/utils.py) looks at the contact link as
+    /// the Notify API sent it: `re.search(EMAIL_REGEX_PATTERN, s)`, then
+    /// `s.startswith("http")`, else "other"; the page shows `s` as it is.
+    /// Each row's type is what Python 3.11 gives for that function.
+    #[test]
+    fn contact_types_are_assessed_untrimmed() {
+        for (contact, want) in [
+            (" info@x.gov.uk", Contact::Other(" info@x.gov.uk".into())),
+            ("info@x.gov.uk ", Contact::Other("info@x.gov.uk ".into())),
+            ("\ninfo@x.gov.uk", Contact::Other("\ninfo@x.gov.uk".into())),
+            // `$` also matches before a final newline.
+            ("info@x.gov.uk\n", Contact::Email("info@x.gov.uk\n".into())),
+            (
+                "info@x.gov.uk\n\n",
+                Contact::Other("info@x.gov.uk\n\n".into()),
+            ),
+            (
+                " https://x.gov.uk",
+                Contact::Other(" https://x.gov.uk".into()),
+            ),
+            (
+                "\thttps://x.gov.uk",
+                Contact::Other("\thttps://x.gov.uk".into()),
+            ),
+            (
+                "https://x.gov.uk ",
+                Contact::Link("https://x.gov.uk ".into()),
+            ),
+            ("httpfoo", Contact::Link("httpfoo".into())),
+            (
+                "HTTPS://x.gov.uk",
+                Contact::Other("HTTPS://x.gov.uk".into()),
+            ),
+            (" 0207 123 4567 ", Contact::Other(" 0207 123 4567 ".into())),
+            // DDF would print "call ." here; wharf omits the paragraph, as
+            // for a null contact link (docs/compatibility.md).
+            ("", Contact::None),
+            (" \t", Contact::None),
+        ] {
+            assert_eq!(Contact::assess(Some(contact)), want, "{contact:?}");
+        }
     }
 }

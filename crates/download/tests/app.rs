@@ -902,6 +902,49 @@ async fn landing_page_has_supplier_contact_info() {
     );
 }
 
+/// DDF assesses the contact link untrimmed (`assess_contact_type` in
+/// app/utils.py): with a space before it an address or URL is neither an
+/// email (the pattern is anchored at `^`) nor a link (`startswith("http")`),
+/// so the page says "call …"; a space after a URL still makes a link.
+#[tokio::test]
+async fn contact_links_with_surrounding_spaces_are_shown_as_ddf_shows_them() {
+    let f = fixture().await;
+    f.document(false, "pdf", 5);
+    for (contact, paragraph, href) in [
+        (
+            " info@sample-service.gov.uk",
+            "If you have any questions, call info@sample-service.gov.uk.",
+            None,
+        ),
+        (
+            "info@sample-service.gov.uk ",
+            // DDF's template is `call {{ service_contact_info }}.`
+            "If you have any questions, call info@sample-service.gov.uk .",
+            None,
+        ),
+        (
+            " https://sample-service.gov.uk",
+            "If you have any questions, call https://sample-service.gov.uk.",
+            None,
+        ),
+        (
+            "https://sample-service.gov.uk ",
+            "If you have any questions, contact Sample Service.",
+            Some("https://sample-service.gov.uk "),
+        ),
+    ] {
+        f.service_answers(200, &sample_service(contact));
+        let page = f.get(&f.url("", Some(f.key))).await;
+        assert_eq!(page.status, 200, "{contact:?}");
+        assert_eq!(page.paragraphs().last().unwrap(), paragraph, "{contact:?}");
+        let links: Vec<String> = page.main_links().into_iter().map(|(h, _)| h).collect();
+        match href {
+            Some(href) => assert!(links.contains(&href.to_owned()), "{contact:?}: {links:?}"),
+            None => assert_eq!(links.len(), 1, "{contact:?}: only Continue: {links:?}"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn service_data_is_escaped() {
     let f = fixture().await;
