@@ -366,8 +366,10 @@ impl Inner {
 
     /// A matched route asked with a method it does not serve: 405 with
     /// `Allow`, except OPTIONS, which Flask answers on every route itself
-    /// (`provide_automatic_options`): 200, no body, `Allow` with OPTIONS
-    /// added, and the view never runs.
+    /// (`provide_automatic_options`): 200, no body, `Allow`, and the view
+    /// never runs. Both `Allow`s list OPTIONS, as Werkzeug's
+    /// `MethodNotAllowed` does for a Flask route (DDF itself turns that 405
+    /// into a 500; see docs/compatibility.md).
     fn not_allowed(&self, method: &Method, nonce: &str, allow: &'static str) -> Reply {
         if method == Method::OPTIONS {
             return options(allow);
@@ -376,9 +378,9 @@ impl Inner {
             StatusCode::METHOD_NOT_ALLOWED,
             html::not_found(&self.chrome(nonce)),
         );
-        reply
-            .headers
-            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        if let Ok(value) = HeaderValue::from_str(&with_options(allow)) {
+            reply.headers.insert(header::ALLOW, value);
+        }
         reply
     }
 
@@ -874,17 +876,23 @@ fn is_python_space(c: char) -> bool {
 }
 
 /// Flask's automatic OPTIONS answer for a route serving `allow`: 200, an
-/// empty `text/html` body, `Allow` with OPTIONS added. (Flask orders `Allow`
-/// as a Python set iterates; here it is alphabetical.)
+/// empty `text/html` body, `Allow` with OPTIONS added.
 fn options(allow: &str) -> Reply {
-    let mut methods: Vec<&str> = allow.split(", ").collect();
-    methods.push("OPTIONS");
-    methods.sort_unstable();
     let mut reply = Reply::html(StatusCode::OK, String::new());
-    if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+    if let Ok(value) = HeaderValue::from_str(&with_options(allow)) {
         reply.headers.insert(header::ALLOW, value);
     }
     reply
+}
+
+/// The `Allow` of a Flask route serving `allow`: its methods plus the
+/// OPTIONS Flask adds to every route. (Werkzeug 3.1.8 joins a Python set,
+/// so its order changes with `PYTHONHASHSEED`; here it is alphabetical.)
+fn with_options(allow: &str) -> String {
+    let mut methods: Vec<&str> = allow.split(", ").collect();
+    methods.push("OPTIONS");
+    methods.sort_unstable();
+    methods.join(", ")
 }
 
 /// The path of a URL (absolute or relative), without query or fragment.

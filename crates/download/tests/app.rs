@@ -1029,19 +1029,28 @@ async fn unknown_paths_and_malformed_ids_are_not_found() {
     }
 }
 
+/// DDF answers these 500 (its `errorhandler(Exception)` catches Werkzeug's
+/// `MethodNotAllowed`); wharf answers 405. Its `Allow` is the one Werkzeug's
+/// `MethodNotAllowed` carries, the route's methods as Flask registers them:
+/// with HEAD (added for GET) and OPTIONS (`provide_automatic_options`), as
+/// in the OPTIONS answer. Werkzeug 3.1.8 joins a Python set, so its order
+/// changes with `PYTHONHASHSEED`; wharf's is alphabetical.
 #[tokio::test]
 async fn a_wrong_method_is_405_not_500() {
     let f = fixture().await;
     f.document(true, "pdf", 5);
+    let get = "GET, HEAD, OPTIONS";
     for (method, url, allow) in [
-        ("POST", f.url("", Some(f.key)), "GET, HEAD"),
+        ("POST", f.url("", Some(f.key)), get),
         (
             "PUT",
             f.url("/confirm-email-address", Some(f.key)),
-            "GET, HEAD, POST",
+            "GET, HEAD, OPTIONS, POST",
         ),
-        ("DELETE", f.url("/download", Some(f.key)), "GET, HEAD"),
-        ("POST", "/_status".to_owned(), "GET, HEAD"),
+        ("DELETE", f.url("/download", Some(f.key)), get),
+        ("POST", "/_status".to_owned(), get),
+        ("TRACE", "/security.txt".to_owned(), get),
+        ("PATCH", "/services/_status".to_owned(), get),
     ] {
         let page = send(
             &f.app,
@@ -1052,9 +1061,20 @@ async fn a_wrong_method_is_405_not_500() {
         )
         .await;
         assert_eq!(page.status, 405, "{method} {url}");
-        assert_eq!(page.header("allow"), allow);
+        assert_eq!(page.header("allow"), allow, "{method} {url}");
         assert_eq!(page.header("x-frame-options"), "DENY");
     }
+    // The local document API's POST-only route (a Flask app as well).
+    let dir = tempfile::tempdir().unwrap();
+    let app = DownloadApp::builder()
+        .local_api(dir.path())
+        .build()
+        .unwrap();
+    let (s, d) = (f.ids.service, f.ids.document);
+    let url = format!("/services/{s}/documents/{d}/authenticate");
+    let page = send(&app, Method::GET, &url, None, &[]).await;
+    assert_eq!(page.status, 405, "{url}");
+    assert_eq!(page.header("allow"), "OPTIONS, POST", "{url}");
 }
 
 /// Flask answers OPTIONS on every route itself (`provide_automatic_options`):
@@ -1305,6 +1325,9 @@ async fn static_assets_are_fingerprinted_and_immutable() {
     );
     assert_eq!(asset.header("content-type"), "text/css; charset=utf-8");
     assert_eq!(asset.header("x-content-type-options"), "nosniff");
+    let post = send(&f.app, Method::POST, &css, None, &[]).await;
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), "GET, HEAD, OPTIONS");
     let js = page
         .body
         .split("import { initAll } from \"")

@@ -77,6 +77,9 @@ pub const LIVE_PATH: &str = "/health/live";
 /// Readiness: every registered check passes and the server is not draining.
 pub const READY_PATH: &str = "/health/ready";
 
+/// The methods every health route serves, as `Allow` lists them.
+const ALLOW: &str = "GET, HEAD, OPTIONS";
+
 #[derive(Serialize)]
 struct StatusDocument<'a> {
     status: &'static str,
@@ -147,7 +150,25 @@ impl Health {
     }
 
     /// Answers a health request (`path` must satisfy [`Health::handles`]).
+    ///
+    /// GET and HEAD answer; OPTIONS answers as Flask answers it on every
+    /// route, the Python service's `/_status` included
+    /// (`provide_automatic_options`): 200, an empty `text/html` body and
+    /// `Allow`. Any other method is 405 with the same `Allow`, the methods
+    /// Werkzeug's `MethodNotAllowed` lists for a Flask GET route. (Werkzeug
+    /// orders them as a Python set iterates; here they are alphabetical.)
     pub async fn respond(&self, method: &Method, path: &str) -> Response<ResponseBody> {
+        if method == Method::OPTIONS {
+            let mut response = Response::new(full(Bytes::new()));
+            let headers = response.headers_mut();
+            headers.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            );
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            return response;
+        }
         if method != Method::GET && method != Method::HEAD {
             let mut response = json_response(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -155,7 +176,7 @@ impl Health {
             );
             response
                 .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                .insert(header::ALLOW, HeaderValue::from_static(ALLOW));
             return response;
         }
         match path {
@@ -268,5 +289,89 @@ where
             return Box::pin(async move { Ok(health.respond(&method, &path).await) });
         }
         Box::pin(self.inner.call(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    fn health() -> Health {
+        Health::new(StatusInfo {
+            git_commit: "abc123".into(),
+            build_time: "2026-11-23T00:00:00Z".into(),
+            environment: "test".into(),
+        })
+    }
+
+    async fn answer(method: &str, path: &str) -> (StatusCode, http::HeaderMap, Bytes) {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let (parts, body) = health().respond(&method, path).await.into_parts();
+        (
+            parts.status,
+            parts.headers,
+            body.collect().await.unwrap().to_bytes(),
+        )
+    }
+
+    /// Flask answers OPTIONS on every route (`provide_automatic_options`),
+    /// DDF's `/_status` included: 200, an empty `text/html; charset=utf-8`
+    /// body, `Allow` with the route's methods, HEAD and OPTIONS. Flask 3.1.3
+    /// and Werkzeug 3.1.8 (the versions DDF pins) order `Allow` as a Python
+    /// set iterates; here it is alphabetical, as in wharf-download.
+    #[tokio::test]
+    async fn health_routes_answer_options_as_flask_does() {
+        for path in [STATUS_PATH, LIVE_PATH, READY_PATH] {
+            let (status, headers, body) = answer("OPTIONS", path).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            assert_eq!(headers[header::ALLOW], "GET, HEAD, OPTIONS", "{path}");
+            assert_eq!(
+                headers[header::CONTENT_TYPE],
+                "text/html; charset=utf-8",
+                "{path}"
+            );
+            assert_eq!(headers[header::CACHE_CONTROL], "no-store", "{path}");
+            assert!(body.is_empty(), "{path}: {body:?}");
+        }
+    }
+
+    /// Any other method is 405 (DDF's catch-all error handler made it a 500;
+    /// see docs/compatibility.md), with the `Allow` of Werkzeug's
+    /// `MethodNotAllowed`: the same methods as the OPTIONS answer.
+    #[tokio::test]
+    async fn health_routes_list_options_in_a_405_allow() {
+        for path in [STATUS_PATH, LIVE_PATH, READY_PATH] {
+            for method in ["POST", "PUT", "DELETE", "PATCH", "TRACE", "FOO"] {
+                let (status, headers, body) = answer(method, path).await;
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+                assert_eq!(
+                    headers[header::ALLOW],
+                    "GET, HEAD, OPTIONS",
+                    "{method} {path}"
+                );
+                assert_eq!(
+                    body,
+                    Bytes::from_static(br#"{"status":"error","error":"method not allowed"}"#)
+                );
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn health_routes_answer_get_and_head() {
+        for method in ["GET", "HEAD"] {
+            let (status, headers, body) = answer(method, STATUS_PATH).await;
+            assert_eq!(status, StatusCode::OK, "{method}");
+            assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+            assert!(headers.get(header::ALLOW).is_none());
+            let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(doc["status"], "ok");
+            let (status, _, _) = answer(method, LIVE_PATH).await;
+            assert_eq!(status, StatusCode::OK, "{method}");
+            let (status, _, _) = answer(method, READY_PATH).await;
+            assert_eq!(status, StatusCode::OK, "{method}");
+        }
     }
 }

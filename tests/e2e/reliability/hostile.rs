@@ -539,7 +539,10 @@ fn invalid_methods_and_request_targets() {
     }
 
     // The app: unknown and unsupported methods are 405 with Allow, never a
-    // 500, and TRACE reflects nothing.
+    // 500, and TRACE reflects nothing. `Allow` is what Werkzeug's
+    // MethodNotAllowed lists for a Flask route (Flask adds OPTIONS to every
+    // route), alphabetical where Werkzeug's follows a Python set; DDF itself
+    // turns the 405 into a 500 (docs/compatibility.md).
     for method in ["FOO", "TRACE", "DELETE", "PATCH"] {
         let response = raw::send(
             frontend.addr(),
@@ -549,7 +552,10 @@ fn invalid_methods_and_request_targets() {
             b"",
         );
         assert_eq!(response.status, 405, "{method}");
-        assert_eq!(response.header("allow").as_deref(), Some("GET, HEAD"));
+        assert_eq!(
+            response.header("allow").as_deref(),
+            Some("GET, HEAD, OPTIONS")
+        );
         assert!(!response.body_text().contains("trace-me-not"));
         let response = raw::send(
             frontend.addr(),
@@ -559,6 +565,23 @@ fn invalid_methods_and_request_targets() {
             b"",
         );
         assert_eq!(response.status, 405, "{method} on a document page");
+        assert_eq!(
+            response.header("allow").as_deref(),
+            Some("GET, HEAD, OPTIONS"),
+            "{method} on a document page"
+        );
+    }
+    // OPTIONS is answered as Flask answers it, on `/_status` (wharf-http's
+    // health route) as on the pages: 200, no body, the route's methods.
+    for path in ["/_status".to_owned(), super::document_path("k")] {
+        let response = raw::send(frontend.addr(), "OPTIONS", &path, &[], b"");
+        assert_eq!(response.status, 200, "OPTIONS {path}");
+        assert_eq!(
+            response.header("allow").as_deref(),
+            Some("GET, HEAD, OPTIONS"),
+            "OPTIONS {path}"
+        );
+        assert_eq!(response.body_text(), "", "OPTIONS {path}");
     }
     // CONNECT is not a tunnel: frontend answers it (404: no route has an
     // authority-form target) and the same connection then speaks HTTP again.
