@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::load::Load;
 use crate::support::{
-    curl, find_tool, free_port, require_tool, skipped, strong_key, wait_for_port, Running,
+    curl, find_tool, free_port, is_root, require_tool, skipped, strong_key, wait_for_port, Running,
 };
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
@@ -53,10 +53,6 @@ fn yaml_documents(text: &str) -> Vec<Value> {
         .map(|doc| Value::deserialize(doc).unwrap())
         .filter(|v| !v.is_null())
         .collect()
-}
-
-fn is_root() -> bool {
-    status_field(std::process::id(), "Uid:").is_some_and(|uids| uids.starts_with("0\t"))
 }
 
 /// A field of /proc/<pid>/status, e.g. `Uid:`.

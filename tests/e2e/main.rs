@@ -14,6 +14,7 @@ mod bench;
 mod browser;
 mod deploy;
 mod docs;
+mod drain;
 mod edge;
 mod frontend;
 mod hardening;

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use crate::reliability::{raw, Proc};
 use crate::support::{
-    children, find_tool, free_port, require_tool, served, supervised_edge, wait_until,
+    children, find_tool, free_port, is_root, require_tool, served, supervised_edge, wait_until,
 };
 
 /// How a zone serves its burst.
@@ -235,11 +235,6 @@ impl Drop for Nginx {
             }
         }
     }
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 /// What one server answered to one zone's trace.

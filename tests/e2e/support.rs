@@ -194,6 +194,12 @@ pub fn require_tool(tool: &str, install: &str) -> Option<PathBuf> {
 
 /// Says `SKIPPED: <what>: <reason>` on the process's stderr, past the test
 /// harness's capture (which hides what `eprintln!` prints in a passing test).
+/// Whether the tests run as root (uid 0).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
 pub fn skipped(what: &str, reason: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED: {what}: {reason}");

@@ -48,6 +48,7 @@ pub mod body;
 mod client_addr;
 mod config;
 mod conn;
+mod drain;
 mod health;
 mod ipnet;
 mod listener;

@@ -326,14 +326,19 @@ async fn accept_loop<A: Acceptor>(
     let local = listener.local_addr().ok();
     loop {
         if *phase.borrow_and_update() != Phase::Serving {
-            // Closing a listening socket resets what is queued on it. Stop
-            // accepting and let the queue settle first: handshakes under way
-            // land in it, and once the supervisor has made the socket refuse
-            // new connections (or shrunk its queue, whose overflow the kernel
-            // drops, so those clients retry later), nothing more arrives.
-            // Then take the whole queue in one sweep and close at once.
-            tokio::time::sleep(SWEEP_SETTLE).await;
-            sweep_backlog(&listener, &acceptor, &shared, &phase);
+            // Closing a listening socket resets what is queued on it: take
+            // the queue until the kernel reports nothing more can arrive
+            // (see `drain`), then close.
+            let swept = crate::drain::close_listener(listener, |listener| {
+                sweep_backlog(listener, &acceptor, &shared, &phase)
+            })
+            .await;
+            if swept > 0 {
+                tracing::info!(
+                    connections = swept,
+                    "Accepted the listen backlog before closing"
+                );
+            }
             return;
         }
         // At the connection cap, wait for a slot before accepting: further
@@ -446,20 +451,16 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Before a draining process closes its listener, accepts every connection
-/// already waiting in the kernel's backlog, so closing the socket resets none
-/// of them (they are served and told `Connection: close`). Other processes
-/// sharing the socket keep accepting after this one is gone.
-/// How long a draining listener stops accepting before its final sweep.
-const SWEEP_SETTLE: Duration = Duration::from_millis(50);
-
-/// Accepts every connection queued on `listener` and serves it.
+/// Accepts every connection queued on `listener` and serves it; returns how
+/// many. A draining process calls it before closing its listener, so closing
+/// the socket resets none of them (they are served and told `Connection:
+/// close`).
 fn sweep_backlog<A: Acceptor>(
     listener: &TcpListener,
     acceptor: &A,
     shared: &Arc<Shared>,
     phase: &watch::Receiver<Phase>,
-) {
+) -> usize {
     let local = listener.local_addr().ok();
     let socket = socket2::SockRef::from(listener);
     let mut swept = 0_usize;
@@ -485,12 +486,7 @@ fn sweep_backlog<A: Acceptor>(
         spawn_connection(stream, peer, local, acceptor, shared, phase, permit);
         swept += 1;
     }
-    if swept > 0 {
-        tracing::info!(
-            connections = swept,
-            "Accepted the listen backlog before closing"
-        );
-    }
+    swept
 }
 
 /// How long an HTTP/1 connection stays at rest (no request in flight, nothing

@@ -265,13 +265,13 @@ impl Master {
 
     /// Closes slot `slot`'s own sockets (`reuseport` mode) without resetting
     /// a connection: new SYNs are dropped first (clients retry and land on
-    /// another slot's socket), handshakes under way get `HANDSHAKE_SETTLE` to land in the
-    /// queue, then the slot's workers are asked to drain, which takes the
-    /// queue. Does nothing for a slot without sockets of its own.
-    async fn close_slot_sockets(&mut self, slot: usize) {
+    /// another slot's socket), then the slot's workers are asked to drain;
+    /// each takes the queue until the kernel reports nothing more can
+    /// arrive, then closes. Does nothing for a slot without sockets of its
+    /// own.
+    fn close_slot_sockets(&mut self, slot: usize) {
         if let Some(listeners) = self.slot_listeners.remove(&slot) {
             sys::refuse_all(&listeners);
-            tokio::time::sleep(sys::HANDSHAKE_SETTLE).await;
         }
     }
 
@@ -865,7 +865,7 @@ impl Master {
                         self.target -= 1;
                         let slot = self.target;
                         tracing::info!(workers = self.target, "SIGTTOU: one worker fewer");
-                        self.close_slot_sockets(slot).await;
+                        self.close_slot_sockets(slot);
                         let pids: Vec<u32> = self.workers.iter().filter(|(_, w)| w.slot == slot).map(|(p, _)| *p).collect();
                         for pid in pids {
                             self.drain(pid);
@@ -940,12 +940,10 @@ impl Master {
         } else {
             tracing::info!("Handing over to the new master");
         }
+        // Handshakes already under way complete into the backlog, which the
+        // workers take before they close (wharf-http's drain watches the
+        // kernel's view of the socket for them).
         sys::refuse_all(closing.iter().copied());
-        if !closing.is_empty() {
-            // Let handshakes already under way complete into the backlog
-            // before the workers take it and close.
-            tokio::time::sleep(sys::HANDSHAKE_SETTLE).await;
-        }
         self.listeners.clear();
         self.slot_listeners.clear();
         let pids: Vec<u32> = self.workers.keys().copied().collect();

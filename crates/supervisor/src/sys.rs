@@ -248,12 +248,13 @@ fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
         return Ok(());
     }
     let filter_error = io::Error::last_os_error();
-    // Some kernels refuse socket filters to unprivileged processes (EPERM,
-    // seen on 6.18 as a non-root user). Then shrink the accept queue to its
-    // minimum instead: once one connection is queued, further SYNs are
-    // dropped (the client retries and, the socket closed by then, is
-    // refused), so at most one connection can arrive between the final
-    // accept sweep and the close.
+    // Some kernels refuse socket filters to processes without
+    // CAP_NET_ADMIN (EPERM, seen on 6.18 as a non-root user). Then shrink
+    // the accept queue to one instead: while one connection is queued,
+    // further SYNs are dropped (the client retries and, the socket closed by
+    // then, is refused). wharf-http's drain fills that one place with a plug
+    // connection of its own before it closes, so the close resets nothing
+    // else.
     // SAFETY: listen on a valid listening socket only changes its backlog.
     if unsafe { libc::listen(fd, 0) } == 0 {
         tracing::debug!(error = %filter_error, "Socket filter refused; shrank the accept queue instead");
@@ -300,11 +301,6 @@ pub(crate) fn listen_queue(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<(u32, 
     }
     Ok((info.tcpi_unacked, info.tcpi_sacked))
 }
-
-/// How long handshakes already under way get to land in the accept queue
-/// once a socket refuses new connections, before its queue is taken and it
-/// is closed.
-pub(crate) const HANDSHAKE_SETTLE: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// [`refuse_new_connections`] on each of `listeners`; a socket that cannot
 /// be made to refuse is logged (debug) and otherwise left as it is.

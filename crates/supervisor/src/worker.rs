@@ -390,11 +390,10 @@ where
             .iter()
             .filter_map(|l| l.try_clone().ok())
             .collect();
+        // The server's drain then takes the queue and closes once the
+        // kernel reports nothing more can arrive.
         tokio::spawn(stop_on_signals(shutdown_tx, false, move || {
             sys::refuse_all(&refuse);
-            // Handshakes already under way complete into the backlog first
-            // (once, at shutdown).
-            std::thread::sleep(sys::HANDSHAKE_SETTLE);
         }));
         let listening = listeners
             .iter()
