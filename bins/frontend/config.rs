@@ -26,7 +26,7 @@ pub(crate) struct FrontendConfig {
     /// requests bearing this token (platforms with one port).
     pub(crate) metrics_token: Option<Secret<String>>,
     /// Rate limits on the document routes (Redis-backed when `REDIS_ENABLED`).
-    pub(crate) ratelimit: wharf_ratelimit::RateLimitSection,
+    pub(crate) ratelimit: wharf_download::RateLimitSection,
     /// `WHARF_METRICS`: request metrics (default on; `false` only to measure
     /// their cost, see bench `metrics-overhead`).
     pub(crate) metrics: Option<bool>,
@@ -72,7 +72,7 @@ pub(crate) fn vars() -> Vec<Var> {
     vars.extend(wharf_telemetry::trace::TraceSection::vars("tracing"));
     vars.extend(SupervisorSection::vars("supervisor"));
     vars.extend(wharf_download::DownloadSection::vars("download"));
-    vars.extend(wharf_ratelimit::RateLimitSection::vars("ratelimit"));
+    vars.extend(wharf_download::RateLimitSection::vars("ratelimit"));
     vars
 }
 

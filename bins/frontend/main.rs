@@ -242,28 +242,13 @@ async fn run(
         .map(Listener::from_std)
         .collect();
     let local = listeners.first().and_then(|l| l.local_addr().ok());
-    // Rate limiting: Redis-backed when REDIS_ENABLED, in memory otherwise; a
-    // limiter without zones when switched off keeps one service type.
-    // The zones' memory is the instance's shared segment (one count however
-    // many workers serve, kept across worker replacement and upgrades).
-    let memory = match ctx.take_shared_memory(RATELIMIT_SEGMENT) {
-        Some(segment) => Some(
-            config
-                .ratelimit
-                .zone_memory(segment)
-                .map_err(|e| ServeError::Config(format!("rate limiting: {e}")))?,
-        ),
-        None => None,
-    };
-    let limit = match wharf_ratelimit::frontend_layer(&config.redis, &config.ratelimit, memory) {
-        Ok(Some(layer)) => layer,
-        Ok(None) => wharf_ratelimit::RateLimitLayer::new(
-            wharf_ratelimit::Limiter::builder()
-                .build()
-                .map_err(|e| ServeError::Config(e.to_string()))?,
-        ),
-        Err(error) => return Err(ServeError::Config(format!("rate limiting: {error}"))),
-    };
+    // Rate limiting: Redis-backed when REDIS_ENABLED, in memory otherwise
+    // (the instance's shared segment: one count however many workers serve,
+    // kept across worker replacement and upgrades); no zones when off.
+    let limit = config
+        .ratelimit
+        .layer(&config.redis, ctx.take_shared_memory(RATELIMIT_SEGMENT))
+        .map_err(|e| ServeError::Config(format!("rate limiting: {e}")))?;
     let limiter = limit.limiter().clone();
     // A Redis outage fails readiness only for zones that fail closed.
     let health = Health::new(StatusInfo {
@@ -304,11 +289,7 @@ async fn run(
     server_config.access_log = config.log.access_log;
     // Trusted proxies (`WHARF_RATELIMIT_TRUSTED_PROXIES`): the client is
     // resolved once per request; the limiter and the access log read it.
-    if let Ok(client_ip) = config.ratelimit.client_ip() {
-        if !client_ip.resolver().trusted().is_empty() {
-            server_config.client_addr = Some(client_ip.resolver().clone());
-        }
-    }
+    server_config.client_addr = config.ratelimit.client_addr();
     let shutdown = ctx.shutdown_signal();
     // Every request counts toward the worker's heartbeat figures (and
     // `WHARF_MAX_REQUESTS`), health checks included.

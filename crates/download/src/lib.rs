@@ -16,9 +16,17 @@
 //! flow runs offline. Deployed environments refuse to start without the real
 //! hosts.
 //!
+//! The app's rate limits live here too, beside the routes they name:
+//! [`RateLimitSection`] (the `WHARF_RATELIMIT_*` variables) describes two
+//! wharf-ratelimit zones per client IP, the document routes
+//! ([`DOCUMENT_PATH_PREFIX`]) and the email-confirmation POST
+//! ([`CONFIRM_PATH_SUFFIX`]), and [`RateLimitSection::layer`] builds the layer
+//! `frontend` puts in front of the app (in memory, in the instance's shared
+//! segment, or through Redis).
+//!
 //! **What it is not for:** connections, timeouts of the inbound request, the
-//! access log or `/health/*`: serve it with `wharf-http`. Nor the document
-//! download API itself in production.
+//! access log or `/health/*`: serve it with `wharf-http`. Nor the limiter
+//! itself (wharf-ratelimit), nor the document download API in production.
 //!
 //! ```
 //! use http::Request;
@@ -49,6 +57,7 @@ mod csrf;
 mod email;
 mod html;
 mod ids;
+mod limits;
 mod local;
 mod present;
 mod random;
@@ -67,6 +76,9 @@ pub use assets::{Assets, AssetsError};
 pub use config::DownloadSection;
 pub use email::is_valid_email_address;
 pub use ids::{InvalidUuid, Uuid};
+pub use limits::{
+    frontend_layer, frontend_limiter, RateLimitSection, CONFIRM_PATH_SUFFIX, DOCUMENT_PATH_PREFIX,
+};
 pub use local::{
     LocalApi, LocalApiError, SampleDocument, SAMPLE_CONFIRM_CONTENT, SAMPLE_EMAIL_ADDRESS,
 };

@@ -14,7 +14,12 @@
 //! is down (open by default).
 //!
 //! **What it is not for:** quotas over long windows (days), billing-grade
-//! counts, or limiting concurrency (use `tower::limit`).
+//! counts, or limiting concurrency (use `tower::limit`). Nor any app's own
+//! rules: an app defines its zones where its routes are (frontend's are
+//! wharf-download's `RateLimitSection`, the `WHARF_RATELIMIT_*` variables);
+//! this crate gives it the pieces ([`Zone`], [`Limiter`], [`RedisStore`],
+//! [`ZoneMemory`], the parsers in [`config`]) and [`ZoneConfig`], the
+//! `[[limit_req]]` tables of `edge`'s configuration.
 //!
 //! **Semantics** (see `docs/ratelimit.md`): a zone with rate `r` (interval
 //! `T = 1/r`) and burst `b` admits `b + 1` requests at once from a fresh key,
@@ -68,7 +73,7 @@ mod rate;
 mod redis;
 
 pub use breaker::BreakerState;
-pub use config::{frontend_layer, frontend_limiter, KeySpec, RateLimitSection, ZoneConfig};
+pub use config::{KeySpec, ZoneConfig};
 pub use error::BuildError;
 pub use gcra::{Outcome, Policy};
 pub use key::{ClientIp, ForwardedHeader, IpNet, IpNetError, KeyFn, KeySource, PeerFn};

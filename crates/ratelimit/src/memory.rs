@@ -120,6 +120,10 @@ impl std::fmt::Debug for ZoneMemory {
 }
 
 impl ZoneMemory {
+    /// The fewest keys per zone a `ZoneMemory` holds (one probe window):
+    /// [`new`](Self::new) and [`private`](Self::private) refuse fewer.
+    pub const MIN_KEYS_PER_ZONE: usize = PROBE;
+
     /// Bytes a segment for `zones` zones of `keys_per_zone` keys needs.
     pub fn bytes_for(zones: usize, keys_per_zone: usize) -> usize {
         Self::words_for(zones, keys_per_zone).saturating_mul(8)

@@ -7,11 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use http::request::Parts;
 use http::{HeaderValue, Method};
 use proptest::prelude::*;
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use wharf_config::{EnvMap, Loader};
 
-use crate::config::{ip_list_parser, rate_parser, KeySpec, RateLimitSection};
+use crate::config::{ip_list_parser, rate_parser, KeySpec};
 use crate::key::{ClientIp, ForwardedHeader, IpNet, KeySource};
 use crate::rate::{Rate, RateError};
 
@@ -226,47 +224,6 @@ fn is_token(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
-struct Config {
-    ratelimit: RateLimitSection,
-}
-
-fn var_value() -> impl Strategy<Value = String> {
-    prop_oneof![
-        prop::sample::select(vec![
-            "true",
-            "false",
-            "10r/s",
-            "30r/m",
-            "0r/s",
-            "1000001r/s",
-            "0",
-            "1",
-            "5",
-            "128",
-            "129",
-            "429",
-            "503",
-            "404",
-            "open",
-            "closed",
-            "local",
-            "forwarded",
-            "x-forwarded-for",
-            "10.0.0.0/8, ::1",
-            "10.0.0.0/33",
-            "",
-            "wharf:rl",
-            "{tag}",
-            "65535",
-            "99999999999",
-        ])
-        .prop_map(str::to_owned),
-        any_text(),
-    ]
-}
-
 proptest! {
     #[test]
     fn rates_parse_exactly_the_grammar(text in any_text()) {
@@ -462,41 +419,5 @@ proptest! {
         prop_assert_eq!(KeySource::Global.extract(&parts, &client_ip), Some(String::new()));
         // No peer known: a client-IP zone does not limit the request.
         prop_assert_eq!(KeySource::ClientIp.extract(&parts, &client_ip), None);
-    }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
-
-    /// The section loads exactly when every set variable's parser accepts
-    /// its value (no parser accepts what its field cannot hold), and a loaded
-    /// section always builds its client-IP resolver.
-    #[test]
-    fn the_section_loads_exactly_when_every_parser_accepts(values in prop::collection::vec(proptest::option::of(var_value()), 18)) {
-        let vars = RateLimitSection::vars("ratelimit");
-        let pairs: Vec<(String, String)> = vars
-            .iter()
-            .zip(&values)
-            .filter_map(|(var, value)| value.clone().map(|v| (var.name().to_owned(), v)))
-            .collect();
-        let rejected: Vec<&str> = vars
-            .iter()
-            .filter(|var| pairs.iter().any(|(n, v)| n == var.name() && !v.is_empty() && var.parse(v).is_err()))
-            .map(wharf_config::Var::name)
-            .collect();
-        let loaded = Loader::new(vars.clone())
-            .env(EnvMap::from_pairs(pairs))
-            .dotenv(None)
-            .load::<Config>();
-        match loaded {
-            Ok(loaded) => {
-                prop_assert!(rejected.is_empty(), "loaded although {rejected:?} were rejected");
-                prop_assert!(loaded.config.ratelimit.client_ip().is_ok());
-            }
-            Err(err) => {
-                let named: Vec<&str> = err.problems.iter().map(|p| p.variable.as_str()).collect();
-                prop_assert_eq!(&named, &rejected, "{}", err);
-            }
-        }
     }
 }

@@ -41,8 +41,19 @@ pub struct Rate {
 pub const MAX_REQUESTS_PER_SECOND: u32 = 1_000_000;
 
 impl Rate {
-    /// `requests` (at least 1) per `per`, for constants.
-    pub(crate) const fn const_new(requests: u32, per: Per) -> Self {
+    /// `requests` per `per`, for constants (checked when the constant is
+    /// evaluated): `const API: Rate = Rate::const_new(10, Per::Second);`
+    ///
+    /// # Panics
+    ///
+    /// Unless 1 ≤ `requests` ≤ 1 000 000 per second or 60 000 000 per minute
+    /// (in a constant, that is a compile error).
+    pub const fn const_new(requests: u32, per: Per) -> Self {
+        let most = match per {
+            Per::Second => MAX_REQUESTS_PER_SECOND,
+            Per::Minute => MAX_REQUESTS_PER_SECOND * 60,
+        };
+        assert!(requests >= 1 && requests <= most, "rate out of range");
         Self { requests, per }
     }
 

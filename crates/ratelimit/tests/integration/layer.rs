@@ -1,17 +1,13 @@
 //! The tower layer over an in-memory limiter: statuses, headers, bodies,
-//! delays, and the frontend configuration.
+//! delays, and edge's zone configuration.
 
 use std::convert::Infallible;
 use std::time::{Duration, Instant};
 
 use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use tower::{Layer, Service, ServiceExt};
-use wharf_config::{EnvMap, Loader, RedisSection};
-use wharf_ratelimit::{
-    frontend_layer, KeySource, Limiter, Rate, RateLimitLayer, RateLimitSection, ResponseSettings,
-    Zone,
-};
+use tower::{Layer, ServiceExt};
+use wharf_ratelimit::{KeySource, Limiter, Rate, RateLimitLayer, ResponseSettings, Zone};
 
 type App = tower::util::ServiceFn<
     fn(Request<String>) -> std::future::Ready<Result<Response<String>, Infallible>>,
@@ -174,70 +170,6 @@ async fn delaying_mode_serves_the_burst_at_the_rate() {
 }
 
 #[tokio::test]
-async fn frontend_zones_limit_documents_and_the_confirmation_post_together() {
-    let section = RateLimitSection::default();
-    let layer = frontend_layer(&RedisSection::default(), &section, None)
-        .unwrap()
-        .unwrap();
-    let limiter = layer.limiter().clone();
-    let mut svc = layer.layer(app());
-    let confirm = "/d/service/doc/confirm-email-address";
-    // The confirmation POST is limited 1r/s burst 5: 6 pass at once...
-    let mut statuses = Vec::new();
-    for _ in 0..8 {
-        let r = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(request("198.51.100.7", "POST", confirm, None))
-            .await
-            .unwrap();
-        statuses.push(r.status().as_u16());
-    }
-    assert_eq!(statuses, [200, 200, 200, 200, 200, 200, 429, 429]);
-    // ...and the two rejected POSTs were not charged to the document zone
-    // (all or nothing): 21 - 6 = 15 document requests remain.
-    let mut passed = 0;
-    for _ in 0..20 {
-        let r = svc
-            .ready()
-            .await
-            .unwrap()
-            .call(request("198.51.100.7", "GET", "/d/service/doc", None))
-            .await
-            .unwrap();
-        passed += usize::from(r.status() == StatusCode::OK);
-    }
-    assert_eq!(passed, 15);
-    // Health and other routes are not limited.
-    let r = svc
-        .ready()
-        .await
-        .unwrap()
-        .call(request("198.51.100.7", "GET", "/_status", None))
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK);
-    assert!(r.headers().get("ratelimit").is_none());
-    let document = limiter.metrics().zone("document").unwrap();
-    assert_eq!(
-        (document.checks(), document.allowed(), document.limited()),
-        (28, 21, 7)
-    );
-    let text = limiter.metrics().render_prometheus();
-    assert!(
-        text.contains("wharf_ratelimit_limited_total{zone=\"confirm\"} 2"),
-        "{text}"
-    );
-    // No Redis, memory of its own: the scrape says where each zone counts.
-    assert!(
-        text.contains("wharf_ratelimit_zone_info{zone=\"document\",store=\"memory\"} 1"),
-        "{text}"
-    );
-    assert_eq!(limiter.metrics().store("confirm"), Some("memory"));
-}
-
-#[tokio::test]
 async fn custom_and_header_keys_skip_requests_without_a_key() {
     let zone = Zone::new("tenant", "1r/m".parse().unwrap())
         .key(KeySource::Header(http::HeaderName::from_static("x-tenant")));
@@ -260,71 +192,6 @@ async fn custom_and_header_keys_skip_requests_without_a_key() {
             200
         );
     }
-}
-
-#[test]
-fn section_reads_the_environment_and_names_bad_variables() {
-    let env = EnvMap::from_pairs([
-        ("WHARF_RATELIMIT_DOCUMENT_RATE", "30r/m"),
-        ("WHARF_RATELIMIT_TRUSTED_PROXIES", "10.0.0.0/8, ::1"),
-        ("WHARF_RATELIMIT_ON_REDIS_FAILURE", "local"),
-    ]);
-    #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-    #[serde(default)]
-    struct Config {
-        ratelimit: RateLimitSection,
-    }
-    let loaded = Loader::new(RateLimitSection::vars("ratelimit"))
-        .env(env)
-        .dotenv(None)
-        .load::<Config>()
-        .unwrap();
-    let section = loaded.config.ratelimit;
-    assert_eq!(section.document_rate.to_string(), "30r/m");
-    assert_eq!(section.trusted_proxies, ["10.0.0.0/8", "::1/128"]);
-    assert_eq!(
-        section.on_redis_failure,
-        wharf_ratelimit::FailureMode::Local
-    );
-    assert_eq!(section.confirm_burst, 5);
-
-    let env = EnvMap::from_pairs([
-        ("WHARF_RATELIMIT_DOCUMENT_RATE", "10 per second"),
-        ("WHARF_RATELIMIT_TRUSTED_PROXIES", "10.0.0.0/33"),
-        ("WHARF_RATELIMIT_STATUS", "500"),
-    ]);
-    let err = Loader::new(RateLimitSection::vars("ratelimit"))
-        .env(env)
-        .dotenv(None)
-        .load::<Config>()
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("WHARF_RATELIMIT_DOCUMENT_RATE: expected a rate like 10r/s or 30r/m"),
-        "{err}"
-    );
-    assert!(
-        err.contains("WHARF_RATELIMIT_TRUSTED_PROXIES: expected an IP address or range"),
-        "{err}"
-    );
-    assert!(
-        err.contains("WHARF_RATELIMIT_STATUS: expected one of 429, 503"),
-        "{err}"
-    );
-}
-
-#[test]
-fn redis_enabled_without_url_is_an_error() {
-    let redis = RedisSection {
-        enabled: true,
-        url: None,
-    };
-    let err =
-        wharf_ratelimit::frontend_limiter(&redis, &RateLimitSection::default(), None).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "REDIS_ENABLED is true but REDIS_URL is not set"
-    );
 }
 
 #[test]
