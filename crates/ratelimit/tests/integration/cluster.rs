@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinHandle;
 use wharf_ratelimit::{Limiter, Rate, Source, Zone};
+use wharf_test::RedisServer;
 
-use crate::support::{admitted, options, parts, redis_limiter, Redis};
+use crate::support::{admitted, options, parts, redis_limiter};
 
 /// The arguments of a cluster node (node timeout 2 s).
 const CLUSTER_NODE: [&str; 6] = [
@@ -27,11 +28,13 @@ const CLUSTER_NODE: [&str; 6] = [
     "2000",
 ];
 
-fn start_cluster() -> Vec<Redis> {
-    let nodes: Vec<Redis> = (0..3).map(|_| Redis::start_with(&CLUSTER_NODE)).collect();
+fn start_cluster() -> Vec<RedisServer> {
+    let nodes: Vec<RedisServer> = (0..3)
+        .map(|_| RedisServer::start_with(&CLUSTER_NODE))
+        .collect();
     let addrs: Vec<String> = nodes
         .iter()
-        .map(|n| format!("127.0.0.1:{}", n.port))
+        .map(|n| format!("127.0.0.1:{}", n.port()))
         .collect();
     let output = Command::new("redis-cli")
         .args(["--cluster", "create"])
@@ -63,17 +66,17 @@ fn wait_for(within: Duration, what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
-fn node_id(node: &Redis) -> String {
+fn node_id(node: &RedisServer) -> String {
     node.cmd(&["CLUSTER", "MYID"])
 }
 
-fn slot_of(node: &Redis, key: &str) -> u16 {
+fn slot_of(node: &RedisServer, key: &str) -> u16 {
     node.cmd(&["CLUSTER", "KEYSLOT", key]).parse().unwrap()
 }
 
 /// Whether `node` serves `slot`, by its own line of `CLUSTER NODES` (slot
 /// ranges; the `[slot->-id]` migration markers left out).
-fn serves(node: &Redis, slot: u16) -> bool {
+fn serves(node: &RedisServer, slot: u16) -> bool {
     let nodes = node.cmd(&["CLUSTER", "NODES"]);
     let me = nodes
         .lines()
@@ -89,14 +92,14 @@ fn serves(node: &Redis, slot: u16) -> bool {
 }
 
 /// The index of the master serving `slot`.
-fn owner(nodes: &[Redis], slot: u16) -> usize {
+fn owner(nodes: &[RedisServer], slot: u16) -> usize {
     nodes.iter().position(|n| serves(n, slot)).unwrap()
 }
 
 /// Step 1 of moving a slot (as `redis-cli --cluster reshard` does): the
 /// target imports it, the source migrates it. From now on the source answers
 /// ASK for keys it no longer holds.
-fn begin_move(from: &Redis, to: &Redis, slot: u16) {
+fn begin_move(from: &RedisServer, to: &RedisServer, slot: u16) {
     let slot = slot.to_string();
     let (from_id, to_id) = (node_id(from), node_id(to));
     assert_eq!(
@@ -111,8 +114,8 @@ fn begin_move(from: &Redis, to: &Redis, slot: u16) {
 
 /// Step 2: the slot's keys go to the target one `MIGRATE` at a time, with a
 /// pause after each so checks run in between. Returns how many moved.
-async fn migrate_keys(from: &Redis, to: &Redis, slot: u16, pause: Duration) -> usize {
-    let (slot, port) = (slot.to_string(), to.port.to_string());
+async fn migrate_keys(from: &RedisServer, to: &RedisServer, slot: u16, pause: Duration) -> usize {
+    let (slot, port) = (slot.to_string(), to.port().to_string());
     let mut moved = 0;
     loop {
         let key = from.cmd(&["CLUSTER", "GETKEYSINSLOT", &slot, "1"]);
@@ -129,7 +132,7 @@ async fn migrate_keys(from: &Redis, to: &Redis, slot: u16, pause: Duration) -> u
 /// Step 3: every node is told the target owns the slot, the target first
 /// (it bumps its epoch), then the source (which answers MOVED from now on),
 /// then the others.
-fn finish_move(nodes: &[Redis], from: usize, to: usize, slot: u16) {
+fn finish_move(nodes: &[RedisServer], from: usize, to: usize, slot: u16) {
     let (slot, to_id) = (slot.to_string(), node_id(&nodes[to]));
     let others = (0..nodes.len()).filter(|&i| i != from && i != to);
     for i in [to, from].into_iter().chain(others) {
@@ -144,10 +147,10 @@ fn finish_move(nodes: &[Redis], from: usize, to: usize, slot: u16) {
 /// A new, empty node made a replica of `nodes[master]` (`CLUSTER MEET`,
 /// `CLUSTER REPLICATE`); returns once it has synced and every node lists it
 /// as that master's replica.
-fn add_replica(nodes: &[Redis], master: usize) -> Redis {
-    let replica = Redis::start_with(&CLUSTER_NODE);
+fn add_replica(nodes: &[RedisServer], master: usize) -> RedisServer {
+    let replica = RedisServer::start_with(&CLUSTER_NODE);
     let (master_id, replica_id) = (node_id(&nodes[master]), node_id(&replica));
-    let port = nodes[master].port.to_string();
+    let port = nodes[master].port().to_string();
     assert_eq!(replica.cmd(&["CLUSTER", "MEET", "127.0.0.1", &port]), "OK");
     wait_for(
         Duration::from_secs(20),
@@ -160,7 +163,7 @@ fn add_replica(nodes: &[Redis], master: usize) -> Redis {
         },
     );
     assert_eq!(replica.cmd(&["CLUSTER", "REPLICATE", &master_id]), "OK");
-    let is_replica = |node: &Redis| {
+    let is_replica = |node: &RedisServer| {
         node.cmd(&["CLUSTER", "NODES"])
             .lines()
             .find(|l| l.starts_with(&replica_id))
@@ -181,7 +184,7 @@ const BURST: u32 = 4;
 
 /// A limiter on the cluster with one zone, 1r/m burst 4 nodelay per client
 /// IP, failing open, and no local deny cache: every check asks Redis.
-async fn cluster_limiter(nodes: &[Redis], timeout: Duration) -> Limiter {
+async fn cluster_limiter(nodes: &[RedisServer], timeout: Duration) -> Limiter {
     let mut opts = options(&nodes[0].url());
     opts.cluster = true;
     opts.timeout = timeout;
@@ -313,7 +316,7 @@ async fn limits_are_exact_across_slots_of_a_three_node_cluster() {
     // The keys landed on every node.
     for node in &nodes {
         let keys: u64 = node.cmd(&["DBSIZE"]).parse().unwrap();
-        assert!(keys > 10, "node {} holds {keys} keys", node.port);
+        assert!(keys > 10, "node {} holds {keys} keys", node.port());
     }
 }
 
@@ -367,7 +370,8 @@ async fn slots_moved_under_load_are_followed_and_limits_stay_exact() {
         // answered ASK by the source.
         tokio::time::sleep(Duration::from_millis(200)).await;
         if slot == witness_slot {
-            let count = |node: &Redis| node.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
+            let count =
+                |node: &RedisServer| node.cmd(&["CLUSTER", "COUNTKEYSINSLOT", &slot.to_string()]);
             assert_eq!(
                 (count(&nodes[from]), count(&nodes[to])),
                 ("0".into(), "1".into())
@@ -458,9 +462,9 @@ const FAILOVER_BUDGET: Duration = Duration::from_millis(200);
 /// names) has a replica, and four tasks checking 48 clients (each at its
 /// limit) on it.
 struct Failover {
-    nodes: Vec<Redis>,
+    nodes: Vec<RedisServer>,
     master: usize,
-    replica: Redis,
+    replica: RedisServer,
     keys: Vec<String>,
     /// The clients whose slots the master serves.
     moved: Vec<usize>,

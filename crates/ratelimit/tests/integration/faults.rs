@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use http::{Request, Response};
 use tower::{Layer, ServiceExt};
 use wharf_ratelimit::{BreakerState, Limiter, Rate, RateLimitLayer, RedisOptions, Source, Zone};
+use wharf_test::RedisServer;
 
-use crate::support::{parts, redis_limiter, Redis};
+use crate::support::{parts, redis_limiter};
 
 const BUDGET: Duration = Duration::from_millis(50);
 /// Scheduling slack on a shared 2-core machine (debug build, parallel tests).
 const SLACK: Duration = Duration::from_millis(150);
 
-fn opts(redis: &Redis) -> RedisOptions {
+fn opts(redis: &RedisServer) -> RedisOptions {
     let mut options = RedisOptions::new(redis.url());
     options.timeout = BUDGET;
     options.breaker_failures = 5;
@@ -47,7 +48,7 @@ async fn load(limiter: &Limiter, n: usize) -> (Duration, Vec<u16>) {
 
 #[tokio::test]
 async fn killed_redis_mid_load_adds_at_most_the_budget_then_the_breaker_skips_it() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let limiter = redis_limiter(
         &opts(&redis),
         vec![Zone::new("z", "1r/s".parse::<Rate>().unwrap())],
@@ -78,18 +79,18 @@ async fn killed_redis_mid_load_adds_at_most_the_budget_then_the_breaker_skips_it
 
 #[tokio::test]
 async fn frozen_redis_costs_each_request_at_most_the_budget() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let limiter = redis_limiter(
         &opts(&redis),
         vec![Zone::new("z", "1r/s".parse::<Rate>().unwrap())],
     )
     .await;
     assert!(limiter.check(&parts("192.0.2.1", "/")).await.allowed);
-    redis.signal("-STOP");
+    redis.signal("STOP");
     let started = Instant::now();
     let (slowest, statuses) = load(&limiter, 100).await;
     let total = started.elapsed();
-    redis.signal("-CONT");
+    redis.signal("CONT");
     assert!(statuses.iter().all(|s| *s == 200));
     assert!(slowest <= BUDGET + SLACK, "slowest {slowest:?}");
     // Only the first few waited the budget; then the breaker skipped Redis.
@@ -99,7 +100,7 @@ async fn frozen_redis_costs_each_request_at_most_the_budget() {
 
 #[tokio::test]
 async fn restarted_empty_redis_gets_the_script_again_and_limiting_resumes_within_2s() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let limiter = redis_limiter(
         &opts(&redis),
         vec![Zone::new("z", "1r/m".parse::<Rate>().unwrap())],

@@ -14,8 +14,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use wharf_ratelimit::{KeySource, Limiter, Rate, StoreKind, Zone};
+use wharf_test::{free_port, RedisServer};
 
-use crate::support::{free_port, options, parts, redis_limiter, Redis};
+use crate::support::{options, parts, redis_limiter};
 
 struct Nginx {
     child: Child,
@@ -220,7 +221,7 @@ fn plan() -> Vec<(&'static str, usize, u64)> {
 #[tokio::test]
 async fn nginx_limit_req_and_wharf_agree_request_by_request() {
     let nginx = start_nginx();
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let memory = {
         let mut b = Limiter::builder();
         for z in zones(StoreKind::Memory) {

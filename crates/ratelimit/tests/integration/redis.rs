@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wharf_ratelimit::{FailureMode, KeySource, Limiter, Rate, RedisStore, Source, StoreKind, Zone};
+use wharf_test::RedisServer;
 
-use crate::support::{admitted, options, parts, parts_with, redis_limiter, Redis};
+use crate::support::{admitted, options, parts, parts_with, redis_limiter};
 
 fn rate(text: &str) -> Rate {
     text.parse().unwrap()
@@ -15,7 +16,7 @@ fn rate(text: &str) -> Rate {
 
 #[tokio::test]
 async fn burst_and_nodelay_counts_match_nginx_through_redis() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let limiter = redis_limiter(
         &options(&redis.url()),
         vec![
@@ -51,7 +52,7 @@ async fn burst_and_nodelay_counts_match_nginx_through_redis() {
 
 #[tokio::test]
 async fn delaying_mode_and_retry_after_come_from_the_redis_clock() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let limiter = redis_limiter(
         &options(&redis.url()),
         vec![Zone::new("d", rate("10r/s")).burst(3)],
@@ -80,7 +81,7 @@ async fn delaying_mode_and_retry_after_come_from_the_redis_clock() {
 
 #[tokio::test]
 async fn several_zones_are_all_or_nothing_in_one_script_and_across_keys() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let limiter = redis_limiter(
         &options(&redis.url()),
         vec![
@@ -140,7 +141,7 @@ async fn several_zones_are_all_or_nothing_in_one_script_and_across_keys() {
 
 #[tokio::test]
 async fn rejected_requests_are_not_charged_in_redis() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     // Deny cache off, so every rejection really reaches the script.
     let mut opts = options(&redis.url());
     opts.deny_cache_keys = 0;
@@ -164,7 +165,7 @@ async fn rejected_requests_are_not_charged_in_redis() {
 /// the configured rate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_sharing_redis_admit_the_configured_rate_together() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let zone = || Zone::new("shared", rate("200r/s")).burst(10).nodelay();
     let a = redis_limiter(&options(&redis.url()), vec![zone()]).await;
     let b = redis_limiter(&options(&redis.url()), vec![zone()]).await;
@@ -216,7 +217,7 @@ async fn two_replicas_sharing_redis_admit_the_configured_rate_together() {
 
 #[tokio::test]
 async fn flushed_scripts_are_reloaded_without_an_error() {
-    let redis = Redis::start();
+    let redis = RedisServer::start();
     let limiter = redis_limiter(&options(&redis.url()), vec![Zone::new("z", rate("1r/s"))]).await;
     assert!(limiter.check(&parts("192.0.2.60", "/")).await.allowed);
     let sha = fred::util::sha1_hash(wharf_ratelimit::scripts::CHECK_SCRIPT);
@@ -236,7 +237,7 @@ async fn flushed_scripts_are_reloaded_without_an_error() {
 #[tokio::test]
 async fn failure_modes_open_closed_and_local_when_redis_is_unreachable() {
     // Nothing listens on this port.
-    let port = crate::support::free_port();
+    let port = wharf_test::free_port();
     let mut opts = options(&format!("redis://127.0.0.1:{port}"));
     opts.breaker_failures = 1_000;
     let store = RedisStore::connect(&opts).unwrap();
@@ -291,7 +292,7 @@ async fn failure_modes_open_closed_and_local_when_redis_is_unreachable() {
 
 #[tokio::test]
 async fn readiness_reports_redis_but_stays_ready_when_failing_open() {
-    let mut redis = Redis::start();
+    let mut redis = RedisServer::start();
     let limiter = redis_limiter(&options(&redis.url()), vec![Zone::new("z", rate("1r/s"))]).await;
     assert_eq!(limiter.readiness().await, Ok(()));
     assert_eq!(limiter.redis_state(), "ok");
