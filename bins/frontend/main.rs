@@ -8,7 +8,6 @@
 
 mod config;
 mod healthcheck;
-mod metrics;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -18,7 +17,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use wharf_config::{ConfigError, Environment, Loaded, Loader, LogFormat, Secret, EXIT_CONFIG};
-use wharf_download::DownloadApp;
+use wharf_download::metrics::{observer, PublicMetrics};
+use wharf_download::{route_template, DownloadApp};
 use wharf_http::{Health, Listener, RequestHook, ServeError, Server, ServerConfig, StatusInfo};
 use wharf_supervisor::{Supervisor, SupervisorError, WorkerContext};
 use wharf_telemetry::metrics::HttpMetrics;
@@ -275,13 +275,17 @@ async fn run(
             text
         }));
     }
-    let app =
-        metrics::PublicMetrics::new(app, config.metrics_token.clone(), ctx.instance_metrics());
+    let instance = ctx.instance_metrics();
+    let app = PublicMetrics::new(
+        app,
+        config.metrics_token.clone(),
+        Arc::new(move || instance.text()),
+    );
     // A server span per request when tracing is on (a pass-through when off),
     // named by route template.
     let app = tower::Layer::layer(
         &wharf_telemetry::trace::ServerSpanLayer::new(|parts: &http::request::Parts| {
-            wharf_telemetry::trace::RequestFacts::new(metrics::route_template(parts.uri.path()))
+            wharf_telemetry::trace::RequestFacts::new(route_template(parts.uri.path()))
         }),
         app,
     );
@@ -299,7 +303,7 @@ async fn run(
         .with_health(health)
         .with_request_hook(hook);
     if let Some(http_metrics) = http_metrics {
-        server = server.with_observer(metrics::observer(http_metrics));
+        server = server.with_observer(observer(http_metrics));
     }
     let serving = server.serve(listeners, app, shutdown);
     if let Some(local) = local {

@@ -76,6 +76,44 @@ impl tower::Service<Request<Body>> for DownloadApp {
     }
 }
 
+/// The route template a path matches, for metrics and span names: never the
+/// raw path, so a scanner cannot create unbounded series. Mirrors
+/// `Inner::route` below, plus what `frontend` serves around the app (health
+/// routes, `/metrics`).
+pub fn route_template(path: &str) -> &'static str {
+    // The first six segments, without allocating (every request comes here).
+    // Longer paths keep only those: every exact pattern below is shorter, so
+    // it cannot match a truncated path either, as with the whole list.
+    let mut segments = [""; 6];
+    let mut count = 0;
+    for (slot, segment) in segments
+        .iter_mut()
+        .zip(path.trim_start_matches('/').split('/'))
+    {
+        *slot = segment;
+        count += 1;
+    }
+    match &segments[..count] {
+        ["_status"] => "/_status",
+        ["health", "live"] => "/health/live",
+        ["health", "ready"] => "/health/ready",
+        ["metrics"] => "/metrics",
+        ["d", _, _] => "/d/{service}/{document}",
+        ["d", _, _, "confirm-email-address"] => "/d/{service}/{document}/confirm-email-address",
+        ["d", _, _, "download"] => "/d/{service}/{document}/download",
+        ["services", _, "documents", _, "check"] => {
+            "/services/{service}/documents/{document}/check"
+        }
+        ["services", _, "documents", _, "authenticate"] => {
+            "/services/{service}/documents/{document}/authenticate"
+        }
+        ["services", ..] => "/services/{service}/documents/{document}",
+        ["static", ..] => "/static/{asset}",
+        ["security.txt"] | [".well-known", "security.txt"] => "/security.txt",
+        _ => "other",
+    }
+}
+
 /// A response under construction: status, body, extra headers.
 struct Reply {
     status: StatusCode,
@@ -945,6 +983,33 @@ pub(crate) fn cookie_domain(document_api: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_map_to_bounded_templates() {
+        assert_eq!(route_template("/_status"), "/_status");
+        assert_eq!(route_template("/d/abc/def"), "/d/{service}/{document}");
+        assert_eq!(
+            route_template("/d/abc/def/confirm-email-address"),
+            "/d/{service}/{document}/confirm-email-address"
+        );
+        assert_eq!(
+            route_template("/d/abc/def/download"),
+            "/d/{service}/{document}/download"
+        );
+        assert_eq!(
+            route_template("/static/css/app-1234.css"),
+            "/static/{asset}"
+        );
+        assert_eq!(route_template("/wp-admin/install.php"), "other");
+        assert_eq!(route_template("/d/a/b/c/d/e"), "other");
+        assert_eq!(route_template("/d/a/b/c/d/e/f/g"), "other");
+        assert_eq!(
+            route_template("/static/a/b/c/d/e/f/g.css"),
+            "/static/{asset}"
+        );
+        assert_eq!(route_template("/"), "other");
+        assert_eq!(route_template(""), "other");
+    }
 
     /// Every code point against the list Python 3 prints for
     /// `[hex(c) for c in range(0x110000) if chr(c).isspace()]`.

@@ -24,9 +24,16 @@
 //! `frontend` puts in front of the app (in memory, in the instance's shared
 //! segment, or through Redis).
 //!
+//! So are its request metrics: [`route_template`] names every request by the
+//! route it matches (bounded label sets for metrics and span names),
+//! [`metrics::observer`] feeds wharf-telemetry's `HttpMetrics` with it, and
+//! [`metrics::PublicMetrics`] serves `/metrics` on the public port behind a
+//! bearer token.
+//!
 //! **What it is not for:** connections, timeouts of the inbound request, the
 //! access log or `/health/*`: serve it with `wharf-http`. Nor the limiter
-//! itself (wharf-ratelimit), nor the document download API in production.
+//! itself (wharf-ratelimit), the metrics' arithmetic and text
+//! (wharf-telemetry), nor the document download API in production.
 //!
 //! ```
 //! use http::Request;
@@ -59,6 +66,7 @@ mod html;
 mod ids;
 mod limits;
 mod local;
+pub mod metrics;
 mod present;
 mod random;
 mod security;
@@ -71,7 +79,7 @@ use std::time::Duration;
 
 use wharf_config::{Environment, Secret};
 
-pub use app::DownloadApp;
+pub use app::{route_template, DownloadApp};
 pub use assets::{Assets, AssetsError};
 pub use config::DownloadSection;
 pub use email::is_valid_email_address;

@@ -1,6 +1,7 @@
-//! Request metrics for `frontend`: route templates (bounded cardinality), the
-//! observer that feeds wharf-telemetry's `HttpMetrics`, and `/metrics` on the
-//! public port behind a bearer token (for platforms with one port).
+//! The app's request metrics: the observer that feeds wharf-telemetry's
+//! [`HttpMetrics`] by [route template](crate::route_template) (bounded
+//! cardinality), and [`PublicMetrics`], `/metrics` on the public port behind
+//! a bearer token (for platforms with one port).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -12,51 +13,21 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tower::Service;
 use wharf_config::Secret;
 use wharf_http::{body, Body, BoxError, Exchange, RequestObserver, ResponseBody};
-use wharf_supervisor::InstanceMetrics;
 use wharf_telemetry::metrics::{HttpMetrics, Observation};
+
+use crate::app::route_template;
 
 /// The path on which metrics are served (admin listener, or the public port
 /// with a token).
-pub(crate) const METRICS_PATH: &str = "/metrics";
+pub const METRICS_PATH: &str = "/metrics";
 
-/// The route template a path matches: never the raw path, so a scanner cannot
-/// create unbounded series.
-pub(crate) fn route_template(path: &str) -> &'static str {
-    // The first six segments, without allocating (every request comes here).
-    // Longer paths keep only those: every exact pattern below is shorter, so
-    // it cannot match a truncated path either, as with the whole list.
-    let mut segments = [""; 6];
-    let mut count = 0;
-    for (slot, segment) in segments
-        .iter_mut()
-        .zip(path.trim_start_matches('/').split('/'))
-    {
-        *slot = segment;
-        count += 1;
-    }
-    match &segments[..count] {
-        ["_status"] => "/_status",
-        ["health", "live"] => "/health/live",
-        ["health", "ready"] => "/health/ready",
-        ["metrics"] => METRICS_PATH,
-        ["d", _, _] => "/d/{service}/{document}",
-        ["d", _, _, "confirm-email-address"] => "/d/{service}/{document}/confirm-email-address",
-        ["d", _, _, "download"] => "/d/{service}/{document}/download",
-        ["services", _, "documents", _, "check"] => {
-            "/services/{service}/documents/{document}/check"
-        }
-        ["services", _, "documents", _, "authenticate"] => {
-            "/services/{service}/documents/{document}/authenticate"
-        }
-        ["services", ..] => "/services/{service}/documents/{document}",
-        ["static", ..] => "/static/{asset}",
-        ["security.txt"] | [".well-known", "security.txt"] => "/security.txt",
-        _ => "other",
-    }
-}
+/// Renders the metrics [`PublicMetrics`] serves, in the Prometheus text
+/// format (in `frontend`, the instance's: `WorkerContext::instance_metrics`).
+pub type MetricsText = Arc<dyn Fn() -> String + Send + Sync>;
 
-/// Feeds every finished request into `metrics`.
-pub(crate) fn observer(metrics: Arc<HttpMetrics>) -> RequestObserver {
+/// Feeds every finished request into `metrics`, by route template (give it
+/// to `wharf_http::Server::with_observer`).
+pub fn observer(metrics: Arc<HttpMetrics>) -> RequestObserver {
     Arc::new(move |exchange: &Exchange<'_>| {
         metrics.observe(&Observation {
             method: exchange.method.as_str(),
@@ -71,18 +42,28 @@ pub(crate) fn observer(metrics: Arc<HttpMetrics>) -> RequestObserver {
 /// Answers `GET /metrics` on the public port when a token is configured
 /// (401 without it, 403 with a wrong one); everything else goes to `inner`.
 #[derive(Clone)]
-pub(crate) struct PublicMetrics<S> {
+pub struct PublicMetrics<S> {
     inner: S,
     token: Option<Arc<Secret<String>>>,
-    metrics: InstanceMetrics,
+    text: MetricsText,
+}
+
+impl<S> std::fmt::Debug for PublicMetrics<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublicMetrics")
+            .field("token", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<S> PublicMetrics<S> {
-    pub(crate) fn new(inner: S, token: Option<Secret<String>>, metrics: InstanceMetrics) -> Self {
+    /// Serves `text` on [`METRICS_PATH`] to requests bearing `token`
+    /// (`WHARF_METRICS_TOKEN`); with no token, every request goes to `inner`.
+    pub fn new(inner: S, token: Option<Secret<String>>, text: MetricsText) -> Self {
         Self {
             inner,
             token: token.map(Arc::new),
-            metrics,
+            text,
         }
     }
 }
@@ -137,7 +118,7 @@ where
                     response
                 }
                 Some(presented) if same(presented.as_bytes(), token.expose().as_bytes()) => {
-                    text_response(StatusCode::OK, self.metrics.text())
+                    text_response(StatusCode::OK, (self.text)())
                 }
                 Some(_) => text_response(StatusCode::FORBIDDEN, "403 Forbidden\n".into()),
             };
@@ -149,32 +130,60 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::route_template;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn get(
+        service: &PublicMetrics<crate::DownloadApp>,
+        path: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
+        let mut request = Request::get(path);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        let request = request.body(body::empty()).unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
 
     #[test]
-    fn paths_map_to_bounded_templates() {
-        assert_eq!(route_template("/_status"), "/_status");
-        assert_eq!(route_template("/d/abc/def"), "/d/{service}/{document}");
+    fn the_metrics_path_has_its_own_template() {
+        assert_eq!(route_template(METRICS_PATH), METRICS_PATH);
+    }
+
+    #[tokio::test]
+    async fn metrics_need_the_token_and_other_paths_reach_the_app() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = crate::DownloadApp::builder()
+            .local_api(dir.path())
+            .build()
+            .unwrap();
+        let text: MetricsText = Arc::new(|| "wharf_up 1\n".to_owned());
+        let token = Some(Secret::new("s3cret".to_owned()));
+        let service = PublicMetrics::new(app.clone(), token, Arc::clone(&text));
         assert_eq!(
-            route_template("/d/abc/def/confirm-email-address"),
-            "/d/{service}/{document}/confirm-email-address"
+            get(&service, "/metrics", None).await.0,
+            StatusCode::UNAUTHORIZED
         );
         assert_eq!(
-            route_template("/d/abc/def/download"),
-            "/d/{service}/{document}/download"
+            get(&service, "/metrics", Some("Bearer wrong")).await.0,
+            StatusCode::FORBIDDEN
         );
         assert_eq!(
-            route_template("/static/css/app-1234.css"),
-            "/static/{asset}"
+            get(&service, "/metrics", Some("Bearer s3cret")).await,
+            (StatusCode::OK, "wharf_up 1\n".to_owned())
         );
-        assert_eq!(route_template("/wp-admin/install.php"), "other");
-        assert_eq!(route_template("/d/a/b/c/d/e"), "other");
-        assert_eq!(route_template("/d/a/b/c/d/e/f/g"), "other");
+        assert_eq!(get(&service, "/_status", None).await.0, StatusCode::OK);
+        // No token: /metrics is the app's (a 404 page).
+        let open = PublicMetrics::new(app, None, text);
         assert_eq!(
-            route_template("/static/a/b/c/d/e/f/g.css"),
-            "/static/{asset}"
+            get(&open, "/metrics", Some("Bearer s3cret")).await.0,
+            StatusCode::NOT_FOUND
         );
-        assert_eq!(route_template("/"), "other");
-        assert_eq!(route_template(""), "other");
     }
 }
