@@ -5,7 +5,9 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, start, Redis};
+use wharf_test::RedisServer;
+
+use crate::support::{free_port, start};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
@@ -76,8 +78,8 @@ fn document_routes_allow_the_burst_then_answer_429_with_retry_after() {
 
 #[test]
 fn two_frontends_sharing_redis_admit_the_configured_rate_together() {
-    let redis_port = free_port();
-    let _redis = Redis::start(redis_port);
+    let redis = RedisServer::start();
+    let redis_port = redis.port();
     let dir = tempfile::tempdir().unwrap();
     let mut instances = Vec::new();
     for _ in 0..2 {

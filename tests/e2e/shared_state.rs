@@ -298,8 +298,8 @@ fn every_worker_resumes_from_one_session_cache_across_hup_and_usr2() {
 /// 11), and each scrape says the zone counts in Redis.
 #[test]
 fn edge_replicas_with_redis_count_one_zone_together() {
-    let redis_port = free_port();
-    let _redis = crate::support::Redis::start(redis_port);
+    let redis_server = wharf_test::RedisServer::start();
+    let redis_port = redis_server.port();
     let tables = format!(
         "[[limit_req]]\nzone = \"api\"\nrate = \"1r/m\"\nburst = 10\nnodelay = true\n\n\
          [redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\ntimeout = \"500ms\"\n"
@@ -340,8 +340,8 @@ fn edge_replicas_with_redis_count_one_zone_together() {
 /// resume none of each other's.
 #[test]
 fn replicas_resume_each_others_sessions_with_the_secret_in_redis() {
-    let redis_port = free_port();
-    let _redis = crate::support::Redis::start(redis_port);
+    let redis_server = wharf_test::RedisServer::start();
+    let redis_port = redis_server.port();
     let dir = tempfile::tempdir().unwrap();
     let redis = format!("[redis]\nurl = \"redis://127.0.0.1:{redis_port}\"\n");
     let pair = |tls_lines: &str| {

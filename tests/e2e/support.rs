@@ -1,21 +1,15 @@
 //! Shared helpers: free ports, spawning binaries, waiting for readiness.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::reliability::{dead_address, Edge, EdgeSpec};
 
-/// A free loopback TCP port (bound then released; fine for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+// One copy for every suite (crates/test).
+pub use wharf_test::{free_port, wait_for_port};
 
 /// A fresh 256-bit key as 64 hex characters, from `/dev/urandom`. A deployed
 /// `frontend` refuses keys that ship in the repository (issue 26), so a test
@@ -125,14 +119,6 @@ pub fn start(binary: &str, args: &[&str], env: &HashMap<&str, String>, port: u16
     let running = Running { child, port };
     wait_for_port(running.addr(), Duration::from_secs(20));
     running
-}
-
-pub fn wait_for_port(addr: SocketAddr, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        assert!(Instant::now() < deadline, "{addr} did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// Runs curl with `args`, returning (exit success, stdout).
@@ -270,57 +256,4 @@ pub fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str)
         children(edge.proc.pid()).len() == workers
     });
     edge
-}
-
-/// A `redis-server` of a test's own on 127.0.0.1:`port` (no persistence,
-/// `DEBUG` allowed), killed when dropped.
-pub struct Redis(Child);
-
-impl Redis {
-    /// Starts it and waits until it listens.
-    pub fn start(port: u16) -> Self {
-        Self::start_with(port, &[])
-    }
-
-    /// With more `redis-server` arguments (`--requirepass …`, say).
-    pub fn start_with(port: u16, extra: &[&str]) -> Self {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--enable-debug-command",
-                "yes",
-            ])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect(
-                "redis-server is not installed: apt-get install -y redis-server (.ci/run installs it)",
-            );
-        wait_for_port(
-            SocketAddr::from(([127, 0, 0, 1], port)),
-            Duration::from_secs(10),
-        );
-        Self(child)
-    }
-
-    /// SIGKILL now: no goodbye to the clients.
-    pub fn kill(mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use super::raw::get;
 use super::{eventually, frontend, Proc};
-use crate::support::{free_port, Redis};
+use wharf_test::RedisServer;
+
+use crate::support::free_port;
 
 /// The sample document's landing page (served from the local directory).
 const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
@@ -77,8 +79,8 @@ fn limiting_within(strict: &Proc, next: &mut u32, within: Duration) -> Option<Du
 
 #[test]
 fn redis_killed_under_load_fails_open_fast_and_limits_again_after_restart() {
-    let redis_port = free_port();
-    let redis = Redis::start(redis_port);
+    let mut redis = RedisServer::start();
+    let redis_port = redis.port();
     // Load goes to a frontend whose limit is never reached; the restart is
     // judged on one whose limit is reached at a client's second request.
     let loaded = limited_frontend(redis_port, "10000r/s", 10_000, "wharf:rl:loaded");
@@ -140,7 +142,7 @@ fn redis_killed_under_load_fails_open_fast_and_limits_again_after_restart() {
 
     // Back on the same port (empty): within 2 s a new client's second
     // request is 429 again.
-    let _redis = Redis::start(redis_port);
+    redis.restart();
     let back = limiting_within(&strict, &mut client, Duration::from_secs(2));
     assert!(
         back.is_some(),
@@ -151,8 +153,8 @@ fn redis_killed_under_load_fails_open_fast_and_limits_again_after_restart() {
 
 #[test]
 fn a_slow_redis_hits_the_command_timeout_not_the_request_timeout() {
-    let redis_port = free_port();
-    let _redis = Redis::start(redis_port);
+    let redis = RedisServer::start();
+    let redis_port = redis.port();
     let strict = limited_frontend(redis_port, "1r/m", 0, "wharf:rl:slow");
     let mut client = 0;
     assert!(
@@ -212,8 +214,8 @@ fn a_slow_redis_hits_the_command_timeout_not_the_request_timeout() {
 #[test]
 fn the_redis_password_reaches_no_log_when_redis_refuses_it_or_is_down() {
     const PASSWORD: &str = "wrong-redis-password-0x5ecret";
-    let port = free_port();
-    let _redis = Redis::start_with(port, &["--requirepass", "the-right-password"]);
+    let redis = RedisServer::start_with(&["--requirepass", "the-right-password"]);
+    let port = redis.port();
     for target in [port, free_port()] {
         let front = frontend(&[
             ("WHARF_RATELIMIT_ENABLED", "true".to_owned()),
