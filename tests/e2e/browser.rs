@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::support::{free_port, require_tool, start, Running};
+use crate::support::{free_port, require_tool, start, Process};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -412,25 +412,25 @@ enum Assets {
 }
 
 /// The confirm sample's URL and address from the frontend's start-up log.
-fn sample_from_logs(lines: &Receiver<String>, deadline: Instant) -> (String, String) {
-    let mut seen = String::new();
+fn sample_from_logs(frontend: &Process, deadline: Instant) -> (String, String) {
     loop {
-        let now = Instant::now();
-        assert!(now < deadline, "no confirm sample logged:\n{seen}");
-        let Ok(line) = lines.recv_timeout(deadline - now) else {
-            panic!("no confirm sample logged:\n{seen}");
-        };
-        seen.push_str(&line);
-        seen.push('\n');
-        let Ok(doc) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if doc["message"] == "Sample document" && doc["confirm_email_address"] != "-" {
-            return (
-                doc["url"].as_str().unwrap().to_owned(),
-                doc["confirm_email_address"].as_str().unwrap().to_owned(),
-            );
+        let seen = frontend.stdout();
+        for line in seen.lines() {
+            let Ok(doc) = serde_json::from_str::<Value>(line) else {
+                continue;
+            };
+            if doc["message"] == "Sample document" && doc["confirm_email_address"] != "-" {
+                return (
+                    doc["url"].as_str().unwrap().to_owned(),
+                    doc["confirm_email_address"].as_str().unwrap().to_owned(),
+                );
+            }
         }
+        assert!(
+            Instant::now() < deadline,
+            "no confirm sample logged:\n{seen}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -530,7 +530,7 @@ fn start_frontend(
     local_dir: &Path,
     assets_dir: Option<&Path>,
     deadline: Instant,
-) -> (Running, String, String) {
+) -> (Process, String, String) {
     let port = free_port();
     let mut vars = HashMap::from([
         ("PORT", port.to_string()),
@@ -540,20 +540,9 @@ fn start_frontend(
     if let Some(dir) = assets_dir {
         vars.insert("WHARF_DOWNLOAD_ASSETS_DIR", dir.display().to_string());
     }
-    let mut frontend = start(FRONTEND, &["serve"], &vars, port);
-    // Read the log continuously: the sample's URL comes from it, and a full
-    // pipe would stall the server.
-    let (log_sender, log_lines) = mpsc::channel();
-    let stdout = frontend.child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            if log_sender.send(line).is_err() {
-                return;
-            }
-        }
-    });
-    let (landing_url, address) = sample_from_logs(&log_lines, deadline);
+    let frontend = start(FRONTEND, &["serve"], &vars, port);
+    // The sample's URL comes from its log (which start reads continuously).
+    let (landing_url, address) = sample_from_logs(&frontend, deadline);
     assert_eq!(landing_url, frontend.url(&format!("{DOC}?{KEY}")));
     assert_eq!(address, ADDRESS);
     (frontend, landing_url, address)

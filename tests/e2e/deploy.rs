@@ -26,7 +26,7 @@ use serde_json::Value;
 
 use crate::load::Load;
 use crate::support::{
-    curl, find_tool, free_port, is_root, require_tool, skipped, strong_key, wait_for_port, Running,
+    curl, find_tool, free_port, is_root, require_tool, skipped, strong_key, wait_for_port, Process,
 };
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
@@ -669,7 +669,7 @@ fn image_contract_unprivileged_read_only_healthcheck_passes_and_sigterm_drains()
         .stderr(log)
         .spawn()
         .unwrap();
-    let running = Running { child, port };
+    let running = Process::adopt(child).with_port(port);
     let log_text = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let deadline = Instant::now() + Duration::from_secs(30);
     while !curl(&["-f", "-o", "/dev/null", &running.url("/health/ready")]).0 {
@@ -682,7 +682,7 @@ fn image_contract_unprivileged_read_only_healthcheck_passes_and_sigterm_drains()
     }
 
     // Who it runs as, and with what.
-    let pid = running.child.id();
+    let pid = running.pid();
     if sandbox.unprivileged {
         let uid = sandbox.uid.to_string();
         let gid = sandbox.gid.to_string();
@@ -1603,10 +1603,7 @@ fn systemd_socket_activation_and_notify_reload_protocol() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let running = Running {
-        child,
-        port: socket_port,
-    };
+    let running = Process::adopt(child).with_port(socket_port);
     // systemd-socket-activate starts the service on the first connection.
     wait_for_port(running.addr(), Duration::from_secs(10));
     let log_text = || std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();

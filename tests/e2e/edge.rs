@@ -11,19 +11,19 @@ use std::time::Duration;
 use wharf_tls::{KeyKind, SelfSigned};
 
 use crate::reliability::stub::{Reply, Stub};
-use crate::support::{command, free_port, output_with_input, start, wait_for_port, Running};
+use crate::support::{command, free_port, output_with_input, start, wait_for_port, Process};
 
 const EDGE: &str = env!("CARGO_BIN_EXE_edge");
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 
-fn frontend() -> Running {
+fn frontend() -> Process {
     let port = free_port();
     let env = HashMap::from([("PORT", port.to_string()), ("RUST_LOG", "warn".to_owned())]);
     start(FRONTEND, &["serve"], &env, port)
 }
 
 struct Edge {
-    running: Running,
+    running: Process,
     http: u16,
     https: u16,
     admin: u16,
@@ -727,7 +727,7 @@ fn recording_upstream() -> Stub {
 
 /// edge with one plain listener that expects PROXY protocol headers from
 /// `trusted` peers, proxying to `upstream`.
-fn start_proxy_protocol_edge(dir: &Path, upstream: std::net::SocketAddr, trusted: &str) -> Running {
+fn start_proxy_protocol_edge(dir: &Path, upstream: std::net::SocketAddr, trusted: &str) -> Process {
     let port = free_port();
     let config = dir.join(format!("edge-{port}.toml"));
     std::fs::write(

@@ -5,7 +5,6 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use crate::reliability::Proc;
 use crate::support::{command, curl, free_port, on_ci, served, skipped, start};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
@@ -254,7 +253,7 @@ fn with_no_environment_it_is_development_on_loopback_port_7001() {
         skipped("serving on the default port", "7001 is taken here");
         return;
     }
-    let frontend = Proc::spawn(FRONTEND, &["serve"], &HashMap::new(), 7001, None);
+    let frontend = start(FRONTEND, &["serve"], &HashMap::new(), 7001);
     let (ok, status) = curl(&["-w", "\n%{http_code}", &frontend_url(7001, "/_status")]);
     assert!(ok && status.ends_with("\n200"), "{status}");
     assert!(
@@ -272,7 +271,7 @@ fn with_no_environment_it_is_development_on_loopback_port_7001() {
     let port = free_port();
     let mut vars = env(port);
     vars.insert("NOTIFY_ENVIRONMENT", "test".into());
-    let _test = Proc::spawn(FRONTEND, &["serve"], &vars, port, None);
+    let _test = start(FRONTEND, &["serve"], &vars, port);
     assert_eq!(
         listening_addresses(port),
         vec![std::net::IpAddr::from([0, 0, 0, 0])]
@@ -298,7 +297,7 @@ fn the_download_flow_works_offline_across_workers() {
         local_dir.path().display().to_string(),
     );
     let jar_dir = tempfile::tempdir().unwrap();
-    let frontend = Proc::spawn(FRONTEND, &["serve"], &vars, port, Some(local_dir));
+    let frontend = start(FRONTEND, &["serve"], &vars, port).keep(local_dir);
     let jar = jar_dir.path().join("cookies");
     let jar = jar.to_str().unwrap();
     let base = frontend_url(port, "");

@@ -117,7 +117,7 @@ fn a_failing_random_generator_fails_the_request_never_a_guessable_secret() {
     let confirm = confirm_path();
 
     // The generator works: the confirm form with a fresh CSRF secret.
-    let (status, head, body) = get(server.port, &confirm);
+    let (status, head, body) = get(server.port(), &confirm);
     assert_eq!(status, 200, "{head}{body}");
     assert!(
         head.contains("set-cookie: document_download_csrf="),
@@ -128,9 +128,9 @@ fn a_failing_random_generator_fails_the_request_never_a_guessable_secret() {
     // getrandom(2) now fails: no page carries a secret or a nonce made up
     // from anything else.
     std::fs::write(&flag, b"").unwrap();
-    let (status, head, body) = get(server.port, &confirm);
+    let (status, head, body) = get(server.port(), &confirm);
     let (landing_status, landing_head, _) =
-        get(server.port, &crate::reliability::document_path("x"));
+        get(server.port(), &crate::reliability::document_path("x"));
     std::fs::remove_file(&flag).unwrap();
     assert_eq!(status, 500, "{head}{body}");
     assert!(!head.contains("set-cookie"), "{head}");
@@ -148,7 +148,7 @@ fn a_failing_random_generator_fails_the_request_never_a_guessable_secret() {
     assert!(!landing_head.contains("'nonce-"), "{landing_head}");
 
     // The generator is back: so are the pages.
-    let (status, head, _) = get(server.port, &confirm);
+    let (status, head, _) = get(server.port(), &confirm);
     assert_eq!(status, 200, "{head}");
     assert!(
         head.contains("set-cookie: document_download_csrf="),

@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use crate::reliability::{raw, Proc};
+use crate::reliability::raw;
 use crate::support::{
-    children, find_tool, free_port, is_root, require_tool, served, supervised_edge, wait_until,
+    children, find_tool, free_port, is_root, require_tool, served, start, supervised_edge,
+    wait_until, Process,
 };
 
 /// How a zone serves its burst.
@@ -145,7 +146,7 @@ impl Zone {
 /// unprivileged in a temporary prefix. Stopped with a TERM (a KILL would
 /// leave its workers serving).
 struct Nginx {
-    proc: Option<Proc>,
+    proc: Option<Process>,
     prefix: PathBuf,
 }
 
@@ -196,13 +197,13 @@ impl Nginx {
             "-g",
             "daemon off;",
         ];
-        let proc = Proc::spawn(
+        let proc = start(
             binary.to_str().unwrap(),
             &args,
             &std::collections::HashMap::new(),
             port,
-            Some(dir),
-        );
+        )
+        .keep(dir);
         wait_until("every nginx worker", Duration::from_secs(20), || {
             children(proc.pid()).len() == workers
         });

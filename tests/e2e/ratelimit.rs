@@ -93,7 +93,7 @@ fn two_frontends_sharing_redis_admit_the_configured_rate_together() {
     }
     let addrs: Vec<SocketAddr> = instances
         .iter()
-        .map(crate::support::Running::addr)
+        .map(crate::support::Process::addr)
         .collect();
     // Both see the same client IP (127.0.0.1): one shared budget.
     let duration = Duration::from_secs(3);

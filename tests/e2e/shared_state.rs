@@ -8,8 +8,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use crate::reliability::{document_path, Proc, FRONTEND};
-use crate::support::{children, curl, free_port, served, supervised_edge, wait_until};
+use crate::reliability::{document_path, FRONTEND};
+use crate::support::{
+    children, curl, free_port, served, start, supervised_edge, wait_until, Process,
+};
 
 /// The status of a GET on a new connection.
 fn status(url: &str) -> String {
@@ -42,7 +44,7 @@ fn hup_and_wait(master: u32, before: &[u32], count: usize) {
 
 /// USR2s the master; returns the new master (stopped by the caller) once the
 /// old one has exited.
-fn upgrade(proc: &Proc, old_workers: &[u32]) -> u32 {
+fn upgrade(proc: &Process, old_workers: &[u32]) -> u32 {
     let old = proc.pid();
     signal(old, "USR2");
     let mut new = 0;
@@ -76,7 +78,7 @@ impl Drop for KillOnDrop {
 /// request is still refused after a HUP and after a USR2 upgrade. Returns
 /// the new master, stopped when the guard drops.
 fn assert_one_zone_across_hup_and_usr2(
-    proc: &Proc,
+    proc: &Process,
     url: &str,
     log_prefix: &str,
     workers: usize,
@@ -125,7 +127,7 @@ fn frontend_workers_share_one_document_zone_across_hup_and_usr2() {
         ("WHARF_RATELIMIT_DOCUMENT_RATE", "1r/m".to_owned()),
         ("WHARF_DOWNLOAD_LOCAL_DIR", dir.path().display().to_string()),
     ]);
-    let frontend = Proc::spawn(FRONTEND, &["serve"], &env, port, Some(dir));
+    let frontend = start(FRONTEND, &["serve"], &env, port).keep(dir);
     wait_until("four workers", Duration::from_secs(20), || {
         children(frontend.pid()).len() == 4
     });
@@ -144,7 +146,7 @@ fn edge_workers_share_one_limit_req_zone_across_hup_and_usr2() {
     let zone = "[[limit_req]]\nzone = \"api\"\nrate = \"1r/m\"\nburst = 10\nnodelay = true\n";
     let edge = supervised_edge(2, false, "", zone);
     // The upstream is down: an admitted request is a 502, a refused one 429.
-    let url = format!("http://127.0.0.1:{}/api", edge.proc.port);
+    let url = format!("http://127.0.0.1:{}/api", edge.proc.port());
     // nginx with worker_processes 2 and the same zone admits 11.
     let _stop = assert_one_zone_across_hup_and_usr2(&edge.proc, &url, "/api", 2, 11);
 }
@@ -311,7 +313,7 @@ fn edge_replicas_with_redis_count_one_zone_together() {
     // The upstream is down: an admitted request is a 502, a refused one 429.
     let mut statuses = Vec::new();
     for i in 0..30 {
-        let port = replicas[i % 2].proc.port;
+        let port = replicas[i % 2].proc.port();
         statuses.push(status(&format!("http://127.0.0.1:{port}/api")));
     }
     let admitted = statuses.iter().filter(|s| *s == "502").count();

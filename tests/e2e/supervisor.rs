@@ -4,12 +4,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use crate::load::Load;
-use crate::support::{command, free_port, start, Running};
+use crate::support::{command, free_port, start, Process};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 
 struct Instance {
-    running: Running,
+    running: Process,
     admin: u16,
 }
 
@@ -62,7 +62,7 @@ impl Instance {
 
     /// The master's children (its workers).
     fn workers(&self) -> Vec<u32> {
-        let pid = self.running.child.id();
+        let pid = self.running.pid();
         std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
             .unwrap_or_default()
             .split_whitespace()
@@ -135,7 +135,7 @@ fn sighup_replaces_every_worker_under_load_with_zero_failed_requests() {
     let old = instance.workers();
     let load = Load::start(instance.running.addr(), 4, "/_status");
     std::thread::sleep(Duration::from_millis(300));
-    kill(instance.running.child.id(), "HUP");
+    kill(instance.running.pid(), "HUP");
     instance.wait_for(Duration::from_secs(10), |i| {
         i.metric("wharf_worker_restarts_total{reason=\"reload\"}") == 2 && i.workers().len() == 2
     });
@@ -335,7 +335,7 @@ fn workers_that_never_become_ready_fail_the_start() {
 #[test]
 fn ttin_and_ttou_change_the_worker_count() {
     let instance = instance(2, &[]);
-    let master = instance.running.child.id();
+    let master = instance.running.pid();
     kill(master, "TTIN");
     instance.wait_for(Duration::from_secs(5), |i| {
         i.ready_workers() == 3 && i.workers().len() == 3
@@ -381,7 +381,7 @@ fn zero_workers_serves_from_one_process() {
     );
     let (ok, body) = crate::support::curl(&[&running.url("/_status")]);
     assert!(ok && body.contains("\"status\":\"ok\""));
-    let pid = running.child.id();
+    let pid = running.pid();
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
     assert_eq!(children.trim(), "", "no worker processes");
 }
@@ -389,7 +389,7 @@ fn zero_workers_serves_from_one_process() {
 #[test]
 fn sigusr2_upgrades_the_binary_under_load_with_zero_failed_requests() {
     let instance = instance(2, &[]);
-    let old_master = instance.running.child.id();
+    let old_master = instance.running.pid();
     let old_workers = instance.workers();
     let load = Load::start(instance.running.addr(), 4, "/_status");
     std::thread::sleep(Duration::from_millis(300));
@@ -484,7 +484,7 @@ fn the_master_speaks_sd_notify_ready_and_watchdog() {
             break;
         }
     }
-    let master = running.child.id();
+    let master = running.pid();
     assert!(
         messages
             .iter()

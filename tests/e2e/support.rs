@@ -1,15 +1,14 @@
 //! Shared helpers: free ports, spawning binaries, waiting for readiness.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::reliability::{dead_address, Edge, EdgeSpec};
 
 // One copy for every suite (crates/test).
-pub use wharf_test::{free_port, wait_for_port};
+pub use wharf_test::{free_port, wait_for_port, Process};
 
 /// A fresh 256-bit key as 64 hex characters, from `/dev/urandom`. A deployed
 /// `frontend` refuses keys that ship in the repository (issue 26), so a test
@@ -28,74 +27,6 @@ pub fn strong_key() -> String {
     })
 }
 
-/// A running binary, killed when dropped.
-pub struct Running {
-    pub child: Child,
-    pub port: u16,
-}
-
-impl Running {
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// Sends a signal (by name, e.g. "TERM") to the process.
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-
-    /// Waits up to `timeout` for exit; returns the collected output.
-    pub fn wait_exit(mut self, timeout: Duration) -> Output {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if self.child.try_wait().unwrap().is_some() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let child = std::mem::replace(&mut self.child, Command::new("true").spawn().unwrap());
-        child.wait_with_output().unwrap()
-    }
-}
-
-impl Running {
-    /// Waits up to `timeout` for exit without reading its output (a process
-    /// it started may hold the output pipes open).
-    pub fn wait_status(mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit within {timeout:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A command for `binary` with a clean environment plus `env`.
 pub fn command(binary: &str, env: &HashMap<&str, String>) -> Command {
     let mut command = Command::new(binary);
@@ -108,17 +39,10 @@ pub fn command(binary: &str, env: &HashMap<&str, String>) -> Command {
     command
 }
 
-/// Starts `binary serve`-style with `env` and waits until `port` accepts.
-pub fn start(binary: &str, args: &[&str], env: &HashMap<&str, String>, port: u16) -> Running {
-    let child = command(binary, env)
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let running = Running { child, port };
-    wait_for_port(running.addr(), Duration::from_secs(20));
-    running
+/// Starts `binary serve`-style with `env` and waits until `port` accepts;
+/// its output is read all the time and kept ([`Process::logs`]).
+pub fn start(binary: &str, args: &[&str], env: &HashMap<&str, String>, port: u16) -> Process {
+    Process::serve(command(binary, env).args(args), port)
 }
 
 /// Runs curl with `args`, returning (exit success, stdout).

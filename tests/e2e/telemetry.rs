@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    curl, free_port, output_with_input, require_tool, start, wait_for_port, Running,
+    curl, free_port, output_with_input, require_tool, start, wait_for_port, Process,
 };
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
@@ -19,7 +19,7 @@ const STATUS_SERIES: &str =
 const NOT_FOUND_SERIES: &str =
     "http_server_requests_total{method=\"GET\",host=\"t\",path=\"other\",code=\"404\"}";
 
-fn frontend(extra: &[(&'static str, &str)]) -> (Running, u16) {
+fn frontend(extra: &[(&'static str, &str)]) -> (Process, u16) {
     let port = free_port();
     let admin = free_port();
     let mut env = HashMap::from([
@@ -120,7 +120,7 @@ fn one_scrape_sums_the_workers_and_counters_survive_a_replacement() {
         promtool_check_metrics(&promtool, &text);
     }
     // Kill a worker: its 20-odd requests must stay counted.
-    let victim = workers(frontend.child.id())[0];
+    let victim = workers(frontend.pid())[0];
     let _ = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
         .status();
@@ -446,7 +446,7 @@ fn a_real_prometheus_sees_a_steady_rate_and_a_p99_across_a_worker_replacement() 
         }
     });
     std::thread::sleep(Duration::from_secs(6));
-    let victim = workers(frontend.child.id())[0];
+    let victim = workers(frontend.pid())[0];
     let _ = Command::new("kill")
         .args(["-KILL", &victim.to_string()])
         .status();

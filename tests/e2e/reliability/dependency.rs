@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use super::raw::{get, Response};
 use super::stub::{Reply, Seen, Stub};
-use super::{api_env, document_path, frontend, Blackhole, Proc};
+use super::{api_env, document_path, frontend, Blackhole};
+use crate::support::Process;
 
 const KEY: &str = "c2VjcmV0LWRvY3VtZW50LWtleQ";
 pub const SERVICE_JSON: &str =
@@ -44,13 +45,13 @@ type AnswerCase = (
 /// (name, the `/check` answer, acceptable statuses).
 type FailureCase = (&'static str, fn() -> Reply, &'static [u16]);
 
-fn landing(frontend: &Proc) -> (Response, Duration) {
+fn landing(frontend: &Process) -> (Response, Duration) {
     let started = Instant::now();
     let response = get(frontend.addr(), &document_path(KEY), &[]);
     (response, started.elapsed())
 }
 
-fn assert_still_serving(frontend: &Proc) {
+fn assert_still_serving(frontend: &Process) {
     assert_eq!(get(frontend.addr(), "/_status", &[]).status, 200);
 }
 

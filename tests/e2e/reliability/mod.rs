@@ -18,14 +18,11 @@ mod tlsscan;
 mod upstream;
 
 use std::collections::HashMap;
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::support::{command, free_port, wait_for_port};
+use crate::support::{command, free_port, start, wait_for_port, Process};
 
 pub const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 pub const EDGE: &str = env!("CARGO_BIN_EXE_edge");
@@ -39,121 +36,9 @@ pub fn document_path(key: &str) -> String {
     format!("/d/{SERVICE_B64}/{DOCUMENT_B64}?key={key}")
 }
 
-/// A running binary whose stdout and stderr are read continuously (a full
-/// pipe would block its logging, and with it the server), killed when
-/// dropped.
-pub struct Proc {
-    child: Child,
-    pub port: u16,
-    logs: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    /// Kept alive for the process (its local document directory, config).
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Proc {
-    pub fn spawn(
-        binary: &str,
-        args: &[&str],
-        env: &HashMap<&str, String>,
-        port: u16,
-        dir: Option<tempfile::TempDir>,
-    ) -> Self {
-        let mut child = command(binary, env)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = Vec::new();
-        let stdout: Box<dyn Read + Send> = Box::new(child.stdout.take().unwrap());
-        let stderr: Box<dyn Read + Send> = Box::new(child.stderr.take().unwrap());
-        for mut pipe in [stdout, stderr] {
-            let logs = Arc::clone(&logs);
-            readers.push(std::thread::spawn(move || {
-                let mut chunk = [0_u8; 16 * 1024];
-                while let Ok(n) = pipe.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    logs.lock().unwrap().extend_from_slice(&chunk[..n]);
-                }
-            }));
-        }
-        let proc = Self {
-            child,
-            port,
-            logs,
-            readers,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect_timeout(&proc.addr(), Duration::from_millis(200))
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "{binary} did not listen on {}: {}",
-                proc.port,
-                proc.logs()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        proc
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Everything logged so far.
-    pub fn logs(&self) -> String {
-        String::from_utf8_lossy(&self.logs.lock().unwrap()).into_owned()
-    }
-
-    /// SIGTERM, wait for the exit (10 s at most) and the last log lines.
-    pub fn stop(mut self) -> String {
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for reader in self.readers.drain(..) {
-            let _ = reader.join();
-        }
-        self.logs()
-    }
-
-    /// Resident memory, KiB.
-    pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `frontend` in one process (no master) with short timeouts, JSON logs and
 /// a private local document directory; `extra` overrides or adds variables.
-pub fn frontend(extra: &[(&'static str, String)]) -> Proc {
+pub fn frontend(extra: &[(&'static str, String)]) -> Process {
     let port = free_port();
     let dir = tempfile::tempdir().unwrap();
     let mut env = HashMap::from([
@@ -172,7 +57,7 @@ pub fn frontend(extra: &[(&'static str, String)]) -> Proc {
     for (name, value) in extra {
         env.insert(name, value.clone());
     }
-    Proc::spawn(FRONTEND, &["serve"], &env, port, Some(dir))
+    start(FRONTEND, &["serve"], &env, port).keep(dir)
 }
 
 /// Whether `frontend` reads `WHARF_RATELIMIT_ENABLED` (an unknown `WHARF_`
@@ -229,7 +114,7 @@ pub struct EdgeSpec {
 }
 
 pub struct Edge {
-    pub proc: Proc,
+    pub proc: Process,
     pub https: Option<u16>,
     pub admin: u16,
     /// The TLS listener's self-signed certificate (PEM), for clients to trust.
@@ -316,7 +201,7 @@ proxy_pass = "app"
         let mut env = HashMap::from([("RUST_LOG", "info".to_owned())]);
         env.extend(spec.env.iter().cloned());
         let config_arg = config.display().to_string();
-        let proc = Proc::spawn(EDGE, &["--config", &config_arg], &env, http, Some(dir));
+        let proc = start(EDGE, &["--config", &config_arg], &env, http).keep(dir);
         if let Some(https) = https {
             wait_for_port(([127, 0, 0, 1], https).into(), Duration::from_secs(10));
         }

@@ -9,11 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::raw::get;
-use super::{eventually, frontend, Proc};
 use wharf_test::RedisServer;
 
-use crate::support::free_port;
+use super::raw::get;
+use super::{eventually, frontend};
+use crate::support::{free_port, Process};
 
 /// The sample document's landing page (served from the local directory).
 const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
@@ -23,7 +23,7 @@ const PLAIN_DOC: &str = "/d/jTpOLGsfTF6afS8OGzxNXg/HJ9eejstTm-KG5wNLk9qiw?key=c2
 /// loopback is a trusted proxy, so a test picks its client address with
 /// `X-Forwarded-For` (a fresh address is a fresh budget, untouched by the
 /// local deny cache).
-fn limited_frontend(redis_port: u16, rate: &str, burst: u32, prefix: &str) -> Proc {
+fn limited_frontend(redis_port: u16, rate: &str, burst: u32, prefix: &str) -> Process {
     frontend(&[
         ("WHARF_RATELIMIT_ENABLED", "true".to_owned()),
         ("REDIS_ENABLED", "true".to_owned()),
@@ -48,7 +48,7 @@ fn timed(addr: SocketAddr, client: &str) -> (u16, Duration) {
 /// Two requests from a client never seen before, against a frontend at
 /// 1r/m with no burst: `[200, 429]` when Redis limits, `[200, 200]` when
 /// the limiter fails open.
-fn pair(strict: &Proc, client: u32) -> [(u16, Duration); 2] {
+fn pair(strict: &Process, client: u32) -> [(u16, Duration); 2] {
     let client = format!(
         "10.{}.{}.{}",
         client >> 16 & 255,
@@ -60,7 +60,7 @@ fn pair(strict: &Proc, client: u32) -> [(u16, Duration); 2] {
 
 /// Waits (`within` at most) until the strict frontend limits through
 /// Redis, trying fresh clients from `*next`; how long it took.
-fn limiting_within(strict: &Proc, next: &mut u32, within: Duration) -> Option<Duration> {
+fn limiting_within(strict: &Process, next: &mut u32, within: Duration) -> Option<Duration> {
     let started = Instant::now();
     let mut seen = Vec::new();
     let limited = eventually(within, || {
