@@ -1128,6 +1128,72 @@ mod tests {
         assert_eq!(url_path("https://host"), "/");
     }
 
+    /// How query strings and `application/x-www-form-urlencoded` bodies
+    /// decode today, pinned so a change of implementation cannot change it:
+    /// pairs split on `&` only, the first pair whose decoded name matches
+    /// wins, `+` is a space, `%XX` a byte (either case), a `%` not followed
+    /// by two hex digits is kept as it is, and the bytes are read as UTF-8
+    /// with U+FFFD for invalid sequences.
+    #[test]
+    fn form_decoding_pins_these_inputs() {
+        for (query, name, want) in [
+            // Repeated keys: the first one.
+            ("key=1&key=2", "key", Some("1")),
+            ("key=&key=2", "key", Some("")),
+            ("a=1&key=2&key=3", "key", Some("2")),
+            // No `=`: an empty value; `=` after the first is part of the value.
+            ("key", "key", Some("")),
+            ("key&key=2", "key", Some("")),
+            ("key=a=b", "key", Some("a=b")),
+            ("=x", "key", None),
+            // Empty pairs and `;` (not a separator).
+            ("&&key=x&", "key", Some("x")),
+            ("", "key", None),
+            ("key=x;key=y", "key", Some("x;key=y")),
+            ("a=1;key=2", "key", None),
+            // Names: decoded before comparing, case-sensitive.
+            ("k%65y=v", "key", Some("v")),
+            ("k%65Y=v", "key", None),
+            ("KEY=v", "key", None),
+            ("k+y=v", "k y", Some("v")),
+            ("email%5Faddress=a", "email_address", Some("a")),
+            // `+` is a space; `%2B` a plus; `%20` a space too.
+            ("k=a+b", "k", Some("a b")),
+            ("k=++", "k", Some("  ")),
+            ("k=%2B", "k", Some("+")),
+            ("k=%2b", "k", Some("+")),
+            ("k=a%20b", "k", Some("a b")),
+            ("k=%252B", "k", Some("%2B")),
+            // Bad escapes stay as they are.
+            ("k=%zz", "k", Some("%zz")),
+            ("k=%", "k", Some("%")),
+            ("k=%4", "k", Some("%4")),
+            ("k=a%", "k", Some("a%")),
+            ("k=%41%", "k", Some("A%")),
+            ("k=%%41", "k", Some("%A")),
+            ("k=%4%41", "k", Some("%4A")),
+            ("k=%4g", "k", Some("%4g")),
+            ("k=%g4", "k", Some("%g4")),
+            ("k=%-1", "k", Some("%-1")),
+            ("k=% 1", "k", Some("% 1")),
+            // `from_str_radix` takes a sign: `%+1` is byte 1 here.
+            ("k=%+1", "k", Some("\u{1}")),
+            ("k=a%00b", "k", Some("a\0b")),
+            // UTF-8: escaped or raw, multi-byte; invalid bytes become U+FFFD.
+            ("k=%C3%A9", "k", Some("\u{e9}")),
+            ("k=%c3%a9", "k", Some("\u{e9}")),
+            ("k=\u{e9}", "k", Some("\u{e9}")),
+            ("k=%F0%9F%98%80", "k", Some("\u{1f600}")),
+            ("k=%C3", "k", Some("\u{fffd}")),
+            ("k=%E9t%E9", "k", Some("\u{fffd}t\u{fffd}")),
+            ("k=%C3%28", "k", Some("\u{fffd}(")),
+            ("k=%F0%9F%98", "k", Some("\u{fffd}")),
+            ("%C3%A9=x", "\u{e9}", Some("x")),
+        ] {
+            assert_eq!(form_value(query, name).as_deref(), want, "{query:?}");
+        }
+    }
+
     #[test]
     fn form_values_are_decoded() {
         assert_eq!(

@@ -424,6 +424,29 @@ mod tests {
         assert_eq!(url_encode("a b&c=d/é~"), "a%20b%26c%3Dd%2F%C3%A9~");
     }
 
+    /// Query values are percent-encoded today as pinned here: everything but
+    /// RFC 3986's unreserved characters, as UTF-8, with upper-case hex.
+    #[test]
+    fn url_encoding_pins_these_inputs() {
+        for (text, want) in [
+            ("", ""),
+            ("AZaz09-_.~", "AZaz09-_.~"),
+            ("a b", "a%20b"),
+            ("+", "%2B"),
+            ("%", "%25"),
+            ("%41", "%2541"),
+            ("&=?#/:;@", "%26%3D%3F%23%2F%3A%3B%40"),
+            ("!$'()*,", "%21%24%27%28%29%2A%2C"),
+            ("\"<>\\^`{|}[]", "%22%3C%3E%5C%5E%60%7B%7C%7D%5B%5D"),
+            ("\0\t\n\u{7f}", "%00%09%0A%7F"),
+            ("\u{e9}", "%C3%A9"),
+            ("\u{1f600}", "%F0%9F%98%80"),
+            ("\u{fffd}", "%EF%BF%BD"),
+        ] {
+            assert_eq!(url_encode(text), want, "{text:?}");
+        }
+    }
+
     #[test]
     fn contact_paragraphs_escape_service_data() {
         let html = contact_paragraph(

@@ -172,6 +172,79 @@ mod tests {
         assert_eq!(decode_url_safe("ab+c"), None);
     }
 
+    /// What the codec accepts and rejects today, pinned so a change of
+    /// implementation cannot change it: URL-safe alphabet only, no padding
+    /// written, any run of trailing `=` ignored, `=` anywhere else, a length
+    /// of 4n+1, whitespace or any other byte rejected, and the spare bits of
+    /// the last character ignored (Python's decoder ignores them too).
+    #[test]
+    fn base64_accepts_and_rejects_exactly_these() {
+        for (bytes, text) in [
+            (&b""[..], ""),
+            (b"A", "QQ"),
+            (b"AB", "QUI"),
+            (b"ABC", "QUJD"),
+            (b"ABCD", "QUJDRA"),
+            (b"\xfb\xff", "-_8"),
+            (b"\xfb\xef\xbe", "----"),
+            (b"\xff\xff\xff", "____"),
+            (b"\x00\x00\x00", "AAAA"),
+            (b"\x3e\x3f", "Pj8"),
+        ] {
+            assert_eq!(encode_url_safe(bytes), text, "{bytes:?}");
+        }
+        for (text, want) in [
+            ("", Some(&b""[..])),
+            ("QQ", Some(b"A")),
+            ("QUI", Some(b"AB")),
+            ("QUJD", Some(b"ABC")),
+            ("-_8", Some(b"\xfb\xff")),
+            ("____", Some(b"\xff\xff\xff")),
+            // Padding: none, canonical, short or long, all ignored at the end.
+            ("QQ=", Some(b"A")),
+            ("QQ==", Some(b"A")),
+            ("QQ===", Some(b"A")),
+            ("QQ========", Some(b"A")),
+            ("QUI=", Some(b"AB")),
+            ("QUJD=", Some(b"ABC")),
+            ("QUJD====", Some(b"ABC")),
+            ("=", Some(b"")),
+            ("====", Some(b"")),
+            // Spare bits of the last character are ignored.
+            ("QR", Some(b"A")),
+            ("QT", Some(b"A")),
+            ("QUJ", Some(b"AB")),
+            ("QUL", Some(b"AB")),
+            // Padding anywhere but at the end.
+            ("QQ==QQ", None),
+            ("Q=Q=", None),
+            ("=QQ", None),
+            ("QQ=A", None),
+            // A length of 4n+1 once trailing `=` are gone.
+            ("Q", None),
+            ("Q=", None),
+            ("Q===", None),
+            ("QUJDR", None),
+            ("QUJDR===", None),
+            // The standard alphabet's `+` and `/` are not URL-safe base64.
+            ("+/8", None),
+            ("ab+c", None),
+            ("ab/c", None),
+            ("Pj+/", None),
+            // Whitespace, other ASCII, non-ASCII.
+            ("QQ ", None),
+            (" QQ", None),
+            ("QU\nJD", None),
+            ("QUJD\n", None),
+            ("QU.D", None),
+            ("QU%D", None),
+            ("QU\u{e9}", None),
+            ("QUJ\0", None),
+        ] {
+            assert_eq!(decode_url_safe(text).as_deref(), want, "{text:?}");
+        }
+    }
+
     #[test]
     fn uuid_base64_form_is_exactly_22_url_safe_characters() {
         let id: Uuid = "00000000-0000-0000-0000-000000000000".parse().unwrap();

@@ -322,6 +322,67 @@ mod tests {
         assert_eq!(Date::parse_iso_prefix("2022-11-111"), None);
     }
 
+    /// Known dates (proleptic Gregorian, as Python's `datetime` counts them):
+    /// days since 1970-01-01 both ways, weekday, and the text recipients see.
+    #[test]
+    fn known_dates_are_pinned() {
+        for ((year, month, day), days, weekday) in [
+            ((1, 1, 1), -719_162, "Monday"),
+            ((1582, 10, 15), -141_427, "Friday"),
+            ((1600, 1, 1), -135_140, "Saturday"),
+            ((1899, 12, 31), -25_568, "Sunday"),
+            ((1900, 1, 1), -25_567, "Monday"),
+            ((1900, 2, 28), -25_509, "Wednesday"),
+            ((1900, 3, 1), -25_508, "Thursday"),
+            ((1969, 12, 31), -1, "Wednesday"),
+            ((1970, 1, 1), 0, "Thursday"),
+            ((1999, 12, 31), 10_956, "Friday"),
+            ((2000, 1, 1), 10_957, "Saturday"),
+            ((2000, 2, 29), 11_016, "Tuesday"),
+            ((2000, 3, 1), 11_017, "Wednesday"),
+            ((2022, 10, 12), 19_277, "Wednesday"),
+            ((2022, 11, 11), 19_307, "Friday"),
+            ((2024, 2, 29), 19_782, "Thursday"),
+            ((2038, 1, 19), 24_855, "Tuesday"),
+            ((2100, 2, 28), 47_540, "Sunday"),
+            ((2100, 3, 1), 47_541, "Monday"),
+            ((2400, 2, 29), 157_113, "Tuesday"),
+            ((9999, 12, 31), 2_932_896, "Friday"),
+        ] {
+            let date = Date::new(year, month, day).unwrap();
+            assert_eq!(date.days_since_epoch(), days, "{date}");
+            assert_eq!(Date::from_days_since_epoch(days), date, "{days}");
+            assert_eq!(date.weekday(), weekday, "{date}");
+        }
+        for (date, today, want) in [
+            ((2022, 1, 1), (2021, 1, 1), "1 January 2022"),
+            ((2022, 2, 1), (2021, 1, 1), "1 February 2022"),
+            ((2022, 3, 1), (2021, 1, 1), "1 March 2022"),
+            ((2022, 4, 1), (2021, 1, 1), "1 April 2022"),
+            ((2022, 5, 1), (2021, 1, 1), "1 May 2022"),
+            ((2022, 6, 1), (2021, 1, 1), "1 June 2022"),
+            ((2022, 7, 1), (2021, 1, 1), "1 July 2022"),
+            ((2022, 8, 1), (2021, 1, 1), "1 August 2022"),
+            ((2022, 9, 1), (2021, 1, 1), "1 September 2022"),
+            ((2022, 10, 1), (2021, 1, 1), "1 October 2022"),
+            ((2022, 11, 1), (2021, 1, 1), "1 November 2022"),
+            ((2022, 12, 31), (2021, 1, 1), "31 December 2022"),
+            // Within 30 days, across a year end and a leap day.
+            ((2024, 1, 1), (2023, 12, 31), "Monday 1 January 2024"),
+            ((2024, 2, 29), (2024, 1, 30), "Thursday 29 February 2024"),
+            ((2024, 3, 1), (2024, 1, 30), "1 March 2024"),
+            ((2023, 3, 1), (2023, 1, 30), "Wednesday 1 March 2023"),
+            ((2100, 3, 1), (2100, 2, 28), "Monday 1 March 2100"),
+            // Today and the past show the weekday too.
+            ((2022, 10, 12), (2022, 10, 12), "Wednesday 12 October 2022"),
+            ((2022, 10, 11), (2022, 10, 12), "Tuesday 11 October 2022"),
+        ] {
+            let expiry = Date::new(date.0, date.1, date.2).unwrap();
+            let today = Date::new(today.0, today.1, today.2).unwrap();
+            assert_eq!(format_expiry_date(expiry, today), want, "{expiry}");
+        }
+    }
+
     #[test]
     fn expiry_dates_around_the_30_day_boundary() {
         let today = Date::new(2022, 10, 12).unwrap();
