@@ -1,61 +1,36 @@
 //! UUIDs as the Document Download URLs carry them (URL-safe base64 without
-//! padding, 22 characters), and the small base64 codec behind them.
+//! padding, 22 characters), and the base64 codec (the `base64` crate) behind
+//! them and the app's tokens.
 
 use std::fmt;
 use std::str::FromStr;
 
-const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+use base64::alphabet::URL_SAFE;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine as _;
+
+/// URL-safe base64: no padding written, none expected (trailing `=` are
+/// trimmed before decoding), and the spare bits of the last character
+/// ignored, as Python's decoder ignores them.
+const URL_SAFE_LENIENT: GeneralPurpose = GeneralPurpose::new(
+    &URL_SAFE,
+    GeneralPurposeConfig::new()
+        .with_encode_padding(false)
+        .with_decode_allow_trailing_bits(true)
+        .with_decode_padding_mode(DecodePaddingMode::RequireNone),
+);
 
 /// URL-safe base64 without padding.
 pub(crate) fn encode_url_safe(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        let chars = chunk.len() + 1;
-        for i in 0..chars {
-            let index = (n >> (18 - 6 * i)) & 0x3f;
-            out.push(char::from(ALPHABET[index as usize]));
-        }
-    }
-    out
+    URL_SAFE_LENIENT.encode(bytes)
 }
 
-fn sextet(c: u8) -> Option<u32> {
-    match c {
-        b'A'..=b'Z' => Some(u32::from(c - b'A')),
-        b'a'..=b'z' => Some(u32::from(c - b'a') + 26),
-        b'0'..=b'9' => Some(u32::from(c - b'0') + 52),
-        b'-' => Some(62),
-        b'_' => Some(63),
-        _ => None,
-    }
-}
-
-/// Decodes URL-safe base64 without padding (trailing `=` tolerated). Leftover
-/// bits in the last character are ignored, as Python's decoder ignores them.
+/// Decodes URL-safe base64 without padding. Any run of trailing `=` is
+/// tolerated (the crate's padding modes would reject a wrong count, which
+/// was always accepted here); `=` anywhere else is not.
 pub(crate) fn decode_url_safe(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim_end_matches('=');
-    if text.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(text.len() * 3 / 4);
-    let mut acc: u32 = 0;
-    let mut bits = 0;
-    for &c in text.as_bytes() {
-        acc = (acc << 6) | sextet(c)?;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            // Truncation is the point: the low 8 bits are the next byte.
-            out.push(((acc >> bits) & 0xff) as u8);
-        }
-    }
-    Some(out)
+    URL_SAFE_LENIENT.decode(text.trim_end_matches('=')).ok()
 }
 
 /// A UUID, shown hyphenated in upstream API paths and as 22 characters of
