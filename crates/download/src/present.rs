@@ -1,5 +1,19 @@
 //! How the pages word things: file types, file sizes, expiry dates and the
 //! service's contact details.
+//!
+//! The calendar arithmetic ([`Date`]) stays hand-written on purpose (issue
+//! #23 asked why): it is Howard Hinnant's published `days_from_civil` and
+//! `civil_from_days`, a dozen lines each, exact for every `i32` year. `Date`
+//! is part of this crate's API, with an `i32` year and total `add_days` and
+//! `days_since_epoch`; `time::Date` and `jiff::civil::Date` stop at ±9999,
+//! so with either those would become fallible or keep this code as a
+//! fallback, and the conversions to and from them would be as long as the
+//! arithmetic. Neither crate is otherwise in wharf-download's build. What
+//! recipients see is pinned instead: `known_dates_are_pinned` (known dates
+//! and expiry texts, checked against Python's `datetime`) and
+//! `dates_agree_with_the_time_crate` (against the `time` crate: every day
+//! of two 400-year cycles and a sample of its whole range, both directions,
+//! weekday and month names).
 
 use std::fmt;
 use std::sync::Arc;
@@ -380,6 +394,52 @@ mod tests {
             let expiry = Date::new(date.0, date.1, date.2).unwrap();
             let today = Date::new(today.0, today.1, today.2).unwrap();
             assert_eq!(format_expiry_date(expiry, today), want, "{expiry}");
+        }
+    }
+
+    /// The arithmetic against the `time` crate (a dev-dependency): every day
+    /// of 1600-2399 (two whole 400-year cycles of the Gregorian calendar,
+    /// which repeats with that period) and every 97th day from -9999-01-01
+    /// to 9999-12-31 (`time`'s range); days since 1970 both ways, the
+    /// weekday, and every weekday and month name.
+    #[test]
+    fn dates_agree_with_the_time_crate() {
+        let epoch = time::Date::from_calendar_date(1970, time::Month::January, 1)
+            .unwrap()
+            .to_julian_day();
+        let check = |day: time::Date| {
+            let days = i64::from(day.to_julian_day() - epoch);
+            let ours = Date::new(day.year(), u8::from(day.month()), day.day()).unwrap();
+            assert_eq!(ours.days_since_epoch(), days, "{day}");
+            assert_eq!(Date::from_days_since_epoch(days), ours, "{day}");
+            assert_eq!(
+                ours.weekday(),
+                WEEKDAYS[usize::from(day.weekday().number_days_from_monday())],
+                "{day}"
+            );
+        };
+        let first = time::Date::from_calendar_date(1600, time::Month::January, 1).unwrap();
+        let last = time::Date::from_calendar_date(2399, time::Month::December, 31).unwrap();
+        for julian in first.to_julian_day()..=last.to_julian_day() {
+            check(time::Date::from_julian_day(julian).unwrap());
+        }
+        let (min, max) = (
+            time::Date::MIN.to_julian_day(),
+            time::Date::MAX.to_julian_day(),
+        );
+        for julian in (min..=max).step_by(97).chain([max]) {
+            check(time::Date::from_julian_day(julian).unwrap());
+        }
+        let monday = time::Date::from_calendar_date(2024, time::Month::January, 1).unwrap();
+        for (i, name) in WEEKDAYS.iter().enumerate() {
+            let day = monday + time::Duration::days(i64::try_from(i).unwrap());
+            assert_eq!(*name, day.weekday().to_string());
+        }
+        for (i, name) in MONTHS.iter().enumerate() {
+            let month = time::Month::try_from(u8::try_from(i + 1).unwrap()).unwrap();
+            let date = Date::new(2022, u8::from(month), 1).unwrap();
+            assert_eq!(*name, month.to_string());
+            assert_eq!(date.month_name(), month.to_string());
         }
     }
 
