@@ -6,26 +6,22 @@
 //! supervisor first makes the socket refuse new connections — a socket
 //! filter that drops SYNs, or, where the kernel refuses filters to processes
 //! without `CAP_NET_ADMIN`, an accept queue shrunk to one connection. A
-//! draining server then closes its listener only once the kernel reports
-//! nothing is left to lose, never after a guessed delay:
+//! draining server then closes its listener once the kernel reports nothing
+//! is left to lose, not after a guessed delay:
 //!
 //! 1. Take everything queued (the caller's `sweep`).
 //! 2. Ask the kernel (`NETLINK_SOCK_DIAG`, what `ss` reads) for this socket's
 //!    accept queue (by inode) and the handshakes under way on its port
 //!    (`SYN_RECV`). Not both empty: wait a millisecond, go to 1.
-//! 3. Connect a *plug* to the socket. Its SYN is answered only while the
-//!    queue has room, and once it is queued a shrunk queue is full, so the
-//!    kernel answers no other client; closing then resets only the plug.
-//!    A plug that is not answered means the filter drops SYNs: nothing can
-//!    arrive, close (unless something was queued meanwhile: go to 1). A plug
-//!    answered but not queued (a client's handshake completed first) means
-//!    the queue holds a client: go to 1.
+//! 3. Connect a *probe* to the socket. Not answered: the filter drops SYNs,
+//!    nothing more can arrive; close (unless something was queued
+//!    meanwhile: go to 1). Answered: the socket still completes handshakes
+//!    (a shrunk queue, or one other processes still serve, as in a reload):
+//!    take the queue once more and close at once, leaving the smallest
+//!    window there is for a client to land between the two.
 //!
-//! When another process still serves the socket (a reload replacing one
-//! worker, a binary upgrade), closing this process's descriptor resets
-//! nothing and the same steps end at once. A socket that stays busy for
-//! [`SETTLE_LIMIT`] (a SYN flood's half-open handshakes) is closed anyway,
-//! with a warning naming what was left.
+//! A socket that stays busy for [`SETTLE_LIMIT`] (a SYN flood's half-open
+//! handshakes) is closed anyway, with a warning naming what was left.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -37,11 +33,6 @@ pub(crate) const SETTLE_LIMIT: Duration = Duration::from_secs(1);
 
 /// How often the kernel's view is read while connections are still arriving.
 const POLL: Duration = Duration::from_millis(1);
-
-/// How long a plug's SYN gets to be answered. On loopback the handshake
-/// completes within the `connect` call; a plug not answered in this time had
-/// its SYN dropped.
-const PLUG_WAIT: Duration = Duration::from_millis(20);
 
 /// Takes whatever `listener`'s queue holds with `sweep` (which returns how
 /// many it took) until the kernel reports nothing more can arrive, then
@@ -56,18 +47,16 @@ pub(crate) async fn close_listener(
     let deadline = started + SETTLE_LIMIT;
     let mut swept = 0;
     let mut polls = 0_u32;
-    let mut plugs = 0_u32;
-    let closed = |how: &str, swept: usize, polls: u32, plugs: u32| {
-        let view = match (local, inode) {
-            (Some(local), Some(inode)) => KernelView::read(local, inode),
-            _ => None,
-        };
+    let mut probes = 0_u32;
+    // Logged after the close: nothing may run between the last sweep and
+    // the close, which is the window a client could land in.
+    let closed = |how: &str, view: Option<KernelView>, swept: usize, polls: u32, probes: u32| {
         tracing::debug!(
             listener = ?local,
-            at_close = ?view,
+            last_view = ?view,
             swept,
             polls,
-            plugs,
+            probes,
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             how,
             "Listener closed"
@@ -83,26 +72,22 @@ pub(crate) async fn close_listener(
         let idle = view.is_none_or(|v| v.queued == 0 && v.half_open == 0);
         if idle {
             let Some(local) = local else { break };
-            plugs += 1;
-            match plug(local).await {
-                Plug::Holds(plug) => {
-                    // Close the listener first: if this was its last
-                    // descriptor, the reset goes to the plug.
-                    closed("plugged", swept, polls, plugs);
-                    drop(listener);
-                    drop(plug);
-                    return swept;
-                }
-                Plug::NotAnswered => {
-                    // The filter drops SYNs. Nothing arrived meanwhile?
-                    let queued = inode.and_then(|i| KernelView::read(local, i));
-                    if queued.is_none_or(|v| v.queued == 0 && v.half_open == 0) {
-                        closed("refusing", swept, polls, plugs);
-                        drop(listener);
-                        return swept;
-                    }
-                }
-                Plug::NotQueued => {}
+            probes += 1;
+            if let Some(probe) = probe(local).await {
+                // Handshakes still complete here: close right after a last
+                // sweep. A probe in this socket's queue is taken or reset.
+                swept += sweep(&listener);
+                drop(listener);
+                drop(probe);
+                closed("answered", view, swept, polls, probes);
+                return swept;
+            }
+            // The filter drops SYNs. Nothing arrived meanwhile?
+            let now = inode.and_then(|i| KernelView::read(local, i));
+            if now.is_none_or(|v| v.queued == 0 && v.half_open == 0) {
+                drop(listener);
+                closed("refusing", now, swept, polls, probes);
+                return swept;
             }
         }
         if Instant::now() >= deadline {
@@ -112,8 +97,9 @@ pub(crate) async fn close_listener(
                 limit_s = SETTLE_LIMIT.as_secs_f64(),
                 "Listener still receiving connections after the settle limit; closing it"
             );
-            closed("settle limit", swept, polls, plugs);
-            break;
+            drop(listener);
+            closed("settle limit", view, swept, polls, probes);
+            return swept;
         }
         tokio::time::sleep(POLL).await;
     }
@@ -121,46 +107,22 @@ pub(crate) async fn close_listener(
     swept
 }
 
-/// What a plug connection found.
-enum Plug {
-    /// Answered and queued (or taken by another process, which then still
-    /// serves the socket): closing now resets nothing but the plug.
-    Holds(TcpStream),
-    /// Its SYN was dropped: the socket refuses new connections.
-    NotAnswered,
-    /// Answered, but a client's handshake took the queue's place first.
-    NotQueued,
-}
+/// How long a probe's SYN gets to be answered. On loopback the handshake
+/// completes within the `connect` call; a probe not answered in this time
+/// had its SYN dropped.
+const PROBE_WAIT: Duration = Duration::from_millis(20);
 
-async fn plug(local: SocketAddr) -> Plug {
+/// Connects to `local`: the connection when the socket answered, `None`
+/// when its SYN was dropped (or refused: the socket no longer listens).
+async fn probe(local: SocketAddr) -> Option<TcpStream> {
     let target = SocketAddr::new(reachable(local.ip()), local.port());
-    let started = Instant::now();
-    // Not answered in time, or refused (the socket no longer listens).
-    let Ok(Ok(stream)) = tokio::time::timeout(PLUG_WAIT, TcpStream::connect(target)).await else {
-        return Plug::NotAnswered;
-    };
-    let Ok(from) = stream.local_addr() else {
-        return Plug::Holds(stream);
-    };
-    // Answered is not yet queued: the plug's last ACK may still wait for
-    // the kernel's network processing (under CPU pressure, ksoftirqd), and
-    // until it is processed the queue is empty and other clients' SYNs are
-    // answered. So wait until the server side of the plug exists (queued,
-    // or accepted by another process, which then still serves the socket).
-    loop {
-        // A kernel that cannot be asked: rely on the answer alone.
-        if diag::exists(target, from).unwrap_or(true) {
-            return Plug::Holds(stream);
-        }
-        if started.elapsed() >= PLUG_WAIT {
-            // Its ACK overflowed: a client's handshake took the place first.
-            return Plug::NotQueued;
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    tokio::time::timeout(PROBE_WAIT, TcpStream::connect(target))
+        .await
+        .ok()?
+        .ok()
 }
 
-/// The address a plug connects to: the socket's own, or loopback for a
+/// The address a probe connects to: the socket's own, or loopback for a
 /// socket bound to every address.
 fn reachable(ip: IpAddr) -> IpAddr {
     match ip {
@@ -232,8 +194,7 @@ mod diag {
 
     use socket2::{Domain, Protocol, Socket, Type};
 
-    /// `TCP_ESTABLISHED`, `TCP_SYN_RECV`, `TCP_LISTEN` (`tcp_states.h`).
-    pub(super) const ESTABLISHED: u8 = 1;
+    /// `TCP_SYN_RECV`, `TCP_LISTEN` (`tcp_states.h`).
     pub(super) const SYN_RECV: u8 = 3;
     pub(super) const LISTEN: u8 = 10;
 
@@ -265,39 +226,15 @@ mod diag {
     /// Every TCP socket of `local`'s family in one of `states` (a bit per
     /// state).
     pub(super) fn dump(local: SocketAddr, states: u32) -> io::Result<Vec<Entry>> {
-        let request = request(local.is_ipv4(), states, None, NLM_F_REQUEST | NLM_F_DUMP);
-        ask(&request)
+        ask(&request(local.is_ipv4(), states))
     }
 
-    /// Whether the TCP connection from `local` to `remote` exists.
-    pub(super) fn exists(local: SocketAddr, remote: SocketAddr) -> io::Result<bool> {
-        let states = 1 << ESTABLISHED;
-        let request = request(
-            local.is_ipv4(),
-            states,
-            Some((local, remote)),
-            NLM_F_REQUEST,
-        );
-        // The kernel's lookup falls back to the listening socket: only an
-        // established connection is the one asked for.
-        match ask(&request) {
-            Ok(found) => Ok(found.iter().any(|e| e.state == ESTABLISHED)),
-            Err(error) if error.raw_os_error() == Some(2) => Ok(false), // ENOENT
-            Err(error) => Err(error),
-        }
-    }
-
-    /// `nlmsghdr` + `inet_diag_req_v2`.
-    fn request(
-        v4: bool,
-        states: u32,
-        tuple: Option<(SocketAddr, SocketAddr)>,
-        flags: u16,
-    ) -> Vec<u8> {
+    /// `nlmsghdr` + `inet_diag_req_v2`: a dump of every socket in `states`.
+    fn request(v4: bool, states: u32) -> Vec<u8> {
         let mut out = Vec::with_capacity(HEADER + 56);
         out.extend_from_slice(&u32::try_from(HEADER + 56).unwrap_or(0).to_ne_bytes());
         out.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        out.extend_from_slice(&flags.to_ne_bytes());
+        out.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
         out.extend_from_slice(&1_u32.to_ne_bytes()); // sequence
         out.extend_from_slice(&0_u32.to_ne_bytes()); // port id: the kernel fills it
         out.push(if v4 { AF_INET } else { AF_INET6 });
@@ -305,27 +242,12 @@ mod diag {
         out.push(0); // no extensions
         out.push(0);
         out.extend_from_slice(&states.to_ne_bytes());
-        // inet_diag_sockid: ports and addresses in network order.
-        let (local, remote) = tuple.map_or((None, None), |(l, r)| (Some(l), Some(r)));
-        out.extend_from_slice(&local.map_or(0, |a| a.port()).to_be_bytes());
-        out.extend_from_slice(&remote.map_or(0, |a| a.port()).to_be_bytes());
-        out.extend_from_slice(&ip_bytes(local.map(|a| a.ip())));
-        out.extend_from_slice(&ip_bytes(remote.map(|a| a.ip())));
-        out.extend_from_slice(&0_u32.to_ne_bytes()); // interface
-                                                     // No cookie: INET_DIAG_NOCOOKIE.
+        // inet_diag_sockid, all zero but the cookie: any socket.
+        out.extend_from_slice(&[0; 2 + 2 + 16 + 16 + 4]);
+        // No cookie: INET_DIAG_NOCOOKIE.
         out.extend_from_slice(&u32::MAX.to_ne_bytes());
         out.extend_from_slice(&u32::MAX.to_ne_bytes());
         out
-    }
-
-    fn ip_bytes(ip: Option<IpAddr>) -> [u8; 16] {
-        let mut bytes = [0; 16];
-        match ip {
-            Some(IpAddr::V4(ip)) => bytes[..4].copy_from_slice(&ip.octets()),
-            Some(IpAddr::V6(ip)) => bytes = ip.octets(),
-            None => {}
-        }
-        bytes
     }
 
     /// Sends `request` to the kernel and collects the sockets of its answer.
@@ -338,7 +260,6 @@ mod diag {
         socket.set_read_timeout(Some(Duration::from_secs(1)))?;
         // Unaddressed, a netlink message goes to the kernel.
         socket.send(request)?;
-        let dumping = u16::from_ne_bytes([request[6], request[7]]) & NLM_F_DUMP != 0;
         let mut found = Vec::new();
         let mut buffer = vec![0_u8; 32 * 1024];
         loop {
@@ -369,10 +290,6 @@ mod diag {
                     SOCK_DIAG_BY_FAMILY => {
                         if let Some(socket) = rest.get(HEADER..len).and_then(parse) {
                             found.push(socket);
-                        }
-                        // A lookup of one socket answers once, without DONE.
-                        if !dumping {
-                            return Ok(found);
                         }
                     }
                     _ => {}
@@ -460,18 +377,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn the_kernel_finds_a_connection_by_its_addresses_and_not_the_listener() {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let local = listener.local_addr().unwrap();
-        let client = std::net::TcpStream::connect(local).unwrap();
-        let from = client.local_addr().unwrap();
-        // Queued, not yet accepted: the server side exists.
-        assert!(diag::exists(local, from).unwrap());
-        let elsewhere = SocketAddr::new(from.ip(), from.port().wrapping_add(1).max(1));
-        assert!(!diag::exists(local, elsewhere).unwrap());
-    }
-
     /// Sweeps with `accept`, keeping what it took.
     fn sweeper(taken: &mut Vec<socket2::Socket>) -> impl FnMut(&TcpListener) -> usize + '_ {
         move |listener| {
@@ -485,23 +390,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_shrunk_queue_closes_with_its_clients_taken_and_only_the_plug_reset() {
-        // The unprivileged refusal: a queue of one.
+    async fn a_shrunk_queue_closes_with_its_client_taken() {
+        // The unprivileged refusal: a queue of one, a client waiting in it.
         let listener = listener(0);
         let local = listener.local_addr().unwrap();
         let waiting = std::net::TcpStream::connect(local).unwrap();
         let mut taken = Vec::new();
-        let swept = close_listener(listener, sweeper(&mut taken)).await;
-        assert_eq!(swept, 1, "the queued client is taken, the plug is not");
-        assert_eq!(taken.len(), 1);
-        drop(waiting);
+        close_listener(listener, sweeper(&mut taken)).await;
+        let client = waiting.local_addr().unwrap();
+        assert!(
+            taken
+                .iter()
+                .any(|s| s.peer_addr().ok().and_then(|a| a.as_socket()) == Some(client)),
+            "the waiting client was not taken"
+        );
         // Closed: a new client is refused, not queued for nobody.
         assert!(std::net::TcpStream::connect(local).is_err());
     }
 
     #[tokio::test]
     async fn a_listener_others_still_serve_closes_at_once() {
-        // A normal queue: the plug is answered and queued; this process's
+        // A normal queue: the probe is answered and queued; this process's
         // descriptor closes. With a second descriptor (another worker) the
         // socket stays open.
         let listener = listener(128);
@@ -512,9 +421,9 @@ mod tests {
         let swept = close_listener(ours, |_| 0).await;
         assert_eq!(swept, 0);
         assert!(started.elapsed() < SETTLE_LIMIT);
-        // The other descriptor still accepts: the plug is in its queue.
+        // The other descriptor still accepts: the probe is in its queue.
         other.set_nonblocking(false).unwrap();
         let _client = std::net::TcpStream::connect(local).unwrap();
-        let (_plug_or_client, _) = other.accept().unwrap();
+        let (_probe_or_client, _) = other.accept().unwrap();
     }
 }

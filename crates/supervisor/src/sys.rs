@@ -252,9 +252,8 @@ fn refuse_new_connections(fd: RawFd) -> io::Result<()> {
     // CAP_NET_ADMIN (EPERM, seen on 6.18 as a non-root user). Then shrink
     // the accept queue to one instead: while one connection is queued,
     // further SYNs are dropped (the client retries and, the socket closed by
-    // then, is refused). wharf-http's drain fills that one place with a plug
-    // connection of its own before it closes, so the close resets nothing
-    // else.
+    // then, is refused). wharf-http's drain takes the queue right before it
+    // closes; a client landing between the two is still reset.
     // SAFETY: listen on a valid listening socket only changes its backlog.
     if unsafe { libc::listen(fd, 0) } == 0 {
         tracing::debug!(error = %filter_error, "Socket filter refused; shrank the accept queue instead");
