@@ -866,29 +866,7 @@ fn interpret_check(answer: &Answer) -> Check {
 /// fewer characters, so an address of, say, U+3000 alone is "Enter your email
 /// address" there, not "Not a valid email address".
 fn is_blank(value: &str) -> bool {
-    value.chars().all(is_python_space)
-}
-
-/// The characters Python's `str.strip()` removes: those for which
-/// `str.isspace()` is true (Unicode category Zs or bidirectional class WS, B
-/// or S). Unlike `char::is_whitespace` (Unicode `White_Space`) this includes
-/// the information separators U+001C to U+001F.
-fn is_python_space(c: char) -> bool {
-    matches!(
-        c,
-        '\t'..='\r'
-            | '\u{1C}'..='\u{1F}'
-            | ' '
-            | '\u{85}'
-            | '\u{A0}'
-            | '\u{1680}'
-            | '\u{2000}'..='\u{200A}'
-            | '\u{2028}'
-            | '\u{2029}'
-            | '\u{202F}'
-            | '\u{205F}'
-            | '\u{3000}'
-    )
+    value.chars().all(crate::email::is_python_space)
 }
 
 /// Flask's automatic OPTIONS answer for a route serving `allow`: 200, an
@@ -1000,7 +978,7 @@ mod tests {
         ];
         let ours: Vec<u32> = (0..=0x10_FFFF_u32)
             .filter_map(char::from_u32)
-            .filter(|&c| is_python_space(c))
+            .filter(|&c| crate::email::is_python_space(c))
             .map(u32::from)
             .collect();
         assert_eq!(ours, PYTHON);

@@ -40,9 +40,11 @@ fn is_all_whitespace(c: char) -> bool {
     is_ascii_space(c) || is_obscure_whitespace(c)
 }
 
-/// What `\s` matches in a Python `str` pattern (`str.isspace()`). Unlike
-/// `char::is_whitespace` it includes the separators U+001C to U+001F.
-fn is_python_space(c: char) -> bool {
+/// Python's `str.isspace()`: what `\s` matches in a `str` pattern and what
+/// `str.strip()` removes (Unicode category Zs or bidirectional class WS, B or
+/// S). Unlike `char::is_whitespace` (Unicode `White_Space`) it includes the
+/// information separators U+001C to U+001F.
+pub(crate) fn is_python_space(c: char) -> bool {
     matches!(
         c,
         '\t'..='\r'
