@@ -7,8 +7,6 @@
 //! and serves nobody; anything reachable by real users runs as preview,
 //! staging or production.
 
-use crate::loader::Problem;
-
 /// The fewest bytes a key may have when deployed (`openssl rand -base64 48`
 /// gives 64).
 pub const MIN_KEY_BYTES: usize = 32;
@@ -114,19 +112,15 @@ pub fn shipped_secret(value: &str) -> Option<&'static ShippedSecret> {
     SHIPPED_SECRETS.iter().find(|s| s.value == value)
 }
 
-/// The problems of one key, `(name, value)`, given the keys checked before
-/// it: too short, shipped, or the same as an earlier one. The value is never
-/// in a reason.
+/// What is wrong with one key's `value`, given the keys checked before it
+/// (`(name, value)`): too short, shipped, or the same as an earlier one. The
+/// value is never in a reason.
 pub(crate) fn problems(
-    name: &'static str,
     value: &str,
     earlier: &[(&'static str, String)],
     environment: crate::Environment,
-) -> Vec<Problem> {
-    let problem = |reason: String| Problem {
-        variable: name.to_owned(),
-        reason: format!("{reason} (value not shown: secret)"),
-    };
+) -> Vec<String> {
+    let problem = |reason: String| format!("{reason} (value not shown: secret)");
     let mut found = Vec::new();
     if value.len() < MIN_KEY_BYTES {
         found.push(problem(format!(

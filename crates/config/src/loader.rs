@@ -320,7 +320,14 @@ impl Loader {
                 Ok(value) => {
                     if var.strong && environment.is_deployed() {
                         let key = value.as_str().unwrap_or(text).to_owned();
-                        problems.extend(crate::keys::problems(var.name, &key, &keys, environment));
+                        problems.extend(
+                            crate::keys::problems(&key, &keys, environment)
+                                .into_iter()
+                                .map(|reason| Problem {
+                                    variable: var.name.to_owned(),
+                                    reason,
+                                }),
+                        );
                         keys.push((var.name, key));
                     }
                     insert_at(layer, &var.key, value);

@@ -9,19 +9,13 @@ use http_body_util::Full;
 use crate::html::url_encode;
 use crate::ids::Uuid;
 use crate::local::LocalApi;
+use crate::present::ServiceInfo;
 use crate::signing::notify_api_token;
 use crate::upstream::{Answer, TraceHeaders, Upstream, UpstreamError};
 
 /// The issuer of the admin client's tokens.
 const NOTIFY_ADMIN_ISSUER: &str = "notify-admin";
 const USER_AGENT: &str = concat!("wharf-download/", env!("CARGO_PKG_VERSION"));
-
-/// A service's name and contact details.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ServiceInfo {
-    pub(crate) name: String,
-    pub(crate) contact_link: Option<String>,
-}
 
 /// Why a service could not be fetched.
 #[derive(Debug)]

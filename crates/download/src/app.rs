@@ -12,13 +12,13 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use wharf_http::{Body, ResponseBody};
 
-use crate::api::{DocumentApi, NotifyApi, ServiceFailure, ServiceInfo};
+use crate::api::{DocumentApi, NotifyApi, ServiceFailure};
 use crate::assets::{Assets, STATIC_PREFIX};
 use crate::csrf::{self, CSRF_COOKIE};
 use crate::html::{self, url_encode, Chrome, FileView, FormError, ServiceView, Unavailable};
 use crate::ids::Uuid;
 use crate::local::{cookie, json_content_type, LocalApi, LocalFile, ACCESS_COOKIE};
-use crate::present::{self, Clock, Contact, Date};
+use crate::present::{self, Clock, Contact, Date, ServiceInfo};
 use crate::security;
 use crate::upstream::{Answer, RequestTrace, TraceHeaders, UpstreamError};
 

@@ -20,10 +20,9 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::api::ServiceInfo;
 use crate::html::url_encode;
 use crate::ids::{encode_url_safe, Uuid};
-use crate::present::{Clock, Date};
+use crate::present::{Clock, Date, ServiceInfo};
 use crate::signing::{hmac_sha256, verify};
 use crate::upstream::Answer;
 

@@ -36,6 +36,14 @@ pub(crate) fn file_type_name(extension: &str) -> Option<&'static str> {
     })
 }
 
+/// A service's name and contact details, as the Notify API (or the local
+/// one) gives them and the pages show them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ServiceInfo {
+    pub(crate) name: String,
+    pub(crate) contact_link: Option<String>,
+}
+
 /// A size as the existing service shows it: at most one decimal place, KB below
 /// 0.05 MB, never less than 0.1KB. (`10.0` shows as `10MB`; the old service's
 /// `rstrip(".0")` showed it as `1MB`, see docs/compatibility.md.)

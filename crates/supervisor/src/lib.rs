@@ -213,7 +213,7 @@ impl Supervisor {
     /// as [`WorkerContext::take_shared_memory`] gives. `None` in a master, in
     /// one process without a master, or when none has that name.
     pub fn inherited_shared_memory(name: &str) -> Option<std::sync::Arc<SharedMemory>> {
-        shared::worker_segments()
+        worker::worker_segments()
             .ok()?
             .into_iter()
             .find(|segment| segment.name() == name)

@@ -122,26 +122,6 @@ pub(crate) fn adopt(first: RawFd) -> std::io::Result<Vec<SharedMemory>> {
     Ok(segments)
 }
 
-/// A worker's inherited segments, adopted once for the process: the master
-/// puts them after the listeners and the control channel. Empty outside a
-/// worker. Both [`crate::Supervisor::inherited_shared_memory`] (before the
-/// service runs) and the worker's context read them from here.
-pub(crate) fn worker_segments() -> Result<Vec<Arc<SharedMemory>>, String> {
-    static SEGMENTS: std::sync::OnceLock<Result<Vec<Arc<SharedMemory>>, String>> =
-        std::sync::OnceLock::new();
-    SEGMENTS
-        .get_or_init(|| {
-            let Some(env) = crate::worker::WorkerEnv::detect() else {
-                return Ok(Vec::new());
-            };
-            let first = sys::FIRST_INHERITED_FD + RawFd::try_from(env.listeners).unwrap_or(0) + 1;
-            adopt(first)
-                .map(|segments| segments.into_iter().map(Arc::new).collect())
-                .map_err(|e| e.to_string())
-        })
-        .clone()
-}
-
 /// The segments for this instance: each declared one taken over from
 /// `inherited` (an old master's, on upgrade) when its size matches, else
 /// made afresh (logged: its state starts over).

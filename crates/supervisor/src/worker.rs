@@ -308,7 +308,7 @@ where
         .ok_or_else(|| std::io::Error::other("inherited control channel is not open"))?;
     let control = StdUnixStream::from(control);
     control.set_nonblocking(true)?;
-    let shared = crate::shared::worker_segments().map_err(std::io::Error::other)?;
+    let shared = worker_segments().map_err(std::io::Error::other)?;
     // Before the runtime's threads exist, so they inherit the blocked signal.
     if let Err(error) = sys::spawn_stall_reporter() {
         tracing::warn!(%error, "Cannot start the stalled-runtime reporter");
@@ -552,6 +552,28 @@ async fn stop_on_signals(shutdown: watch::Sender<bool>, worker: bool, before_sto
     }
     before_stop();
     let _ = shutdown.send(true);
+}
+
+/// A worker's inherited segments, adopted once for the process: the master
+/// puts them after the listeners and the control channel. Empty outside a
+/// worker. Both [`crate::Supervisor::inherited_shared_memory`] (before the
+/// service runs) and the worker's context read them from here.
+pub(crate) fn worker_segments() -> Result<Vec<Arc<crate::SharedMemory>>, String> {
+    static SEGMENTS: std::sync::OnceLock<Result<Vec<Arc<crate::SharedMemory>>, String>> =
+        std::sync::OnceLock::new();
+    SEGMENTS
+        .get_or_init(|| {
+            let Some(env) = WorkerEnv::detect() else {
+                return Ok(Vec::new());
+            };
+            let first = sys::FIRST_INHERITED_FD
+                + std::os::fd::RawFd::try_from(env.listeners).unwrap_or(0)
+                + 1;
+            crate::shared::adopt(first)
+                .map(|segments| segments.into_iter().map(Arc::new).collect())
+                .map_err(|e| e.to_string())
+        })
+        .clone()
 }
 
 #[cfg(test)]
