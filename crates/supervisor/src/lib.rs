@@ -51,6 +51,7 @@
 //! ```
 #![deny(unsafe_code)]
 
+mod admin;
 mod config;
 mod listen;
 mod master;

@@ -787,6 +787,15 @@ impl Master {
         verdict.is_err()
     }
 
+    /// What the admin listener serves: the text and the flag this master
+    /// keeps up to date.
+    fn admin_state(&self) -> crate::admin::AdminState {
+        crate::admin::AdminState {
+            metrics: Arc::clone(&self.metrics),
+            ready: Arc::clone(&self.ready),
+        }
+    }
+
     /// Runs until a stop signal; returns after every worker has exited.
     pub(crate) async fn run(mut self) -> Result<(), SupervisorError> {
         let mut sigchld = signal(SignalKind::child()).map_err(SupervisorError::Signals)?;
@@ -799,8 +808,8 @@ impl Master {
         let mut ttou =
             signal(SignalKind::from_raw(libc::SIGTTOU)).map_err(SupervisorError::Signals)?;
         let mut usr2 = signal(SignalKind::user_defined2()).map_err(SupervisorError::Signals)?;
-        if let Some(addr) = self.config.admin_address.clone() {
-            self.start_admin(&addr);
+        if let Some(addr) = &self.config.admin_address {
+            crate::admin::start(addr, self.admin_state());
         }
         self.boot(&mut sigchld).await?;
         crate::notify::sd_notify(&format!("READY=1\nMAINPID={}", self.pid));
@@ -968,166 +977,6 @@ impl Master {
         }
         tracing::info!("Stopped");
     }
-
-    fn start_admin(&self, addr: &str) {
-        let metrics = Arc::clone(&self.metrics);
-        let ready = Arc::clone(&self.ready);
-        let addr = addr.to_owned();
-        tokio::spawn(async move {
-            // After a binary upgrade the old master holds the address until it
-            // has drained: keep trying for a while.
-            let mut attempts = 0;
-            let listener = loop {
-                match tokio::net::TcpListener::bind(&addr).await {
-                    Ok(listener) => break listener,
-                    Err(error)
-                        if attempts < 120 && crate::upgrade::taking_over_from().is_some() =>
-                    {
-                        attempts += 1;
-                        tracing::debug!(address = %addr, %error, "Admin address busy; retrying");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                    Err(error) => {
-                        tracing::warn!(address = %addr, %error, "Cannot start the admin listener; /metrics unavailable");
-                        return;
-                    }
-                }
-            };
-            tracing::info!(address = %addr, "Admin listener: /metrics, /health/live, /health/ready");
-            serve_admin(listener, metrics, ready).await;
-        });
-    }
-}
-
-/// How long the admin listener waits for a request head, and the most of
-/// one it reads.
-const ADMIN_READ_TIMEOUT: Duration = Duration::from_secs(5);
-const ADMIN_HEAD_LIMIT: usize = 8 * 1024;
-/// The admin accept loop's wait after an accept error such as EMFILE,
-/// doubled while the errors go on, up to [`ACCEPT_RETRY_MAX`].
-const ACCEPT_RETRY_FIRST: Duration = Duration::from_millis(100);
-const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
-
-async fn serve_admin(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Mutex<String>>,
-    ready: Arc<AtomicBool>,
-) {
-    let mut retry: Option<Duration> = None;
-    loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                retry = None;
-                stream
-            }
-            // That connection went away before it was accepted; the next
-            // one may be fine.
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    std::io::ErrorKind::ConnectionAborted
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionRefused
-                ) =>
-            {
-                continue
-            }
-            // EMFILE, ENFILE, ENOBUFS: the connection stays queued and
-            // `accept` would fail again at once. Wait rather than spin (and
-            // log once per wait), as Go's net/http does.
-            Err(error) => {
-                let wait =
-                    retry.map_or(ACCEPT_RETRY_FIRST, |last| (last * 2).min(ACCEPT_RETRY_MAX));
-                retry = Some(wait);
-                tracing::warn!(
-                    %error,
-                    retry_in_ms = wait.as_millis(),
-                    "Admin listener cannot accept a connection; retrying"
-                );
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        tokio::spawn(answer_admin(
-            stream,
-            Arc::clone(&metrics),
-            Arc::clone(&ready),
-        ));
-    }
-}
-
-/// Reads one request on the admin listener, answers it and closes.
-async fn answer_admin(
-    mut stream: tokio::net::TcpStream,
-    metrics: Arc<Mutex<String>>,
-    ready: Arc<AtomicBool>,
-) {
-    let Ok(Some(head)) = tokio::time::timeout(ADMIN_READ_TIMEOUT, read_head(&mut stream)).await
-    else {
-        return;
-    };
-    let (status, content_type, body) = match admin_path(&head) {
-        None => (
-            "400 Bad Request",
-            "text/plain",
-            "400 Bad Request\n".to_owned(),
-        ),
-        Some("/metrics") => (
-            "200 OK",
-            "text/plain; version=0.0.4",
-            metrics.lock().map(|m| m.clone()).unwrap_or_default(),
-        ),
-        Some("/health/ready") if !ready.load(Ordering::Relaxed) => (
-            "503 Service Unavailable",
-            "application/json",
-            "{\"status\":\"unavailable\"}".to_owned(),
-        ),
-        Some("/health/live" | "/health/ready") => (
-            "200 OK",
-            "application/json",
-            "{\"status\":\"ok\"}".to_owned(),
-        ),
-        Some(_) => ("404 Not Found", "text/plain", "404 Not Found\n".to_owned()),
-    };
-    let response = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes()).await;
-}
-
-/// Reads up to the blank line that ends a request head (a request line can
-/// come in several packets), or [`ADMIN_HEAD_LIMIT`] bytes, or what came
-/// before the peer stopped sending; `None` if nothing came.
-async fn read_head(stream: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    let mut buf = [0_u8; 1024];
-    loop {
-        let n = stream.read(&mut buf).await.ok()?;
-        if n == 0 {
-            return (!head.is_empty()).then_some(head);
-        }
-        head.extend_from_slice(&buf[..n]);
-        let ended =
-            head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n");
-        if ended || head.len() >= ADMIN_HEAD_LIMIT {
-            return Some(head);
-        }
-    }
-}
-
-/// The target of a head's request line (`METHOD SP TARGET SP HTTP/x`), or
-/// `None` when the line is not one.
-fn admin_path(head: &[u8]) -> Option<&str> {
-    let line = head.split(|b| *b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?.trim_end_matches('\r');
-    let mut parts = line.split(' ');
-    let (method, target, version) = (parts.next()?, parts.next()?, parts.next()?);
-    let well_formed = parts.next().is_none()
-        && !method.is_empty()
-        && target.starts_with('/')
-        && version.starts_with("HTTP/");
-    well_formed.then_some(target)
 }
 
 /// Reads a worker's reports: lines, and length-prefixed metrics blocks.
@@ -1256,145 +1105,6 @@ mod tests {
             wants_metrics: false,
             control,
         }
-    }
-
-    /// An admin listener on a free port serving `metrics`.
-    async fn admin(metrics: &str, ready: bool) -> std::net::SocketAddr {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve_admin(
-            listener,
-            Arc::new(Mutex::new(metrics.to_owned())),
-            Arc::new(AtomicBool::new(ready)),
-        ));
-        addr
-    }
-
-    /// Sends `pieces` 50 ms apart and reads the answer to the end.
-    async fn ask(addr: std::net::SocketAddr, pieces: &[&str]) -> String {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-        for (i, piece) in pieces.iter().enumerate() {
-            if i > 0 {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            stream.write_all(piece.as_bytes()).await.unwrap();
-        }
-        let mut answer = String::new();
-        stream.read_to_string(&mut answer).await.unwrap();
-        answer
-    }
-
-    #[tokio::test]
-    async fn the_admin_listener_reads_a_request_line_that_comes_in_pieces() {
-        let addr = admin("m 1\n", true).await;
-        let answer = ask(addr, &["GET /metr", "ics HTTP/1.1\r\nHost: t\r\n", "\r\n"]).await;
-        assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
-        assert!(answer.ends_with("\r\n\r\nm 1\n"), "{answer}");
-    }
-
-    #[tokio::test]
-    async fn the_admin_listener_answers_400_to_a_request_line_without_a_path() {
-        let addr = admin("m 1\n", false).await;
-        for request in [
-            "GET\r\n\r\n",
-            "GET  HTTP/1.1\r\n\r\n",
-            "\r\n\r\n",
-            "\u{ff}\r\n\r\n",
-        ] {
-            let answer = ask(addr, &[request]).await;
-            assert!(answer.starts_with("HTTP/1.1 400 "), "{request:?}: {answer}");
-        }
-        for (request, status) in [
-            ("GET /health/live HTTP/1.0\n\n", "200"),
-            ("GET /health/ready HTTP/1.1\r\n\r\n", "503"),
-            ("GET /nothing HTTP/1.1\r\n\r\n", "404"),
-        ] {
-            let answer = ask(addr, &[request]).await;
-            assert!(
-                answer.starts_with(&format!("HTTP/1.1 {status} ")),
-                "{request:?}: {answer}"
-            );
-        }
-    }
-
-    /// Set in the child process of the EMFILE test.
-    const EMFILE_CHILD: &str = "WHARF_TEST_ADMIN_EMFILE_CHILD";
-
-    /// CPU time this process has used, from `stat`, its `/proc/self/stat`
-    /// opened beforehand (in the kernel's fixed 100 Hz `USER_HZ` ticks).
-    fn cpu_time(stat: &mut std::fs::File) -> Duration {
-        use std::io::{Read as _, Seek as _};
-        let mut text = String::new();
-        stat.rewind().unwrap();
-        stat.read_to_string(&mut text).unwrap();
-        let stat = text;
-        let fields: Vec<u64> = stat
-            .rsplit_once(')')
-            .unwrap()
-            .1
-            .split_whitespace()
-            .map(|f| f.parse().unwrap_or(0))
-            .collect();
-        // utime and stime, fields 14 and 15 (the list starts at field 3).
-        Duration::from_millis((fields[11] + fields[12]) * 10)
-    }
-
-    /// With every file descriptor in use, a queued connection makes each
-    /// `accept` fail at once with EMFILE. The loop must wait between tries,
-    /// not spin: a second of it costs no measurable CPU (the spin cost 0.96
-    /// to 1 s of it here, some 50,000 failed `accept4` calls a second; under
-    /// a loaded machine's share of a CPU, still 180 ms or more).
-    /// Run in a child process under `ulimit -n 64`, as using up the
-    /// descriptors of the test process would fail the other tests.
-    #[test]
-    fn the_admin_accept_loop_waits_after_emfile_instead_of_spinning() {
-        if std::env::var_os(EMFILE_CHILD).is_some() {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(async {
-                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-                let addr = listener.local_addr().unwrap();
-                tokio::spawn(serve_admin(listener, Arc::default(), Arc::default()));
-                let mut stat = std::fs::File::open("/proc/self/stat").unwrap();
-                let mut hogs = Vec::new();
-                while let Ok(file) = std::fs::File::open("/dev/null") {
-                    hogs.push(file);
-                }
-                // One descriptor free, for the client: none for the server.
-                hogs.pop();
-                let _client = std::net::TcpStream::connect(addr).unwrap();
-                let before = cpu_time(&mut stat);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                println!(
-                    "admin accept loop cpu_ms={}",
-                    cpu_time(&mut stat).saturating_sub(before).as_millis()
-                );
-            });
-            return;
-        }
-        let out = std::process::Command::new("sh")
-            .args(["-c", "ulimit -n 64 && exec \"$0\" \"$@\""])
-            .arg(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "master::tests::the_admin_accept_loop_waits_after_emfile_instead_of_spinning",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(EMFILE_CHILD, "1")
-            .output()
-            .unwrap();
-        let said = String::from_utf8_lossy(&out.stdout);
-        let cpu_ms: u64 = said
-            .split("cpu_ms=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("{said}{}", String::from_utf8_lossy(&out.stderr)));
-        assert!(out.status.success(), "{said}");
-        assert!(cpu_ms < 50, "{cpu_ms} ms of CPU in 1 s of EMFILE: {said}");
     }
 
     /// Slot 0 mid-replacement (its old worker draining beside the new one):
