@@ -132,7 +132,8 @@ fn reachable(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// The inode of `listener`'s socket, which `/proc/net/tcp` names it by.
+/// The inode of `listener`'s socket, which the kernel's socket table names
+/// it by.
 fn socket_inode(listener: &TcpListener) -> Option<u64> {
     use std::os::fd::AsRawFd;
     use std::os::unix::fs::MetadataExt;
