@@ -17,12 +17,12 @@
 
 use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::load::Load;
-use crate::support::{free_port, is_root, skipped};
+use crate::support::{free_port, is_root, skipped, Process};
 
 const FRONTEND: &str = env!("CARGO_BIN_EXE_frontend");
 
@@ -61,23 +61,20 @@ impl Drop for Hogs {
 }
 
 /// What one run saw.
-#[derive(Debug)]
 struct Run {
     ok: u64,
     failed: u64,
     /// The first failures, printed when a run is bad.
-    #[allow(dead_code)]
     errors: Vec<String>,
     exited_in: Duration,
     success: bool,
-    log: PathBuf,
+    /// What the server printed.
+    log: String,
 }
 
 /// One TERM-under-load run of `binary` (as `user`, when given).
-fn run(binary: &Path, user: Option<u32>, dir: &Path, index: u32) -> Run {
+fn run(binary: &Path, user: Option<u32>, dir: &Path) -> Run {
     let port = free_port();
-    let log = dir.join(format!("run-{index}.log"));
-    let out = std::fs::File::create(&log).unwrap();
     let mut command = match user {
         Some(uid) => {
             let mut c = Command::new("setpriv");
@@ -116,39 +113,19 @@ fn run(binary: &Path, user: Option<u32>, dir: &Path, index: u32) -> Run {
         .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .current_dir(dir)
         .arg("serve")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out);
-    let mut child = command.spawn().unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(addr).is_err() {
-        if child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            let _ = child.kill();
-            panic!(
-                "{} did not start: {}",
-                binary.display(),
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let load = Load::start(addr, 4, "/_status");
+        .stdin(Stdio::null());
+    let mut process = Process::serve(&mut command, port);
+    let load = Load::start(process.addr(), 4, "/_status");
     std::thread::sleep(Duration::from_millis(300));
     let started = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    process.signal("TERM");
     let deadline = started + Duration::from_secs(10);
     let exit = loop {
-        if let Some(exit) = child.try_wait().unwrap() {
-            break exit;
+        if let Some(exit) = process.try_wait() {
+            break Some(exit);
         }
         if Instant::now() > deadline {
-            let _ = child.kill();
-            break child.wait().unwrap();
+            break None; // killed when `process` is dropped
         }
         std::thread::sleep(Duration::from_millis(5));
     };
@@ -161,12 +138,11 @@ fn run(binary: &Path, user: Option<u32>, dir: &Path, index: u32) -> Run {
         failed,
         errors,
         exited_in,
-        success: exit.success(),
-        log,
+        success: exit.is_some_and(|e| e.success()),
+        log: process.logs(),
     }
 }
 
-/// `runs` runs of `binary` as `user`; panics with the first bad run's log.
 fn runs(binary: &Path, user: Option<u32>, runs: u32, dir: &Path) {
     let started = Instant::now();
     let mut served = 0;
@@ -175,22 +151,26 @@ fn runs(binary: &Path, user: Option<u32>, runs: u32, dir: &Path) {
     std::fs::create_dir(&dir).unwrap();
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777)).unwrap();
     for index in 0..runs {
-        let run = run(binary, user, &dir, index);
+        let run = run(binary, user, &dir);
         let bad = run.failed > 0 || !run.success || run.exited_in > Duration::from_secs(5);
         if bad {
-            let log = std::fs::read_to_string(&run.log).unwrap_or_default();
-            let lines: Vec<&str> = log
+            let lines: Vec<&str> = run
+                .log
                 .lines()
                 .filter(|l| !l.contains("\"Served request\""))
                 .collect();
             panic!(
-                "run {index} of {runs} (user {user:?}): {run:?}\nlog but the access log:\n{}",
+                "run {index} of {runs} (user {user:?}): {} served, {} failed {:?}, exit {} in {:?}\nlog but the access log:\n{}",
+                run.ok,
+                run.failed,
+                run.errors,
+                if run.success { "0" } else { "not 0" },
+                run.exited_in,
                 lines.join("\n")
             );
         }
         assert!(run.ok > 10, "run {index}: only {} requests served", run.ok);
         served += run.ok;
-        let _ = std::fs::remove_file(&run.log);
     }
     eprintln!(
         "drain: {runs} TERM-under-load runs as {}: 0 reset, {served} requests served, {:.0?}",
