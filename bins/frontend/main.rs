@@ -270,9 +270,9 @@ async fn run(
     if let Some(rendered) = http_metrics.clone() {
         let limiter_metrics = limit.limiter().clone();
         ctx.set_metrics_source(Arc::new(move || {
-            let mut text = rendered.render();
-            text.push_str(&limiter_metrics.metrics().render_prometheus());
-            text
+            let mut snapshot = rendered.snapshot();
+            snapshot.extend(limiter_metrics.metrics().snapshot());
+            snapshot
         }));
     }
     let instance = ctx.instance_metrics();

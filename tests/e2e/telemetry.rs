@@ -210,7 +210,7 @@ fn order_problems<'a>(text: &'a str) -> Vec<String> {
             "_sum" => 1,
             _ => 2,
         };
-        let pairs = wharf_telemetry::metrics::label_pairs(labels);
+        let pairs = label_pairs(labels);
         let le = pairs
             .iter()
             .find_map(|p| p.strip_prefix("le=\""))
@@ -343,6 +343,22 @@ fn an_edge_scrape_passes_promtool() {
         said.trim().is_empty(),
         "promtool check metrics: {said}\n{text}"
     );
+    // Facts about the whole instance are not summed over the two workers:
+    // the upstream is up (1, not 2), the generation is the first.
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(
+        value(&format!(
+            "edge_upstream_up{{upstream=\"app\",server=\"{}\"}}",
+            upstream.addr()
+        )),
+        "1"
+    );
+    assert_eq!(value("edge_config_generation"), "1");
 }
 
 #[test]
@@ -515,4 +531,28 @@ fn alert_rules_are_valid_and_every_alert_passes_its_unit_test() {
             "{alert} has no unit test in alerts.test.yml"
         );
     }
+}
+
+/// The `name="value"` pairs of a sample's label text, split at the commas
+/// between them, not at those inside quoted values (read independently of
+/// wharf-telemetry's encoder, which this checks).
+fn label_pairs(labels: &str) -> Vec<&str> {
+    let mut pairs = Vec::new();
+    let (mut start, mut quoted, mut escaped) = (0, false, false);
+    for (i, byte) in labels.bytes().enumerate() {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b',' if !quoted => {
+                pairs.push(&labels[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < labels.len() {
+        pairs.push(&labels[start..]);
+    }
+    pairs
 }

@@ -5,7 +5,6 @@
 
 use std::collections::HashMap;
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
@@ -21,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tower::ServiceExt;
 use wharf_http::{body, Accepted, Acceptor, Body, ConnectInfo, ResponseBody, TlsInfo};
+use wharf_telemetry::metrics::{self, Family};
 
 use crate::runtime::{strip_port, Action, Current, Location, Runtime};
 
@@ -424,137 +424,109 @@ where
     }
 }
 
-/// `/metrics` in the Prometheus text format.
+/// This process's edge metrics as values (the master adds up every
+/// worker's; the admin listener encodes them when there is no master).
 #[allow(clippy::too_many_lines)] // one line per metric
-pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> String {
-    let mut out = String::new();
-    let mut expiries = String::new();
-    let mut counter = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
+pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> metrics::Snapshot {
+    let mut out = metrics::Snapshot::new();
+    let mut one = |family: Family, value: u64| out.push(family.with(&[], value));
     if let Some(tls) = tls {
         let s = tls.stats();
-        counter(
-            "edge_tls_handshakes_total",
-            "Completed TLS handshakes.",
-            "counter",
-            s.handshakes,
-        );
-        counter(
-            "edge_tls_resumed_total",
-            "Handshakes that resumed a session.",
-            "counter",
-            s.resumed,
-        );
-        counter(
-            "edge_tls_handshake_failures_total",
-            "Failed TLS handshakes.",
-            "counter",
-            s.handshake_failures,
-        );
-        counter(
-            "edge_tls_handshake_timeouts_total",
-            "TLS handshakes past the timeout.",
-            "counter",
-            s.handshake_timeouts,
-        );
-        counter(
-            "edge_tls_certificate_reloads_total",
-            "Certificate sets swapped in.",
-            "counter",
-            s.reloads,
-        );
-        counter(
-            "edge_tls_certificate_reload_failures_total",
-            "Certificate reloads refused (old certificates kept).",
-            "counter",
-            s.reload_failures,
-        );
-        let _ = writeln!(
-            expiries,
-            "# HELP edge_tls_certificate_expiry_timestamp_seconds When each served certificate expires (notAfter).\n# TYPE edge_tls_certificate_expiry_timestamp_seconds gauge"
-        );
-        for (certificate, expires) in tls.certificate_expiries() {
-            let _ = writeln!(
-                expiries,
-                "edge_tls_certificate_expiry_timestamp_seconds{{certificate=\"{}\"}} {expires}",
-                certificate.replace('\\', "\\\\").replace('"', "\\\"")
-            );
+        for (name, help, value) in [
+            (
+                "edge_tls_handshakes_total",
+                "Completed TLS handshakes.",
+                s.handshakes,
+            ),
+            (
+                "edge_tls_resumed_total",
+                "Handshakes that resumed a session.",
+                s.resumed,
+            ),
+            (
+                "edge_tls_handshake_failures_total",
+                "Failed TLS handshakes.",
+                s.handshake_failures,
+            ),
+            (
+                "edge_tls_handshake_timeouts_total",
+                "TLS handshakes past the timeout.",
+                s.handshake_timeouts,
+            ),
+            (
+                "edge_tls_certificate_reloads_total",
+                "Certificate sets swapped in.",
+                s.reloads,
+            ),
+            (
+                "edge_tls_certificate_reload_failures_total",
+                "Certificate reloads refused (old certificates kept).",
+                s.reload_failures,
+            ),
+        ] {
+            one(Family::counter(name, help), value);
         }
     }
-    counter(
-        "edge_config_reloads_total",
-        "Configuration reloads applied.",
-        "counter",
+    one(
+        Family::counter(
+            "edge_config_reloads_total",
+            "Configuration reloads applied.",
+        ),
         current.reloads_ok.load(Ordering::Relaxed),
     );
-    counter(
-        "edge_config_reload_failures_total",
-        "Configuration reloads refused.",
-        "counter",
+    one(
+        Family::counter(
+            "edge_config_reload_failures_total",
+            "Configuration reloads refused.",
+        ),
         current.reloads_failed.load(Ordering::Relaxed),
     );
-    counter(
-        "edge_connections_open",
-        "Client connections open.",
-        "gauge",
+    one(
+        Family::gauge("edge_connections_open", "Client connections open."),
         current.connections_open.load(Ordering::Relaxed),
     );
-    counter(
-        "edge_connections_limited_total",
-        "Connections closed by limit_conn.",
-        "counter",
+    one(
+        Family::counter(
+            "edge_connections_limited_total",
+            "Connections closed by limit_conn.",
+        ),
         current.connections_refused.load(Ordering::Relaxed),
     );
     let runtime = current.get();
-    counter(
-        "edge_config_generation",
-        "The configuration generation new connections get.",
-        "gauge",
+    one(
+        Family::gauge(
+            "edge_config_generation",
+            "The configuration generation new connections get.",
+        )
+        .per_instance(),
         runtime.generation,
     );
-    // One block per family (HELP, TYPE, then its samples): the exposition
-    // format wants a family's samples together.
-    let families: [(&str, &str, &str); 6] = [
-        (
-            "edge_upstream_up",
-            "gauge",
-            "Whether an upstream server takes requests.",
-        ),
-        (
+    let mut families = [
+        // Every worker checks the same servers' health alike.
+        Family::gauge("edge_upstream_up", "Whether an upstream server takes requests.").per_instance(),
+        Family::counter(
             "edge_upstream_requests_total",
-            "counter",
             "Requests sent to an upstream server (attempts, retries included).",
         ),
-        (
+        Family::counter(
             "edge_upstream_failures_total",
-            "counter",
             "Upstream attempts that failed (connect error, timeout, gateway error).",
         ),
-        (
-            "edge_upstream_active",
-            "gauge",
-            "Requests in flight to an upstream server.",
-        ),
-        (
+        Family::gauge("edge_upstream_active", "Requests in flight to an upstream server."),
+        Family::counter(
             "edge_upstream_connections_opened_total",
-            "counter",
             "Connections opened to an upstream server.",
         ),
-        (
+        Family::counter(
             "edge_upstream_connections_reused_total",
-            "counter",
             "Requests sent over a kept-alive upstream connection (reuse rate: reused / (reused + opened)).",
         ),
     ];
-    let mut rows: [String; 6] = Default::default();
     for proxy in &runtime.proxies {
         let upstream = proxy.upstream();
         for s in upstream.stats() {
-            let labels = format!("upstream=\"{}\",server=\"{}\"", upstream.name(), s.addr);
+            let server = s.addr.to_string();
+            let labels = [("upstream", upstream.name()), ("server", server.as_str())];
             let values = [
                 u64::from(s.available),
                 s.requests,
@@ -563,19 +535,28 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
                 s.connections_opened,
                 s.connections_reused,
             ];
-            for ((row, (name, _, _)), value) in rows.iter_mut().zip(&families).zip(values) {
-                let _ = writeln!(row, "{name}{{{labels}}} {value}");
+            for (family, value) in families.iter_mut().zip(values) {
+                family.sample(&labels, value);
             }
         }
     }
-    for ((name, kind, help), row) in families.iter().zip(&rows) {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        out.push_str(row);
+    for family in families {
+        out.push(family);
     }
-    out.push_str(&expiries);
+    if let Some(tls) = tls {
+        let mut expiries = Family::gauge(
+            "edge_tls_certificate_expiry_timestamp_seconds",
+            "When each served certificate expires (notAfter).",
+        )
+        .per_instance();
+        for (certificate, expires) in tls.certificate_expiries() {
+            expiries.sample(&[("certificate", &certificate)], expires);
+        }
+        out.push(expiries);
+    }
     // Per zone: checks, rejections, and where it counts (zone_info).
     if let Some(limit) = &runtime.limit_req {
-        out.push_str(&limit.limiter().metrics().render_prometheus());
+        out.extend(limit.limiter().metrics().snapshot());
     }
     out
 }
@@ -589,14 +570,14 @@ pub(crate) fn admin(
 ) -> Response<ResponseBody> {
     if request.uri().path() == "/metrics" {
         use std::os::fd::AsFd as _;
-        let mut text = metrics(current, tls);
-        text.push_str(&wharf_supervisor::render_listen_metrics(
+        let mut snapshot = metrics(current, tls);
+        snapshot.extend(wharf_supervisor::listen_metrics(
             listening.iter().map(|l| (l.as_fd(), None)),
         ));
-        let mut response = Response::new(body::full(text));
+        let mut response = Response::new(body::full(snapshot.encode()));
         response.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(metrics::CONTENT_TYPE),
         );
         return response;
     }

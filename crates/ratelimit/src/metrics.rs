@@ -1,8 +1,10 @@
-//! Counters and a latency histogram, lock-free, rendered as Prometheus text.
+//! Counters and a latency histogram, lock-free, reported as values that
+//! wharf-telemetry encodes as Prometheus text.
 
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use wharf_telemetry::metrics::{Family, Histogram, Snapshot};
 
 /// Upper bounds (µs) of the Redis round-trip histogram buckets.
 const LATENCY_BUCKETS_MICROS: [u64; 12] = [
@@ -59,7 +61,8 @@ impl ZoneCounters {
     }
 }
 
-/// The limiter's metrics. Read them directly or as Prometheus text with
+/// The limiter's metrics. Read them directly, as values with
+/// [`Metrics::snapshot`] or as Prometheus text with
 /// [`Metrics::render_prometheus`].
 #[derive(Debug)]
 pub struct Metrics {
@@ -154,10 +157,10 @@ impl Metrics {
         self.deny_cache_hits.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The metrics in the Prometheus text exposition format, names prefixed
-    /// `wharf_ratelimit_`.
-    pub fn render_prometheus(&self) -> String {
-        let mut out = String::new();
+    /// The metrics as values (names prefixed `wharf_ratelimit_`), to encode
+    /// or to send to a supervisor's master.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut out = Snapshot::new();
         let counters: [(&str, &str, Getter); 5] = [
             (
                 "checks",
@@ -182,17 +185,22 @@ impl Metrics {
             ),
         ];
         for (name, help, get) in counters {
-            let _ = writeln!(out, "# HELP wharf_ratelimit_{name}_total {help}");
-            let _ = writeln!(out, "# TYPE wharf_ratelimit_{name}_total counter");
+            let mut family = Family::counter(&format!("wharf_ratelimit_{name}_total"), help);
             for (zone, c) in &self.zones {
-                let _ = writeln!(
-                    out,
-                    "wharf_ratelimit_{name}_total{{zone=\"{zone}\"}} {}",
-                    get(c)
-                );
+                family.sample(&[("zone", zone)], get(c));
             }
+            out.push(family);
         }
-        self.render_zone_info(&mut out);
+        // Where each zone counts: the same in every worker.
+        let mut info = Family::gauge(
+            "wharf_ratelimit_zone_info",
+            "Where each zone counts: redis (every replica), shared_memory (every worker of the instance) or memory (one process).",
+        )
+        .per_instance();
+        for ((zone, _), store) in self.zones.iter().zip(&self.stores) {
+            info.sample(&[("zone", zone), ("store", store)], 1_u64);
+        }
+        out.push(info);
         for (name, help, value) in [
             (
                 "redis_errors_total",
@@ -210,68 +218,42 @@ impl Metrics {
                 self.deny_cache_hits(),
             ),
         ] {
-            let _ = writeln!(out, "# HELP wharf_ratelimit_{name} {help}");
-            let _ = writeln!(out, "# TYPE wharf_ratelimit_{name} counter");
-            let _ = writeln!(out, "wharf_ratelimit_{name} {value}");
+            out.push(Family::counter(&format!("wharf_ratelimit_{name}"), help).with(&[], value));
         }
-        let _ = writeln!(out, "# HELP wharf_ratelimit_fallback_active 1 while Redis is failing and failure modes decide.");
-        let _ = writeln!(out, "# TYPE wharf_ratelimit_fallback_active gauge");
-        let _ = writeln!(
-            out,
-            "wharf_ratelimit_fallback_active {}",
-            u8::from(self.fallback_active())
+        // 1 while any worker's limiter is in its failure mode.
+        out.push(
+            Family::gauge(
+                "wharf_ratelimit_fallback_active",
+                "1 while Redis is failing and failure modes decide.",
+            )
+            .per_instance()
+            .with(&[], self.fallback_active()),
         );
-        let _ = writeln!(
-            out,
-            "# HELP wharf_ratelimit_redis_seconds Redis check round-trip time."
+        let counts: Vec<u64> = self
+            .latency_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let bounds = LATENCY_BUCKETS_MICROS.map(micros_as_seconds);
+        let sum = micros_as_seconds(self.latency_sum_micros.load(Ordering::Relaxed));
+        out.push(
+            Family::histogram(
+                "wharf_ratelimit_redis_seconds",
+                "Redis check round-trip time.",
+            )
+            .with(&[], Histogram::from_counts(&bounds, &counts, sum)),
         );
-        let _ = writeln!(out, "# TYPE wharf_ratelimit_redis_seconds histogram");
-        let mut cumulative = 0;
-        for (i, bucket) in self.latency_buckets.iter().enumerate() {
-            cumulative += bucket.load(Ordering::Relaxed);
-            match LATENCY_BUCKETS_MICROS.get(i) {
-                Some(bound) => {
-                    let _ = writeln!(
-                        out,
-                        "wharf_ratelimit_redis_seconds_bucket{{le=\"{}\"}} {cumulative}",
-                        micros_as_seconds(*bound)
-                    );
-                }
-                None => {
-                    let _ = writeln!(
-                        out,
-                        "wharf_ratelimit_redis_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
-                    );
-                }
-            }
-        }
-        let _ = writeln!(
-            out,
-            "wharf_ratelimit_redis_seconds_sum {}",
-            micros_as_seconds(self.latency_sum_micros.load(Ordering::Relaxed))
-        );
-        let _ = writeln!(out, "wharf_ratelimit_redis_seconds_count {cumulative}");
         out
     }
-}
 
-impl Metrics {
-    /// `wharf_ratelimit_zone_info{zone, store} 1`: where each zone counts.
-    fn render_zone_info(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP wharf_ratelimit_zone_info Where each zone counts: redis (every replica), shared_memory (every worker of the instance) or memory (one process)."
-        );
-        let _ = writeln!(out, "# TYPE wharf_ratelimit_zone_info gauge");
-        for ((zone, _), store) in self.zones.iter().zip(&self.stores) {
-            let _ = writeln!(
-                out,
-                "wharf_ratelimit_zone_info{{zone=\"{zone}\",store=\"{store}\"}} 1"
-            );
-        }
+    /// [`snapshot`](Self::snapshot) in the Prometheus text format.
+    pub fn render_prometheus(&self) -> String {
+        self.snapshot().encode()
     }
 }
 
-fn micros_as_seconds(micros: u64) -> String {
-    format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000)
+/// Microseconds as seconds (exact for the bucket bounds, 100 µs and up).
+#[allow(clippy::cast_precision_loss)] // sums past 2^53 µs (285 years) lose a µs
+fn micros_as_seconds(micros: u64) -> f64 {
+    micros as f64 / 1_000_000.0
 }

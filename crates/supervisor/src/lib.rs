@@ -23,7 +23,7 @@
 //!   and serves one `/metrics` for the whole instance on an admin listener,
 //!   with `/health/live` and `/health/ready`, including each listening
 //!   socket's accept queue and the kernel's listen overflows
-//!   ([`render_listen_metrics`]);
+//!   ([`listen_metrics`]);
 //! - runs an optional [`reload_check`](Supervisor::reload_check) on HUP first,
 //!   so a bad new configuration is refused before any worker is replaced.
 //!
@@ -69,7 +69,7 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use config::{AcceptMode, SupervisorSection};
-pub use listen::{render_listen_metrics, ListenOverflows, ListenQueue};
+pub use listen::{listen_metrics, ListenOverflows, ListenQueue};
 pub use notify::sd_notify;
 pub use shared::SharedMemory;
 pub use stats::{InFlightGuard, WorkerStats};

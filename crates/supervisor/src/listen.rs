@@ -1,6 +1,6 @@
 //! Listen queues: how full each listening socket's accept queue is, how much
 //! it holds, and how many connections the kernel dropped because a queue was
-//! full — in the Prometheus text format, for the instance's one scrape.
+//! full — as metric values, for the instance's one scrape.
 //!
 //! A connection whose handshake is complete waits in its socket's accept
 //! queue until a process calls `accept`. The queue holds the backlog asked
@@ -10,11 +10,11 @@
 //! client retries after a second, then three, and so on. Those drops are
 //! invisible to the server itself, so these figures are the only sign of them.
 
-use std::fmt::Write as _;
 use std::io;
 use std::os::fd::BorrowedFd;
 
 use socket2::SockRef;
+use wharf_telemetry::metrics::{Family, Snapshot};
 
 /// One listening socket's accept queue, as the kernel reports it (what
 /// `ss -lnt` shows as Recv-Q and Send-Q).
@@ -94,9 +94,9 @@ impl ListenOverflows {
 ///   (counters): `TcpExt: ListenOverflows` and `ListenDrops`.
 ///
 /// A socket whose queue cannot be read is left out.
-pub fn render_listen_metrics<'a>(
+pub fn listen_metrics<'a>(
     sockets: impl IntoIterator<Item = (BorrowedFd<'a>, Option<usize>)>,
-) -> String {
+) -> Snapshot {
     let mut queues = Vec::new();
     for (fd, slot) in sockets {
         let Ok(queue) = ListenQueue::of(fd) else {
@@ -109,43 +109,43 @@ pub fn render_listen_metrics<'a>(
         else {
             continue;
         };
-        let labels = match slot {
-            Some(slot) => format!("address=\"{address}\",slot=\"{slot}\""),
-            None => format!("address=\"{address}\""),
-        };
-        queues.push((labels, queue));
+        queues.push((address.to_string(), slot.map(|s| s.to_string()), queue));
     }
-    let mut out = String::new();
+    let mut out = Snapshot::new();
     if !queues.is_empty() {
-        let _ = writeln!(
-            out,
-            "# HELP wharf_listen_queue_length Connections waiting in a listening socket's accept queue (handshake done, not yet accepted).\n# TYPE wharf_listen_queue_length gauge"
+        let mut length = Family::gauge(
+            "wharf_listen_queue_length",
+            "Connections waiting in a listening socket's accept queue (handshake done, not yet accepted).",
         );
-        for (labels, queue) in &queues {
-            let _ = writeln!(
-                out,
-                "wharf_listen_queue_length{{{labels}}} {}",
-                queue.length
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP wharf_listen_queue_max A listening socket's accept queue limit: the backlog asked for, capped at net.core.somaxconn.\n# TYPE wharf_listen_queue_max gauge"
+        let mut max = Family::gauge(
+            "wharf_listen_queue_max",
+            "A listening socket's accept queue limit: the backlog asked for, capped at net.core.somaxconn.",
         );
-        for (labels, queue) in &queues {
-            let _ = writeln!(out, "wharf_listen_queue_max{{{labels}}} {}", queue.max);
+        for (address, slot, queue) in &queues {
+            let mut labels = vec![("address", address.as_str())];
+            if let Some(slot) = slot {
+                labels.push(("slot", slot.as_str()));
+            }
+            length.sample(&labels, queue.length);
+            max.sample(&labels, queue.max);
         }
+        out.push(length);
+        out.push(max);
     }
     if let Some(counts) = ListenOverflows::read() {
-        let _ = writeln!(
-            out,
-            "# HELP wharf_listen_overflows_total Connections the kernel dropped because an accept queue was full (TcpExt ListenOverflows, every listening socket of this network namespace).\n# TYPE wharf_listen_overflows_total counter\nwharf_listen_overflows_total {}",
-            counts.overflows
+        out.push(
+            Family::counter(
+                "wharf_listen_overflows_total",
+                "Connections the kernel dropped because an accept queue was full (TcpExt ListenOverflows, every listening socket of this network namespace).",
+            )
+            .with(&[], counts.overflows),
         );
-        let _ = writeln!(
-            out,
-            "# HELP wharf_listen_drops_total Connection attempts the kernel dropped at a listening socket, overflows included (TcpExt ListenDrops, this network namespace).\n# TYPE wharf_listen_drops_total counter\nwharf_listen_drops_total {}",
-            counts.drops
+        out.push(
+            Family::counter(
+                "wharf_listen_drops_total",
+                "Connection attempts the kernel dropped at a listening socket, overflows included (TcpExt ListenDrops, this network namespace).",
+            )
+            .with(&[], counts.drops),
         );
     }
     out
@@ -176,7 +176,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never queued 4");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let text = render_listen_metrics([(listener.as_fd(), Some(2))]);
+        let text = listen_metrics([(listener.as_fd(), Some(2))]).encode();
         assert!(
             text.contains(&format!(
                 "\nwharf_listen_queue_length{{address=\"{addr}\",slot=\"2\"}} 4\n"
@@ -198,7 +198,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         assert!(ListenQueue::of(stream.as_fd()).is_err());
-        let text = render_listen_metrics([(stream.as_fd(), None)]);
+        let text = listen_metrics([(stream.as_fd(), None)]).encode();
         assert!(!text.contains("wharf_listen_queue"), "{text}");
     }
 

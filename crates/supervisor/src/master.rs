@@ -3,7 +3,6 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ffi::OsString;
-use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::os::fd::AsFd as _;
 use std::os::unix::net::UnixStream as StdUnixStream;
@@ -24,7 +23,7 @@ use crate::worker::{
     Report, DRAIN, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT, INSTANCE_METRICS_TAG, METRICS_TAG,
 };
 use crate::{ReloadCheck, SharedMemory, SupervisorError};
-use wharf_telemetry::metrics::Aggregator;
+use wharf_telemetry::metrics::{Aggregator, Family, Snapshot};
 
 const TICK: Duration = Duration::from_millis(200);
 /// How often subscribed workers get the instance's metrics.
@@ -105,7 +104,7 @@ struct Replacement {
 #[derive(Debug)]
 enum Event {
     Report(u32, Report),
-    Metrics(u32, String),
+    Metrics(u32, Snapshot),
     Closed(u32),
 }
 
@@ -451,9 +450,10 @@ impl Master {
                     worker.wants_metrics = true;
                 }
             }
-            Event::Metrics(pid, text) => {
+            Event::Metrics(pid, snapshot) => {
                 if let Some(worker) = self.workers.get(&pid) {
-                    self.aggregator.update(u64::from(pid), worker.slot, &text);
+                    self.aggregator
+                        .update(u64::from(pid), worker.slot, snapshot);
                 }
             }
             Event::Closed(pid) => tracing::debug!(pid, "Worker closed its control channel"),
@@ -659,30 +659,24 @@ impl Master {
     }
 
     fn render_metrics(&mut self) {
-        let mut out = String::new();
+        let mut snapshot = Snapshot::new();
         let ready = self
             .workers
             .values()
             .filter(|w| w.ready && w.draining_since.is_none())
             .count();
         let busy = self.workers.values().filter(|w| w.in_flight > 0).count();
-        let _ = writeln!(
-            out,
-            "# HELP wharf_workers Worker processes by state.\n# TYPE wharf_workers gauge"
+        let mut workers = Family::gauge("wharf_workers", "Worker processes by state.");
+        workers
+            .sample(&[("state", "ready")], ready)
+            .sample(&[("state", "busy")], busy)
+            .sample(&[("state", "idle")], ready.saturating_sub(busy))
+            .sample(&[("state", "total")], self.workers.len());
+        snapshot.push(workers);
+        let mut restarts = Family::counter(
+            "wharf_worker_restarts_total",
+            "Worker restarts and replacements by reason.",
         );
-        let _ = writeln!(out, "wharf_workers{{state=\"ready\"}} {ready}");
-        let _ = writeln!(out, "wharf_workers{{state=\"busy\"}} {busy}");
-        let _ = writeln!(
-            out,
-            "wharf_workers{{state=\"idle\"}} {}",
-            ready.saturating_sub(busy)
-        );
-        let _ = writeln!(
-            out,
-            "wharf_workers{{state=\"total\"}} {}",
-            self.workers.len()
-        );
-        let _ = writeln!(out, "# HELP wharf_worker_restarts_total Worker restarts and replacements by reason.\n# TYPE wharf_worker_restarts_total counter");
         for reason in [
             Reason::Crash,
             Reason::Blocked,
@@ -691,13 +685,13 @@ impl Master {
             Reason::Memory,
         ] {
             let n = self.restarts.get(&reason).copied().unwrap_or(0);
-            let _ = writeln!(
-                out,
-                "wharf_worker_restarts_total{{reason=\"{}\"}} {n}",
-                reason.as_str()
-            );
+            restarts.sample(&[("reason", reason.as_str())], n);
         }
-        let _ = writeln!(out, "# HELP wharf_worker_requests_total Requests started, per worker slot (monotonic across replacements).\n# TYPE wharf_worker_requests_total counter");
+        snapshot.push(restarts);
+        let mut requests = Family::counter(
+            "wharf_worker_requests_total",
+            "Requests started, per worker slot (monotonic across replacements).",
+        );
         let mut total = 0;
         for (slot, state) in self.slots.iter().enumerate() {
             let live: u64 = self
@@ -708,30 +702,40 @@ impl Master {
                 .sum();
             let n = state.base_requests + live;
             total += n;
-            let _ = writeln!(out, "wharf_worker_requests_total{{slot=\"{slot}\"}} {n}");
+            requests.sample(&[("slot", &slot.to_string())], n);
         }
-        let _ = writeln!(out, "# HELP wharf_requests_total Requests started by all workers.\n# TYPE wharf_requests_total counter\nwharf_requests_total {total}");
+        snapshot.push(requests);
+        snapshot.push(
+            Family::counter("wharf_requests_total", "Requests started by all workers.")
+                .with(&[], total),
+        );
         // One series per slot (while a slot's worker is replaced, the old
-        // and the new one count together), each family's lines in one group
-        // as the exposition format asks.
+        // and the new one count together).
         let mut by_slot: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
         for worker in self.workers.values() {
             let (in_flight, rss) = by_slot.entry(worker.slot).or_default();
             *in_flight += worker.in_flight;
             *rss += worker.rss;
         }
-        let _ = writeln!(out, "# HELP wharf_worker_in_flight Requests in flight per worker slot.\n# TYPE wharf_worker_in_flight gauge");
-        for (slot, (in_flight, _)) in &by_slot {
-            let _ = writeln!(out, "wharf_worker_in_flight{{slot=\"{slot}\"}} {in_flight}");
+        let mut in_flight = Family::gauge(
+            "wharf_worker_in_flight",
+            "Requests in flight per worker slot.",
+        );
+        let mut rss = Family::gauge("wharf_worker_rss_bytes", "Resident memory per worker slot.");
+        for (slot, (n, bytes)) in &by_slot {
+            in_flight.sample(&[("slot", &slot.to_string())], *n);
+            rss.sample(&[("slot", &slot.to_string())], *bytes);
         }
-        let _ = writeln!(out, "# HELP wharf_worker_rss_bytes Resident memory per worker slot.\n# TYPE wharf_worker_rss_bytes gauge");
-        for (slot, (_, rss)) in &by_slot {
-            let _ = writeln!(out, "wharf_worker_rss_bytes{{slot=\"{slot}\"}} {rss}");
-        }
+        snapshot.push(in_flight);
+        snapshot.push(rss);
         let rss_total: u64 = by_slot.values().map(|(_, rss)| rss).sum();
-        let _ = writeln!(out, "# HELP wharf_workers_rss_bytes Resident memory of all workers.\n# TYPE wharf_workers_rss_bytes gauge\nwharf_workers_rss_bytes {rss_total}");
-        out.push_str(&self.listen_metrics());
-        out.push_str(&self.aggregator.render());
+        snapshot.push(
+            Family::gauge("wharf_workers_rss_bytes", "Resident memory of all workers.")
+                .with(&[], rss_total),
+        );
+        snapshot.extend(self.listen_metrics());
+        snapshot.extend(self.aggregator.snapshot());
+        let out = snapshot.encode();
         if self.last_broadcast.elapsed() >= BROADCAST_EVERY {
             self.last_broadcast = Instant::now();
             let block = format!("{INSTANCE_METRICS_TAG} {}\n{out}", out.len());
@@ -748,7 +752,7 @@ impl Master {
     /// The accept queue of every socket the master holds (in `reuseport`
     /// mode one per address and slot, labelled with the slot) and the
     /// kernel's listen overflows.
-    fn listen_metrics(&self) -> String {
+    fn listen_metrics(&self) -> Snapshot {
         let per_slot = self.accept == AcceptMode::ReusePort;
         let mut sockets: Vec<(std::os::fd::BorrowedFd<'_>, Option<usize>)> = self
             .listeners
@@ -768,7 +772,7 @@ impl Master {
                 *slot,
             )
         });
-        crate::render_listen_metrics(sockets)
+        crate::listen_metrics(sockets)
     }
 
     /// Runs the reload check, if any; whether it refused the reload (logged).
@@ -1001,7 +1005,13 @@ async fn read_reports(
             if reader.read_exact(&mut text).await.is_err() {
                 return;
             }
-            Event::Metrics(pid, String::from_utf8_lossy(&text).into_owned())
+            match Snapshot::from_wire(&String::from_utf8_lossy(&text)) {
+                Ok(snapshot) => Event::Metrics(pid, snapshot),
+                Err(error) => {
+                    tracing::warn!(pid, %error, "A worker sent metrics that do not read; kept its last ones");
+                    continue;
+                }
+            }
         } else if let Some(report) = Report::decode(&line) {
             Event::Report(pid, report)
         } else {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::{mpsc, watch};
+use wharf_telemetry::metrics::Snapshot;
 
 use crate::stats::WorkerStats;
 use crate::sys;
@@ -110,14 +111,17 @@ impl Report {
 /// The line a master sends to ask a worker to drain and exit.
 pub(crate) const DRAIN: &str = "drain\n";
 
-/// Header of a metrics text block, in either direction: `<tag> <bytes>\n`
-/// followed by exactly that many bytes.
+/// Header of a worker's metrics block (its [`Snapshot`] as one line of
+/// JSON, [`Snapshot::to_wire`]): `<tag> <bytes>\n` followed by exactly that
+/// many bytes.
 pub(crate) const METRICS_TAG: &str = "metrics";
-/// Header of the instance-wide metrics the master sends to subscribed workers.
+/// Header of the instance-wide metrics text the master sends to subscribed
+/// workers, framed the same way.
 pub(crate) const INSTANCE_METRICS_TAG: &str = "instance-metrics";
 
-/// Renders a process's metrics in the Prometheus text format.
-pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
+/// A process's metrics, as values: the worker sends them to its master,
+/// which adds up every worker's.
+pub type MetricsSource = Arc<dyn Fn() -> Snapshot + Send + Sync>;
 
 /// The whole instance's metrics (all workers summed, plus the supervisor's),
 /// for a worker that must serve `/metrics` itself (one public port).
@@ -148,16 +152,16 @@ impl InstanceMetrics {
         if self.from_master {
             return self.latest.lock().map(|t| t.clone()).unwrap_or_default();
         }
-        let mut text = self
+        let mut snapshot = self
             .local
             .lock()
             .ok()
             .and_then(|source| source.as_ref().map(|f| f()))
             .unwrap_or_default();
-        text.push_str(&crate::render_listen_metrics(
+        snapshot.extend(crate::listen_metrics(
             self.listening.iter().map(|l| (l.as_fd(), None)),
         ));
-        text
+        snapshot.encode()
     }
 }
 
@@ -505,8 +509,8 @@ async fn write_reports(
             _ = metrics_tick.tick() => {
                 let source = metrics_source.lock().ok().and_then(|s| s.clone());
                 if let Some(source) = source {
-                    let text = source();
-                    let block = format!("{METRICS_TAG} {}\n{text}", text.len());
+                    let wire = source().to_wire();
+                    let block = format!("{METRICS_TAG} {}\n{wire}", wire.len());
                     if write_half.write_all(block.as_bytes()).await.is_err() {
                         return;
                     }
