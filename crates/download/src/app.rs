@@ -161,6 +161,22 @@ impl Reply {
         }
     }
 
+    /// The local document API's answer, with its headers (its
+    /// `Cache-Control` goes through `cache_control`, which the security
+    /// headers write).
+    fn answer(mut answer: Answer) -> Self {
+        let cache_control = answer
+            .headers
+            .remove(header::CACHE_CONTROL)
+            .and_then(|v| crate::local::CACHE_CONTROLS.into_iter().find(|c| v == *c));
+        Self {
+            status: answer.status,
+            body: answer.body,
+            headers: answer.headers,
+            cache_control,
+        }
+    }
+
     fn with_cookie(mut self, cookie: &str) -> Self {
         if let Ok(value) = HeaderValue::from_str(cookie) {
             self.headers.append(header::SET_COOKIE, value);
@@ -472,7 +488,7 @@ impl Inner {
                         StatusCode::MOVED_PERMANENTLY,
                         &old_link(public, request.uri().path(), query),
                     ),
-                    _ => Reply::json(StatusCode::OK, Bytes::from_static(b"\"ok\"")),
+                    _ => Reply::answer(crate::local::LocalApi::status()),
                 };
             }
             ["services", service, "documents", document, tail @ ..] => (*service, *document, tail),
@@ -509,10 +525,7 @@ impl Inner {
         };
         let key = form_value(query, "key");
         match kind {
-            Route::Check if is_get => {
-                let answer = local.check(service, document, key.as_deref());
-                Reply::json(answer.status, answer.body)
-            }
+            Route::Check if is_get => Reply::answer(local.check(service, document, key.as_deref())),
             Route::Authenticate if method == Method::POST => {
                 let Some(body) = read_body(request.into_body(), MAX_FORM_BYTES).await else {
                     return Reply::json(
@@ -521,38 +534,20 @@ impl Inner {
                     );
                 };
                 let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-                let answer = local.authenticate(service, document, &json);
-                Reply::json(answer.status, answer.body)
+                Reply::answer(local.authenticate(service, document, &json))
             }
             Route::File if is_get => match local
                 .file(service, document, key.as_deref(), request.headers())
                 .await
             {
-                LocalFile::Answer(answer) => Reply::json(answer.status, answer.body),
+                LocalFile::Answer(answer) => Reply::answer(answer),
                 LocalFile::Redirect(location) => Reply::redirect(StatusCode::FOUND, &location),
-                LocalFile::File {
+                LocalFile::File { body, headers } => Reply {
+                    status: StatusCode::OK,
                     body,
-                    mimetype,
-                    attachment,
-                } => {
-                    let mut headers = HeaderMap::new();
-                    if let Ok(value) = HeaderValue::from_str(&mimetype) {
-                        headers.insert(header::CONTENT_TYPE, value);
-                    }
-                    if let Some(name) = attachment {
-                        if let Ok(value) =
-                            HeaderValue::from_str(&format!("attachment; filename={name}"))
-                        {
-                            headers.insert(header::CONTENT_DISPOSITION, value);
-                        }
-                    }
-                    Reply {
-                        status: StatusCode::OK,
-                        body,
-                        headers,
-                        cache_control: None,
-                    }
-                }
+                    headers,
+                    cache_control: None,
+                },
             },
             Route::Authenticate => self.not_allowed(&method, nonce, "POST"),
             Route::Check | Route::File => self.not_allowed(&method, nonce, "GET, HEAD"),

@@ -7,7 +7,8 @@
 //! ```text
 //! services.json                               {"<service uuid>": {"name": …, "contact_link": …}}
 //! documents/<service uuid>/<document uuid>.json  {"key", "filename", "mimetype",
-//!                                              "confirm_email_address", "available_until"}
+//!                                              "confirm_email_address", "available_until",
+//!                                              "blocked" (optional)}
 //! documents/<service uuid>/<document uuid>.<extension>   the file
 //! ```
 
@@ -28,6 +29,21 @@ use crate::upstream::Answer;
 
 /// The cookie the frontend sets and the file route reads.
 pub(crate) const ACCESS_COOKIE: &str = "document_access_signed_data";
+
+/// The `Cache-Control`s the real API sends: on `/services/_status`, and on
+/// `/check` (30 minutes, so the frontend may cache the metadata).
+pub(crate) const CACHE_CONTROLS: [&str; 2] = [
+    "no-store, no-cache, private, must-revalidate",
+    "max-age=1800",
+];
+
+/// The real API's error for a document it does not have.
+const NOT_FOUND: &str = "The requested document could not be found";
+/// What the real API answers (400) when S3 refuses the key: botocore's
+/// error dictionary, as Python prints it.
+const WRONG_KEY: &str = "{'Code': '403', 'Message': 'Forbidden'}";
+/// Extensions the real API sends as attachments (`FILE_TYPES_TO_FORCE_DOWNLOAD_FOR`).
+const FORCE_DOWNLOAD: [&str; 3] = ["csv", "rtf", "txt"];
 
 /// Attempts to authenticate one document allowed per window (the real API's
 /// default is of this order).
@@ -67,6 +83,9 @@ struct DocumentFile {
     mimetype: String,
     confirm_email_address: Option<String>,
     available_until: Option<String>,
+    /// The real store's `blocked` tag: a document a service sent by mistake.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    blocked: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +123,8 @@ pub struct LocalApi {
     public_base: String,
     attempts: Mutex<HashMap<(Uuid, Uuid), VecDeque<Instant>>>,
     samples: Vec<SampleDocument>,
+    /// Today, for documents past their `available_until`.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for LocalApi {
@@ -162,7 +183,7 @@ impl LocalApi {
     /// expiry dates 14 days after `clock`'s today) and loads every document.
     pub fn open(dir: &Path, clock: &Clock) -> Result<Self, LocalApiError> {
         Self::seed(dir, clock.today())?;
-        let mut api = Self::load(dir)?;
+        let mut api = Self::load(dir, clock.clone())?;
         let service: Uuid = SAMPLE_SERVICE.parse().unwrap_or(Uuid::from_bytes([1; 16]));
         let plain: Uuid = SAMPLE_PLAIN.parse().unwrap_or(Uuid::from_bytes([2; 16]));
         let confirm: Uuid = SAMPLE_CONFIRM.parse().unwrap_or(Uuid::from_bytes([3; 16]));
@@ -243,6 +264,7 @@ impl LocalApi {
                 mimetype: mimetype.to_owned(),
                 confirm_email_address: email.map(str::to_owned),
                 available_until: Some(until.clone()),
+                blocked: false,
             };
             write_json(&service_dir.join(format!("{id}.json")), &meta)?;
             let file = service_dir.join(format!("{id}.{}", extension_for(mimetype, filename)));
@@ -251,7 +273,7 @@ impl LocalApi {
         Ok(())
     }
 
-    fn load(dir: &Path) -> Result<Self, LocalApiError> {
+    fn load(dir: &Path, clock: Clock) -> Result<Self, LocalApiError> {
         let services_path = dir.join("services.json");
         let bytes = std::fs::read(&services_path).map_err(io_error(&services_path))?;
         let raw: HashMap<String, ServiceFile> =
@@ -315,6 +337,7 @@ impl LocalApi {
             public_base: String::new(),
             attempts: Mutex::new(HashMap::new()),
             samples: Vec::new(),
+            clock,
         })
     }
 
@@ -334,53 +357,78 @@ impl LocalApi {
         )
     }
 
-    fn lookup(
+    /// The document `key` opens, or the real API's answer when there is
+    /// none, in the order its document store checks: the object (404), its
+    /// `blocked` tag (403), the key (S3 refuses a wrong SSE-C key; the API
+    /// passes the botocore error on as a 400), its expiry (410).
+    fn find(
         &self,
         service: Uuid,
         document: Uuid,
         key: Option<&str>,
-    ) -> Result<Option<&LocalDocument>, Answer> {
-        let key = match key {
-            None | Some("") => {
-                return Err(json_answer(
-                    StatusCode::BAD_REQUEST,
-                    &serde_json::json!({"error": "Missing decryption key"}),
-                ))
-            }
-            Some(k) => k,
+    ) -> Result<&LocalDocument, Box<Answer>> {
+        let key = decryption_key(key)?;
+        let Some(doc) = self.documents.get(&(service, document)) else {
+            return Err(Box::new(error(StatusCode::NOT_FOUND, NOT_FOUND)));
         };
-        if crate::ids::decode_url_safe(key).is_none() {
-            return Err(json_answer(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "Invalid decryption key"}),
-            ));
+        if doc.meta.blocked {
+            return Err(Box::new(error(
+                StatusCode::FORBIDDEN,
+                "Access to the document has been blocked",
+            )));
         }
-        match self.documents.get(&(service, document)) {
-            None => Ok(None),
-            Some(doc) if doc.meta.key == key => Ok(Some(doc)),
-            Some(_) => Err(json_answer(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "Forbidden"}),
-            )),
+        if doc.meta.key != key {
+            return Err(Box::new(error(StatusCode::BAD_REQUEST, WRONG_KEY)));
         }
+        let expired = doc
+            .meta
+            .available_until
+            .as_deref()
+            .and_then(Date::parse_iso_prefix)
+            .is_some_and(|until| until < self.clock.today());
+        if expired {
+            return Err(Box::new(error(
+                StatusCode::GONE,
+                "The document is no longer available",
+            )));
+        }
+        Ok(doc)
+    }
+
+    /// `GET /services/_status`.
+    pub(crate) fn status() -> Answer {
+        let mut answer = json_answer(StatusCode::OK, &serde_json::json!({"status": "ok"}));
+        answer.headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROLS[0]),
+        );
+        answer
     }
 
     /// `GET /services/{s}/documents/{d}/check?key=K`.
     pub(crate) fn check(&self, service: Uuid, document: Uuid, key: Option<&str>) -> Answer {
-        match self.lookup(service, document, key) {
-            Err(answer) => answer,
-            Ok(None) => json_answer(StatusCode::OK, &serde_json::json!({ "document": null })),
-            Ok(Some(doc)) => json_answer(
-                StatusCode::OK,
-                &serde_json::json!({ "document": {
-                    "direct_file_url": self.direct_file_url(service, document, doc),
-                    "confirm_email": doc.meta.confirm_email_address.is_some(),
-                    "size_in_bytes": doc.size,
-                    "file_extension": doc.extension,
-                    "available_until": doc.meta.available_until,
-                }}),
-            ),
-        }
+        let doc = match self.find(service, document, key) {
+            Err(answer) => return *answer,
+            Ok(doc) => doc,
+        };
+        let mut answer = json_answer(
+            StatusCode::OK,
+            &serde_json::json!({ "document": {
+                "direct_file_url": self.direct_file_url(service, document, doc),
+                "confirm_email": doc.meta.confirm_email_address.is_some(),
+                "size_in_bytes": doc.size,
+                "file_extension": doc.extension,
+                "filename": doc.meta.filename,
+                "available_until": doc.meta.available_until,
+            }}),
+        );
+        not_for_robots(&mut answer.headers);
+        // The real API lets the frontend cache the answer for 30 minutes.
+        answer.headers.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static(CACHE_CONTROLS[1]),
+        );
+        answer
     }
 
     fn rate_limited(&self, service: Uuid, document: Uuid) -> bool {
@@ -407,34 +455,45 @@ impl LocalApi {
         body: &serde_json::Value,
     ) -> Answer {
         if self.rate_limited(service, document) {
-            return json_answer(
+            let window = AUTH_RATE_WINDOW.as_secs();
+            let mut answer = error(
                 StatusCode::TOO_MANY_REQUESTS,
-                &serde_json::json!({"error": format!("Too many requests - more than {AUTH_RATE_LIMIT} in the last {} seconds", AUTH_RATE_WINDOW.as_secs())}),
+                &format!(
+                    "Too many requests - more than {AUTH_RATE_LIMIT} in the last {window} seconds"
+                ),
             );
+            answer
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(window));
+            return answer;
         }
-        let doc = match self.lookup(service, document, body["key"].as_str()) {
-            Err(answer) => return answer,
-            Ok(doc) => doc,
-        };
+        if let Err(answer) = decryption_key(body["key"].as_str()) {
+            return *answer;
+        }
         let email = body["email_address"].as_str().unwrap_or_default();
+        if email.is_empty() {
+            return error(StatusCode::BAD_REQUEST, "No email address");
+        }
         if !crate::email::is_valid_email_address(email) {
-            return json_answer(
-                StatusCode::BAD_REQUEST,
-                &serde_json::json!({"error": "Invalid email address"}),
-            );
+            return error(StatusCode::BAD_REQUEST, "Invalid email address");
         }
         let email = crate::email::strip_all_whitespace(email).to_lowercase();
-        let Some(doc) = doc.filter(|d| {
-            d.meta
-                .confirm_email_address
-                .as_deref()
-                .is_some_and(|expected| expected.to_lowercase() == email)
-        }) else {
-            return json_answer(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({"error": "Authentication failure"}),
-            );
+        let doc = match self.find(service, document, body["key"].as_str()) {
+            Ok(doc) => doc,
+            // A wrong key is the store's error, as on /check.
+            Err(answer) if answer.status == StatusCode::BAD_REQUEST => return *answer,
+            // Unknown (the real API fails with a 500 here), blocked or
+            // expired: not authenticated.
+            Err(_) => return error(StatusCode::FORBIDDEN, "Authentication failure"),
         };
+        let matches = doc
+            .meta
+            .confirm_email_address
+            .as_deref()
+            .is_some_and(|expected| expected.to_lowercase() == email);
+        if !matches {
+            return error(StatusCode::FORBIDDEN, "Authentication failure");
+        }
         json_answer(
             StatusCode::OK,
             &serde_json::json!({
@@ -471,15 +530,9 @@ impl LocalApi {
         key: Option<&str>,
         headers: &HeaderMap,
     ) -> LocalFile {
-        let doc = match self.lookup(service, document, key) {
-            Err(answer) => return LocalFile::Answer(answer),
-            Ok(None) => {
-                return LocalFile::Answer(json_answer(
-                    StatusCode::NOT_FOUND,
-                    &serde_json::json!({"error": "The requested document does not exist"}),
-                ))
-            }
-            Ok(Some(doc)) => doc,
+        let doc = match self.find(service, document, key) {
+            Err(answer) => return LocalFile::Answer(*answer),
+            Ok(doc) => doc,
         };
         if doc.meta.confirm_email_address.is_some() {
             let signed = cookie(headers, ACCESS_COOKIE);
@@ -488,12 +541,26 @@ impl LocalApi {
             }
         }
         match tokio::fs::read(&doc.path).await {
-            Ok(bytes) => LocalFile::File {
-                body: Bytes::from(bytes),
-                mimetype: doc.meta.mimetype.clone(),
-                attachment: matches!(doc.extension.as_str(), "csv" | "rtf")
-                    .then(|| format!("{document}.{}", doc.extension)),
-            },
+            Ok(bytes) => {
+                let mut headers = HeaderMap::new();
+                if let Ok(value) = HeaderValue::from_str(&doc.meta.mimetype) {
+                    headers.insert(header::CONTENT_TYPE, value);
+                }
+                let name = if doc.meta.filename.is_empty() {
+                    format!("{document}.{}", doc.extension)
+                } else {
+                    doc.meta.filename.clone()
+                };
+                let attachment = FORCE_DOWNLOAD.contains(&doc.extension.as_str());
+                if let Ok(value) = HeaderValue::from_str(&content_disposition(attachment, &name)) {
+                    headers.insert(header::CONTENT_DISPOSITION, value);
+                }
+                not_for_robots(&mut headers);
+                LocalFile::File {
+                    body: Bytes::from(bytes),
+                    headers,
+                }
+            }
             Err(error) => {
                 tracing::error!(%error, path = %doc.path.display(), "Cannot read local document");
                 LocalFile::Answer(json_answer(
@@ -511,13 +578,9 @@ pub(crate) enum LocalFile {
     Answer(Answer),
     /// 302 to this frontend path.
     Redirect(String),
-    /// The file.
-    File {
-        body: Bytes,
-        mimetype: String,
-        /// `Content-Disposition: attachment` with this filename.
-        attachment: Option<String>,
-    },
+    /// The file, with its `Content-Type`, `Content-Disposition` and robots
+    /// headers.
+    File { body: Bytes, headers: HeaderMap },
 }
 
 /// The key the local API signs access cookies with, kept in the directory so
@@ -564,9 +627,84 @@ fn frontend_path(service: Uuid, document: Uuid, key: &str) -> String {
 }
 
 fn json_answer(status: StatusCode, body: &serde_json::Value) -> Answer {
+    let mut headers = HeaderMap::new();
+    headers.insert(header::CONTENT_TYPE, json_content_type());
     Answer {
         status,
         body: Bytes::from(body.to_string()),
+        headers,
+    }
+}
+
+/// `{"error": message}` with `status`, as the real API's `jsonify(error=…)`.
+fn error(status: StatusCode, message: &str) -> Answer {
+    json_answer(status, &serde_json::json!({ "error": message }))
+}
+
+/// The key, present and base64, or the real API's 400.
+fn decryption_key(key: Option<&str>) -> Result<&str, Box<Answer>> {
+    match key {
+        None | Some("") => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "Missing decryption key",
+        ))),
+        Some(key) if crate::ids::decode_url_safe(key).is_none() => Err(Box::new(error(
+            StatusCode::BAD_REQUEST,
+            "Invalid decryption key",
+        ))),
+        Some(key) => Ok(key),
+    }
+}
+
+/// The headers the real API puts on documents and their metadata.
+fn not_for_robots(headers: &mut HeaderMap) {
+    headers.insert(
+        "x-robots-tag",
+        HeaderValue::from_static("noindex, nofollow"),
+    );
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+}
+
+/// Werkzeug's `send_file` `Content-Disposition`: `inline` or `attachment`,
+/// the name as a token when it is one, quoted otherwise; a name that is not
+/// ASCII also goes as RFC 5987 `filename*`, with an ASCII `filename` beside
+/// it (Werkzeug keeps the NFKD base letters, `é` → `e`; here the non-ASCII
+/// characters are dropped).
+fn content_disposition(attachment: bool, name: &str) -> String {
+    let kind = if attachment { "attachment" } else { "inline" };
+    if name.is_ascii() {
+        return format!("{kind}; filename={}", header_value_quoted(name));
+    }
+    let simple: String = name.chars().filter(char::is_ascii).collect();
+    let encoded: String = name
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"!#$&+^`|~-._".contains(&b) {
+                char::from(b).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    format!(
+        "{kind}; filename={}; filename*=UTF-8''{encoded}",
+        header_value_quoted(&simple)
+    )
+}
+
+/// Werkzeug's `quote_header_value`: a token as is, anything else quoted.
+fn header_value_quoted(value: &str) -> String {
+    let token = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if token {
+        value.to_owned()
+    } else {
+        format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
     }
 }
 
@@ -644,10 +782,219 @@ mod tests {
             (missing.status, missing.json()["error"].as_str()),
             (StatusCode::BAD_REQUEST, Some("Missing decryption key"))
         );
+        let invalid = api.check(service, confirm, Some("not base64!"));
+        assert_eq!(invalid.json()["error"], "Invalid decryption key");
         let wrong = api.check(service, confirm, Some("AAAA"));
-        assert_eq!(wrong.json()["error"], "Forbidden");
+        assert_eq!(
+            (wrong.status, wrong.json()["error"].as_str()),
+            (
+                StatusCode::BAD_REQUEST,
+                Some("{'Code': '403', 'Message': 'Forbidden'}")
+            )
+        );
+        // An unknown document is the real API's 404, not `{"document": null}`
+        // (which no version of it sends any more).
         let unknown = api.check(service, Uuid::new_v4().unwrap(), Some("AAAA"));
-        assert_eq!(unknown.json(), serde_json::json!({"document": null}));
+        assert_eq!(
+            (unknown.status, unknown.json()),
+            (
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "The requested document could not be found"})
+            )
+        );
+        assert!(unknown.headers.get(header::CACHE_CONTROL).is_none());
+    }
+
+    #[test]
+    fn check_sends_the_filename_and_the_real_apis_headers() {
+        let (_dir, api) = api();
+        let service: Uuid = SAMPLE_SERVICE.parse().unwrap();
+        let plain: Uuid = SAMPLE_PLAIN.parse().unwrap();
+        let answer = api.check(service, plain, Some(SAMPLE_PLAIN_KEY));
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(answer.json()["document"]["filename"], "sample.csv");
+        assert_eq!(answer.headers[header::CACHE_CONTROL], "max-age=1800");
+        assert_eq!(answer.headers["x-robots-tag"], "noindex, nofollow");
+        assert_eq!(answer.headers[header::REFERRER_POLICY], "no-referrer");
+        assert_eq!(answer.headers[header::CONTENT_TYPE], "application/json");
+        let status = LocalApi::status();
+        assert_eq!(status.json(), serde_json::json!({"status": "ok"}));
+        assert_eq!(
+            status.headers[header::CACHE_CONTROL],
+            "no-store, no-cache, private, must-revalidate"
+        );
+    }
+
+    /// Writes a document's metadata and file into the API's directory.
+    fn add_document(dir: &Path, meta: &DocumentFile) -> (Uuid, Uuid) {
+        let service: Uuid = SAMPLE_SERVICE.parse().unwrap();
+        let document = Uuid::new_v4().unwrap();
+        let service_dir = dir.join("documents").join(SAMPLE_SERVICE);
+        write_json(&service_dir.join(format!("{document}.json")), meta).unwrap();
+        let extension = extension_for(&meta.mimetype, &meta.filename);
+        std::fs::write(service_dir.join(format!("{document}.{extension}")), b"%PDF").unwrap();
+        (service, document)
+    }
+
+    #[tokio::test]
+    async fn blocked_and_expired_documents_are_403_and_410_everywhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Clock::fixed(Date::new(2022, 10, 12).unwrap());
+        LocalApi::open(dir.path(), &clock).unwrap();
+        let meta = |until: &str, blocked: bool| DocumentFile {
+            key: "AAAA".to_owned(),
+            filename: "report.pdf".to_owned(),
+            mimetype: "application/pdf".to_owned(),
+            confirm_email_address: Some(SAMPLE_EMAIL_ADDRESS.to_owned()),
+            available_until: Some(until.to_owned()),
+            blocked,
+        };
+        let (service, expired) = add_document(dir.path(), &meta("2022-10-11", false));
+        let (_, blocked) = add_document(dir.path(), &meta("2022-10-20", true));
+        let (_, last_day) = add_document(dir.path(), &meta("2022-10-12", false));
+        let api = LocalApi::open(dir.path(), &clock).unwrap();
+        let body = serde_json::json!({"key": "AAAA", "email_address": SAMPLE_EMAIL_ADDRESS});
+        for (document, status, error) in [
+            (
+                expired,
+                StatusCode::GONE,
+                "The document is no longer available",
+            ),
+            (
+                blocked,
+                StatusCode::FORBIDDEN,
+                "Access to the document has been blocked",
+            ),
+        ] {
+            let check = api.check(service, document, Some("AAAA"));
+            assert_eq!(
+                (check.status, check.json()["error"].as_str()),
+                (status, Some(error))
+            );
+            let LocalFile::Answer(file) = api
+                .file(service, document, Some("AAAA"), &HeaderMap::new())
+                .await
+            else {
+                panic!("{document}: served");
+            };
+            assert_eq!(file.status, status);
+            let auth = api.authenticate(service, document, &body);
+            assert_eq!(
+                (auth.status, auth.json()["error"].as_str()),
+                (StatusCode::FORBIDDEN, Some("Authentication failure"))
+            );
+        }
+        // Available until the end of its last day.
+        assert_eq!(
+            api.check(service, last_day, Some("AAAA")).status,
+            StatusCode::OK
+        );
+        assert_eq!(
+            api.authenticate(service, last_day, &body).status,
+            StatusCode::OK
+        );
+    }
+
+    #[tokio::test]
+    async fn files_carry_werkzeugs_content_disposition() {
+        let (_dir, api) = api();
+        let service: Uuid = SAMPLE_SERVICE.parse().unwrap();
+        let plain: Uuid = SAMPLE_PLAIN.parse().unwrap();
+        let LocalFile::File { body, headers } = api
+            .file(service, plain, Some(SAMPLE_PLAIN_KEY), &HeaderMap::new())
+            .await
+        else {
+            panic!("not served");
+        };
+        assert_eq!(body, SAMPLE_PLAIN_CONTENT.as_bytes());
+        assert_eq!(headers[header::CONTENT_TYPE], "text/csv");
+        assert_eq!(
+            headers[header::CONTENT_DISPOSITION],
+            "attachment; filename=sample.csv"
+        );
+        assert_eq!(headers["x-robots-tag"], "noindex, nofollow");
+        assert_eq!(headers[header::REFERRER_POLICY], "no-referrer");
+        // What werkzeug.utils.send_file writes for these names.
+        for (attachment, name, want) in [
+            (false, "report.pdf", "inline; filename=report.pdf"),
+            (
+                true,
+                "my report.txt",
+                "attachment; filename=\"my report.txt\"",
+            ),
+            (false, "a\"b.pdf", "inline; filename=\"a\\\"b.pdf\""),
+            (
+                false,
+                "résumé.pdf",
+                "inline; filename=rsum.pdf; filename*=UTF-8''r%C3%A9sum%C3%A9.pdf",
+            ),
+            (false, "", "inline; filename=\"\""),
+        ] {
+            assert_eq!(content_disposition(attachment, name), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn authenticate_checks_its_fields_in_the_real_apis_order() {
+        let (_dir, api) = api();
+        let service: Uuid = SAMPLE_SERVICE.parse().unwrap();
+        let confirm: Uuid = SAMPLE_CONFIRM.parse().unwrap();
+        for (body, error) in [
+            (
+                serde_json::json!({"email_address": "x"}),
+                "Missing decryption key",
+            ),
+            (
+                serde_json::json!({"key": "!!", "email_address": "x"}),
+                "Invalid decryption key",
+            ),
+            (
+                serde_json::json!({"key": SAMPLE_CONFIRM_KEY}),
+                "No email address",
+            ),
+            (
+                serde_json::json!({"key": SAMPLE_CONFIRM_KEY, "email_address": ""}),
+                "No email address",
+            ),
+            (
+                serde_json::json!({"key": SAMPLE_CONFIRM_KEY, "email_address": "nope"}),
+                "Invalid email address",
+            ),
+            // The key is checked against the document after the address.
+            (
+                serde_json::json!({"key": "AAAA", "email_address": SAMPLE_EMAIL_ADDRESS}),
+                "{'Code': '403', 'Message': 'Forbidden'}",
+            ),
+        ] {
+            let answer = api.authenticate(service, confirm, &body);
+            assert_eq!(
+                (answer.status, answer.json()["error"].as_str()),
+                (StatusCode::BAD_REQUEST, Some(error)),
+                "{body}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_51st_attempt_is_429_with_retry_after() {
+        let (_dir, api) = api();
+        let service: Uuid = SAMPLE_SERVICE.parse().unwrap();
+        let confirm: Uuid = SAMPLE_CONFIRM.parse().unwrap();
+        let body =
+            serde_json::json!({"key": SAMPLE_CONFIRM_KEY, "email_address": "other@example.gov.uk"});
+        for _ in 0..AUTH_RATE_LIMIT {
+            assert_eq!(
+                api.authenticate(service, confirm, &body).status,
+                StatusCode::FORBIDDEN
+            );
+        }
+        let limited = api.authenticate(service, confirm, &body);
+        assert_eq!(limited.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(limited.headers[header::RETRY_AFTER], "300");
+        assert_eq!(
+            limited.json()["error"],
+            "Too many requests - more than 50 in the last 300 seconds"
+        );
     }
 
     #[test]

@@ -215,11 +215,13 @@ impl std::fmt::Debug for Upstream {
     }
 }
 
-/// An upstream answer: its status and body.
+/// An upstream answer: its status and body (and, from the local document
+/// API, the headers the real API would send with it).
 #[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub(crate) status: StatusCode,
     pub(crate) body: Bytes,
+    pub(crate) headers: http::HeaderMap,
 }
 
 impl Answer {
@@ -295,7 +297,11 @@ impl Upstream {
                 .await
                 .map_err(|error| UpstreamError::Invalid(error.to_string()))?
                 .to_bytes();
-            Ok(Answer { status, body })
+            Ok(Answer {
+                status,
+                body,
+                headers: http::HeaderMap::new(),
+            })
         };
         tokio::time::timeout(self.request_timeout, call)
             .await

@@ -1513,6 +1513,76 @@ async fn the_offline_default_serves_the_whole_flow() {
     assert_eq!(file.header("content-type"), "text/plain");
 }
 
+/// Development shows what production shows: the local document API answers
+/// as document-download-api does, so a link to a document it does not have
+/// is the contextual 404 page (not "No longer available"), and its own
+/// routes carry the real API's bodies and headers.
+#[tokio::test]
+async fn the_local_api_answers_as_the_real_document_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = DownloadApp::builder()
+        .local_api(dir.path())
+        .clock(Clock::fixed(today()))
+        .build()
+        .unwrap();
+    let plain = app.samples()[0].path.clone();
+    // The sample's service, another document id.
+    let (prefix, query) = plain.rsplit_once('?').unwrap();
+    let (service, _) = prefix.rsplit_once('/').unwrap();
+    let unknown = format!("{service}/AAAAAAAAAAAAAAAAAAAAAA?{query}");
+    let page = send(&app, Method::GET, &unknown, None, &[]).await;
+    assert_eq!(page.status, 404, "{}", page.body);
+    assert!(
+        page.paragraphs()
+            .contains(&"If you have any questions, contact Sample Service.".to_owned()),
+        "{:?}",
+        page.paragraphs()
+    );
+
+    let status = send(&app, Method::GET, "/services/_status", None, &[]).await;
+    assert_eq!(status.status, 200);
+    assert_eq!(status.body, r#"{"status":"ok"}"#);
+    assert_eq!(
+        status.header("cache-control"),
+        "no-store, no-cache, private, must-revalidate"
+    );
+    let landing = send(&app, Method::GET, &plain, None, &[]).await;
+    let download = landing
+        .main_links()
+        .into_iter()
+        .find(|(_, t)| t == "Continue")
+        .unwrap()
+        .0;
+    let download = send(&app, Method::GET, &download, None, &[]).await;
+    let file_url = download.main_links()[0].0.clone();
+    let check_url = file_url.replacen(".csv?", "/check?", 1);
+    let check = send(&app, Method::GET, &check_url, None, &[]).await;
+    assert_eq!(check.status, 200, "{check_url}: {}", check.body);
+    assert_eq!(check.header("cache-control"), "max-age=1800");
+    assert_eq!(check.header("content-type"), "application/json");
+    assert!(
+        check.body.contains(r#""filename":"sample.csv""#),
+        "{}",
+        check.body
+    );
+    let gone = check_url.replacen(
+        &check_url[check_url.find("/documents/").unwrap() + 11..check_url.find("/check").unwrap()],
+        "00000000-0000-4000-8000-000000000000",
+        1,
+    );
+    let gone = send(&app, Method::GET, &gone, None, &[]).await;
+    assert_eq!(gone.status, 404);
+    assert_eq!(
+        gone.body,
+        r#"{"error":"The requested document could not be found"}"#
+    );
+    let file = send(&app, Method::GET, &file_url, None, &[]).await;
+    assert_eq!(
+        file.header("content-disposition"),
+        "attachment; filename=sample.csv"
+    );
+}
+
 #[tokio::test]
 async fn deployed_environments_refuse_the_local_api() {
     use wharf_config::{Environment, Secret};
