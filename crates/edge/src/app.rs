@@ -522,8 +522,36 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
             "Requests sent over a kept-alive upstream connection (reuse rate: reused / (reused + opened)).",
         ),
     ];
+    let mut panicking = Family::gauge(
+        "edge_upstream_panic",
+        "1 while an upstream group routes to all its servers, health ignored, because too few are healthy (panic_threshold).",
+    )
+    .per_instance();
+    let mut groups = [
+        Family::counter(
+            "edge_upstream_panic_routed_total",
+            "Requests routed while the group was in panic.",
+        ),
+        Family::counter(
+            "edge_upstream_retries_total",
+            "Requests sent on to another server after a failure.",
+        ),
+        Family::counter(
+            "edge_upstream_retries_refused_total",
+            "Retries not made: the retry budget was spent or next_upstream_timeout had passed.",
+        ),
+    ];
     for proxy in &runtime.proxies {
         let upstream = proxy.upstream();
+        let g = upstream.group_stats();
+        let labels = [("upstream", upstream.name())];
+        panicking.sample(&labels, g.panicking);
+        for (family, value) in groups
+            .iter_mut()
+            .zip([g.panic_routed, g.retries, g.retries_refused])
+        {
+            family.sample(&labels, value);
+        }
         for s in upstream.stats() {
             let server = s.addr.to_string();
             let labels = [("upstream", upstream.name()), ("server", server.as_str())];
@@ -540,7 +568,8 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
             }
         }
     }
-    for family in families {
+    out.push(panicking);
+    for family in families.into_iter().chain(groups) {
         out.push(family);
     }
     if let Some(tls) = tls {

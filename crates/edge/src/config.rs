@@ -315,6 +315,10 @@ pub(crate) struct ProxySection {
     pub(crate) request_buffering: bool,
     /// `proxy_next_upstream_tries`; 0 tries every server. Default 0.
     pub(crate) next_upstream_tries: usize,
+    /// `proxy_next_upstream_timeout`: no retry starts this long after the
+    /// request first went upstream; `0s` is no limit. Default `0s`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) next_upstream_timeout: Duration,
 }
 
 impl Default for ProxySection {
@@ -325,6 +329,7 @@ impl Default for ProxySection {
             read_timeout: Duration::from_secs(60),
             request_buffering: true,
             next_upstream_tries: 0,
+            next_upstream_timeout: Duration::ZERO,
         }
     }
 }
@@ -343,10 +348,51 @@ pub(crate) struct UpstreamSection {
     pub(crate) balance: BalanceName,
     #[serde(default)]
     pub(crate) health_check: Option<HealthCheckSection>,
+    /// Envoy's panic threshold, percent: below this share of available
+    /// servers, route to all of them; 0 is nginx's behaviour. Default 50.
+    #[serde(default = "default_panic_threshold")]
+    pub(crate) panic_threshold: Spanned<u8>,
+    /// Envoy's retry budget: `{ percent = 20, min_concurrent = 3 }` (the
+    /// default), or `{ enabled = false }` to retry every retryable failure
+    /// (nginx).
+    #[serde(default)]
+    pub(crate) retry_budget: RetryBudgetSection,
 }
 
 fn default_keepalive() -> usize {
     32
+}
+
+fn default_panic_threshold() -> Spanned<u8> {
+    Spanned::new(0..0, wharf_proxy::DEFAULT_PANIC_THRESHOLD)
+}
+
+/// `retry_budget = { percent = 20, min_concurrent = 3 }` (the defaults), or
+/// `{ enabled = false }` to retry every retryable failure (nginx).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct RetryBudgetSection {
+    pub(crate) enabled: bool,
+    pub(crate) percent: Spanned<u8>,
+    pub(crate) min_concurrent: usize,
+}
+
+impl Default for RetryBudgetSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            percent: default_retry_percent(),
+            min_concurrent: default_min_retries(),
+        }
+    }
+}
+
+fn default_retry_percent() -> Spanned<u8> {
+    Spanned::new(0..0, wharf_proxy::RetryBudget::default().percent)
+}
+
+fn default_min_retries() -> usize {
+    wharf_proxy::RetryBudget::default().min_concurrent
 }
 
 #[derive(Debug, Clone, Copy, Default, Deserialize)]
@@ -655,6 +701,8 @@ pub(crate) fn development() -> EdgeConfig {
             keepalive: 32,
             balance: BalanceName::RoundRobin,
             health_check: None,
+            panic_threshold: default_panic_threshold(),
+            retry_budget: RetryBudgetSection::default(),
         }],
         servers: vec![ServerSection {
             server_name: vec!["localhost".to_owned()],

@@ -10,10 +10,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
+use toml::Spanned;
 use tower_http::services::ServeDir;
 use wharf_proxy::{
-    Balance, HealthCheck, IpNet, Proxy, ProxySettings, TrustedProxies, Upstream, UpstreamConfig,
-    UpstreamServer,
+    Balance, HealthCheck, IpNet, Proxy, ProxySettings, RetryBudget, TrustedProxies, Upstream,
+    UpstreamConfig, UpstreamServer,
 };
 use wharf_tls::CertificatePair;
 
@@ -413,6 +414,7 @@ pub(crate) fn build(
         max_body_bytes: usize::try_from(config.http.client_max_body_size).unwrap_or(usize::MAX),
         client_body_timeout: config.http.client_body_timeout,
         next_upstream_tries: config.proxy.next_upstream_tries,
+        next_upstream_timeout: config.proxy.next_upstream_timeout,
         trusted_proxies: trusted.clone(),
         ..ProxySettings::default()
     };
@@ -443,8 +445,33 @@ pub(crate) fn build(
                 format!("upstream {name:?} has no usable (non-backup, weight > 0) server"),
             ));
         }
+        let percent = |value: &Spanned<u8>, key: &str| {
+            if *value.get_ref() > 100 {
+                Err(err(
+                    Some(value.span()),
+                    format!(
+                        "upstream {name:?}: {key} is a percentage, 0 to 100, not {}",
+                        value.get_ref()
+                    ),
+                ))
+            } else {
+                Ok(*value.get_ref())
+            }
+        };
+        let panic_threshold = percent(&u.panic_threshold, "panic_threshold")?;
+        let budget = &u.retry_budget;
+        let retry_budget = if budget.enabled {
+            Some(RetryBudget {
+                percent: percent(&budget.percent, "retry_budget.percent")?,
+                min_concurrent: budget.min_concurrent,
+            })
+        } else {
+            None
+        };
         let upstream = Upstream::new(UpstreamConfig {
             name: name.clone(),
+            panic_threshold,
+            retry_budget,
             servers,
             balance: match u.balance {
                 BalanceName::RoundRobin => Balance::RoundRobin,

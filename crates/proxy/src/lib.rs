@@ -58,4 +58,7 @@ pub use forwarded::{
 };
 pub use proxy::Proxy;
 pub use settings::ProxySettings;
-pub use upstream::{Balance, HealthCheck, ServerStats, Upstream, UpstreamConfig, UpstreamServer};
+pub use upstream::{
+    Balance, GroupStats, HealthCheck, RetryBudget, ServerStats, Upstream, UpstreamConfig,
+    UpstreamServer, DEFAULT_PANIC_THRESHOLD,
+};

@@ -21,7 +21,7 @@ use crate::errors::{error_chain, error_page};
 use crate::forwarded::{remove_hop_by_hop, set_forwarded};
 use crate::pool::{SendError, UpstreamRequestBody};
 use crate::settings::ProxySettings;
-use crate::upstream::Upstream;
+use crate::upstream::{Counted, Upstream};
 
 /// A reverse proxy to one upstream group, as a tower service. Cheap to clone;
 /// clones share the connection pool and the servers' state.
@@ -302,9 +302,20 @@ impl ProxyInner {
         let mut failure = Failure::NoServer;
         let mut last_response = None;
         let mut retried_reused = false;
+        let _request = Counted::new(&upstream.in_flight);
+        let started = tokio::time::Instant::now();
         while tried.len() < max_tries {
             let Some(index) = upstream.pick(&tried) else {
                 break;
+            };
+            // A retry (to the next server) must fit the time and the budget.
+            let retry = if tried.is_empty() {
+                None
+            } else {
+                let Some(permit) = self.may_retry(started) else {
+                    break;
+                };
+                Some(permit)
             };
             let Some(attempt_body) = body.take() else {
                 break;
@@ -312,6 +323,7 @@ impl ProxyInner {
             tried.push(index);
             let peer = &upstream.peers[index];
             let (result, guard) = self.attempt(index, parts, path, attempt_body).await;
+            drop(retry);
             let retryable = idempotent && body.can_resend();
             match result {
                 Ok(Ok(response)) => {
@@ -381,6 +393,25 @@ impl ProxyInner {
             }
             Failure::Error => error_page(StatusCode::BAD_GATEWAY),
         }
+    }
+
+    /// Whether a retry may start now: before `next_upstream_timeout` has
+    /// passed since `started`, and within the retry budget. The permit counts
+    /// it in flight while it lives; refusals are counted and logged.
+    fn may_retry(&self, started: tokio::time::Instant) -> Option<Counted<'_>> {
+        let (settings, upstream) = (&self.settings, &self.upstream);
+        let late = !settings.next_upstream_timeout.is_zero()
+            && started.elapsed() >= settings.next_upstream_timeout;
+        if late {
+            upstream.count_retry(false);
+            tracing::debug!(upstream = %upstream.name, timeout_s = settings.next_upstream_timeout.as_secs_f64(), "No retry: next_upstream_timeout has passed");
+            return None;
+        }
+        if !upstream.retry_allowed() {
+            tracing::debug!(upstream = %upstream.name, "No retry: the retry budget is spent (edge_upstream_retries_refused_total)");
+            return None;
+        }
+        Some(Counted::new(&upstream.retries_in_flight))
     }
 
     /// The longest one attempt may take to get an answer's head.

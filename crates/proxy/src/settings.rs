@@ -32,6 +32,9 @@ pub struct ProxySettings {
     /// Servers tried per request (`proxy_next_upstream_tries`); 0 tries every
     /// server once. Default 0.
     pub next_upstream_tries: usize,
+    /// How long after a request first went upstream a retry may still start
+    /// (`proxy_next_upstream_timeout`); zero is no limit. Default 0.
+    pub next_upstream_timeout: Duration,
     /// Peers whose `X-Forwarded-For`/`-Proto`/`-Host` are believed
     /// (`set_real_ip_from`). Default none.
     pub trusted_proxies: TrustedProxies,
@@ -50,6 +53,7 @@ impl Default for ProxySettings {
             max_body_bytes: 10 * 1024 * 1024,
             client_body_timeout: Duration::from_secs(60),
             next_upstream_tries: 0,
+            next_upstream_timeout: Duration::ZERO,
             trusted_proxies: TrustedProxies::default(),
             pool_idle_timeout: Duration::from_secs(60),
         }

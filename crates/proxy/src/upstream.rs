@@ -102,6 +102,31 @@ impl HealthCheck {
     }
 }
 
+/// Envoy's retry budget: retries in flight to a group are at most `percent`
+/// of the requests in flight to it, and always at least `min_concurrent`, so
+/// a failing server cannot double the load on the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryBudget {
+    /// Share of the requests in flight that may be retries. Default 20
+    /// (Envoy's).
+    pub percent: u8,
+    /// Retries always allowed in flight, however few requests there are.
+    /// Default 3 (Envoy's).
+    pub min_concurrent: usize,
+}
+
+impl Default for RetryBudget {
+    fn default() -> Self {
+        Self {
+            percent: 20,
+            min_concurrent: 3,
+        }
+    }
+}
+
+/// The default [`UpstreamConfig::panic_threshold`]: Envoy's 50 %.
+pub const DEFAULT_PANIC_THRESHOLD: u8 = 50;
+
 /// An upstream group's configuration (nginx `upstream name { … }`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamConfig {
@@ -115,6 +140,16 @@ pub struct UpstreamConfig {
     pub keepalive: usize,
     /// Active health checks; default none (passive health only).
     pub health_check: Option<HealthCheck>,
+    /// Panic routing (Envoy's panic threshold), in percent: while fewer than
+    /// this share of the primary servers is available (and no backup can
+    /// take over), requests go to every primary server, health ignored,
+    /// rather than all to the few left or a 502 for everyone. 0 is nginx's
+    /// behaviour (only available servers; none: 502). Default 50.
+    pub panic_threshold: u8,
+    /// Limits retries (to the next server) to a share of the requests in
+    /// flight; `None` retries every retryable failure (nginx). Default
+    /// Envoy's 20 %, at least 3.
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl UpstreamConfig {
@@ -126,6 +161,8 @@ impl UpstreamConfig {
             balance: Balance::RoundRobin,
             keepalive: 32,
             health_check: None,
+            panic_threshold: DEFAULT_PANIC_THRESHOLD,
+            retry_budget: Some(RetryBudget::default()),
         }
     }
 }
@@ -252,6 +289,21 @@ pub struct ServerStats {
     pub connections_reused: u64,
 }
 
+/// A group's own counters, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct GroupStats {
+    /// Whether the group is in panic routing now.
+    pub panicking: bool,
+    /// Requests routed while in panic (health ignored).
+    pub panic_routed: u64,
+    /// Retries started (a request sent to another server after a failure).
+    pub retries: u64,
+    /// Retries not started because the retry budget was spent, or the
+    /// `next_upstream_timeout` had passed.
+    pub retries_refused: u64,
+}
+
 /// An upstream group at run time: its servers' state and the balancer.
 #[derive(Debug)]
 pub struct Upstream {
@@ -261,6 +313,33 @@ pub struct Upstream {
     pub(crate) health_check: Option<HealthCheck>,
     /// Smooth weighted round robin's current weights, one per peer.
     current: Mutex<Vec<i64>>,
+    panic_threshold: u8,
+    retry_budget: Option<RetryBudget>,
+    panicking: AtomicBool,
+    panic_routed: AtomicU64,
+    /// Requests (not attempts) in flight to the group.
+    pub(crate) in_flight: AtomicUsize,
+    /// Retries in flight (second and later attempts of a request).
+    pub(crate) retries_in_flight: AtomicUsize,
+    retries: AtomicU64,
+    retries_refused: AtomicU64,
+}
+
+/// Counts one in `counter` while it lives.
+#[derive(Debug)]
+pub(crate) struct Counted<'a>(&'a AtomicUsize);
+
+impl<'a> Counted<'a> {
+    pub(crate) fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Upstream {
@@ -280,7 +359,65 @@ impl Upstream {
             balance: config.balance,
             health_check: config.health_check,
             current: Mutex::new(vec![0; n]),
+            panic_threshold: config.panic_threshold.min(100),
+            retry_budget: config.retry_budget,
+            panicking: AtomicBool::new(false),
+            panic_routed: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+            retries_in_flight: AtomicUsize::new(0),
+            retries: AtomicU64::new(0),
+            retries_refused: AtomicU64::new(0),
         }))
+    }
+
+    /// The group's own counters.
+    pub fn group_stats(&self) -> GroupStats {
+        GroupStats {
+            panicking: self.panicking.load(Ordering::Relaxed),
+            panic_routed: self.panic_routed.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            retries_refused: self.retries_refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Whether one more retry fits the budget now; counts it either way.
+    /// The caller holds a [`Counted`] on `retries_in_flight` while it runs.
+    pub(crate) fn retry_allowed(&self) -> bool {
+        let allowed = self.retry_budget.is_none_or(|budget| {
+            let in_flight = self.in_flight.load(Ordering::Relaxed);
+            let share = in_flight * usize::from(budget.percent) / 100;
+            self.retries_in_flight.load(Ordering::Relaxed) < share.max(budget.min_concurrent)
+        });
+        self.count_retry(allowed);
+        allowed
+    }
+
+    /// Counts a retry started, or one refused (budget or time spent).
+    pub(crate) fn count_retry(&self, started: bool) {
+        let counter = if started {
+            &self.retries
+        } else {
+            &self.retries_refused
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Notes whether the group is in panic now, logging each change.
+    fn note_panic(&self, panic: bool, healthy: usize, primaries: usize) {
+        if self.panicking.swap(panic, Ordering::Relaxed) == panic {
+            return;
+        }
+        if panic {
+            tracing::warn!(
+                upstream = %self.name,
+                healthy,
+                servers = primaries,
+                threshold_percent = self.panic_threshold,
+                "Too few upstream servers are healthy: routing to all of them (panic)"
+            );
+        } else {
+            tracing::info!(upstream = %self.name, healthy, servers = primaries, "Enough upstream servers are healthy again: panic routing over");
+        }
     }
 
     /// The group's name.
@@ -309,6 +446,10 @@ impl Upstream {
     /// Chooses a server not in `tried`: available primaries first, then
     /// available backups. When none is available, `None` (a 502), unless the
     /// group has a single server (which, as in nginx, is always tried).
+    ///
+    /// Panic routing: while fewer than `panic_threshold` percent of the
+    /// primaries are available, and no backup can take over from none, every
+    /// primary not tried is a candidate, available or not.
     pub(crate) fn pick(&self, tried: &[usize]) -> Option<usize> {
         // One server: tried once, available or not (as below, without the
         // candidate lists).
@@ -316,13 +457,32 @@ impl Upstream {
             return tried.is_empty().then_some(0);
         }
         let now = Instant::now();
+        let usable = |i: usize| self.peers[i].config.weight > 0 && !tried.contains(&i);
         let eligible = |i: usize, backup: bool| {
             let p = &self.peers[i];
-            p.config.backup == backup
-                && p.config.weight > 0
-                && !tried.contains(&i)
-                && p.available(now)
+            p.config.backup == backup && usable(i) && p.available(now)
         };
+        if self.panic_threshold > 0 {
+            let primaries: Vec<usize> = (0..self.peers.len())
+                .filter(|&i| !self.peers[i].config.backup && self.peers[i].config.weight > 0)
+                .collect();
+            let healthy = primaries
+                .iter()
+                .filter(|&&i| self.peers[i].available(now))
+                .count();
+            let below = healthy * 100 < primaries.len() * usize::from(self.panic_threshold);
+            let backup_takes_over =
+                healthy == 0 && (0..self.peers.len()).any(|i| eligible(i, true));
+            let panic = below && !backup_takes_over;
+            self.note_panic(panic, healthy, primaries.len());
+            if panic {
+                let candidates: Vec<usize> = primaries.into_iter().filter(|&i| usable(i)).collect();
+                if !candidates.is_empty() {
+                    self.panic_routed.fetch_add(1, Ordering::Relaxed);
+                    return Some(self.choose(&candidates));
+                }
+            }
+        }
         for backup in [false, true] {
             let candidates: Vec<usize> = (0..self.peers.len())
                 .filter(|&i| eligible(i, backup))
@@ -330,9 +490,6 @@ impl Upstream {
             if !candidates.is_empty() {
                 return Some(self.choose(&candidates));
             }
-        }
-        if self.peers.len() == 1 && tried.is_empty() {
-            return Some(0);
         }
         None
     }
@@ -418,16 +575,108 @@ mod tests {
         assert_eq!(picks, [0, 0, 1, 0, 2, 0, 0]);
     }
 
+    /// A group without panic routing, as nginx's.
+    fn nginx_like(servers: Vec<UpstreamServer>) -> Arc<Upstream> {
+        Upstream::new(UpstreamConfig {
+            panic_threshold: 0,
+            ..UpstreamConfig::new("u", servers)
+        })
+        .unwrap()
+    }
+
     #[test]
-    fn backups_only_when_primaries_are_out() {
+    fn below_the_panic_threshold_every_primary_takes_requests() {
+        let servers = || {
+            (1..=4)
+                .map(|p| UpstreamServer::new(addr(p)))
+                .collect::<Vec<_>>()
+        };
+        let up = Upstream::new(UpstreamConfig::new("u", servers())).unwrap();
+        let nginx = nginx_like(servers());
+        for group in [&up, &nginx] {
+            for peer in &group.peers[1..] {
+                peer.healthy.store(false, Ordering::Relaxed);
+            }
+        }
+        // 1 of 4 healthy (25 % < 50 %): spread over all four.
+        let mut picks: Vec<usize> = (0..8).map(|_| up.pick(&[]).unwrap()).collect();
+        picks.sort_unstable();
+        assert_eq!(picks, [0, 0, 1, 1, 2, 2, 3, 3]);
+        let stats = up.group_stats();
+        assert!(stats.panicking);
+        assert_eq!(stats.panic_routed, 8);
+        // A retry still goes to a server not tried.
+        assert_ne!(up.pick(&[0, 1]), Some(0));
+        // Threshold 0: nginx, the healthy one only.
+        assert!((0..8).all(|_| nginx.pick(&[]) == Some(0)));
+        assert_eq!(nginx.group_stats(), GroupStats::default());
+        // 2 of 4 healthy (50 %): not below, no panic.
+        up.peers[1].healthy.store(true, Ordering::Relaxed);
+        let mut picks: Vec<usize> = (0..4).map(|_| up.pick(&[]).unwrap()).collect();
+        picks.sort_unstable();
+        assert_eq!(picks, [0, 0, 1, 1]);
+        assert!(!up.group_stats().panicking);
+    }
+
+    #[test]
+    fn with_every_primary_out_the_backup_serves_then_panic_tries_them() {
         let up = Upstream::new(UpstreamConfig::new(
             "u",
             vec![
                 UpstreamServer::new(addr(1)),
-                UpstreamServer::new(addr(2)).backup(),
+                UpstreamServer::new(addr(2)),
+                UpstreamServer::new(addr(3)).backup(),
             ],
         ))
         .unwrap();
+        up.peers[0].failed("u");
+        up.peers[1].failed("u");
+        assert_eq!(up.pick(&[]), Some(2));
+        assert!(!up.group_stats().panicking);
+        // The backup failed too: the primaries, not a 502.
+        assert!(matches!(up.pick(&[2]), Some(0 | 1)));
+        assert!(up.group_stats().panicking);
+    }
+
+    #[test]
+    fn the_retry_budget_is_a_share_of_requests_in_flight() {
+        let up = Upstream::new(UpstreamConfig {
+            retry_budget: Some(RetryBudget {
+                percent: 20,
+                min_concurrent: 1,
+            }),
+            ..UpstreamConfig::new("u", vec![UpstreamServer::new(addr(1))])
+        })
+        .unwrap();
+        let requests: Vec<Counted<'_>> = (0..10).map(|_| Counted::new(&up.in_flight)).collect();
+        // 20 % of 10 in flight: two retries at once, not three.
+        let first = up
+            .retry_allowed()
+            .then(|| Counted::new(&up.retries_in_flight));
+        let second = up
+            .retry_allowed()
+            .then(|| Counted::new(&up.retries_in_flight));
+        assert!(first.is_some() && second.is_some());
+        assert!(!up.retry_allowed());
+        drop(first);
+        assert!(up.retry_allowed());
+        let stats = up.group_stats();
+        assert_eq!((stats.retries, stats.retries_refused), (3, 1));
+        // With one request in flight, the floor of one retry.
+        drop(requests);
+        drop(second);
+        let _one = Counted::new(&up.in_flight);
+        assert!(up.retry_allowed());
+        let _retry = Counted::new(&up.retries_in_flight);
+        assert!(!up.retry_allowed());
+    }
+
+    #[test]
+    fn backups_only_when_primaries_are_out() {
+        let up = nginx_like(vec![
+            UpstreamServer::new(addr(1)),
+            UpstreamServer::new(addr(2)).backup(),
+        ]);
         assert_eq!(up.pick(&[]), Some(0));
         assert_eq!(up.pick(&[0]), Some(1));
         up.peers[0].failed("u");

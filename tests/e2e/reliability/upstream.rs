@@ -334,3 +334,164 @@ fn every_server_503_is_503_and_a_post_is_asked_once() {
     );
     assert_eq!(a.count("/post") + b.count("/post"), 1);
 }
+
+/// Four servers whose health checks answer `/_status`: `sick` of them fail
+/// it (but would serve pages), each page naming its server.
+fn four_with_sick(sick: usize) -> Vec<Stub> {
+    (0..4)
+        .map(|i| {
+            let name = ["a", "b", "c", "d"][i];
+            Stub::start(move |seen| {
+                if seen.path() == "/_status" && i >= 4 - sick {
+                    Reply::text(503, "sick")
+                } else {
+                    Reply::text(200, name)
+                }
+            })
+        })
+        .collect()
+}
+
+/// The names of the servers that answered `n` GETs of `/page`.
+fn answered_by(edge: &Edge, n: usize) -> std::collections::BTreeSet<String> {
+    (0..n)
+        .map(|_| {
+            let response = get(edge.addr(), "/page", &[]);
+            assert_eq!(response.status, 200, "{}", response.body_text());
+            response.body_text()
+        })
+        .collect()
+}
+
+/// Envoy's panic threshold: with 3 of 4 servers failing their health checks
+/// (25 % healthy, under the default 50 %), requests are spread over all four
+/// rather than piled on the one left; counted and shown. With the threshold
+/// at 0, nginx's behaviour: only the healthy server.
+#[test]
+fn below_the_panic_threshold_requests_go_to_every_server() {
+    for (threshold, want) in [("", "abcd"), ("panic_threshold = 0", "a")] {
+        let stubs = four_with_sick(3);
+        let edge = Edge::start(&EdgeSpec {
+            servers: stubs
+                .iter()
+                .map(|s| server(s.addr, ""))
+                .collect::<Vec<_>>()
+                .join(", "),
+            upstream: format!(
+                "health_check = {{ path = \"/_status\", interval = \"100ms\", timeout = \"500ms\", rise = 1, fall = 1 }}\n{threshold}"
+            ),
+            ..EdgeSpec::default()
+        });
+        assert!(
+            eventually(Duration::from_secs(5), || stubs[1..]
+                .iter()
+                .all(|s| edge.server_metric("edge_upstream_up", s.addr) == 0)),
+            "the sick servers were not taken out"
+        );
+        let names: String = answered_by(&edge, 24).into_iter().collect();
+        assert_eq!(names, want, "threshold {threshold:?}");
+        let panic = u64::from(threshold.is_empty());
+        assert_eq!(edge.metric("edge_upstream_panic{upstream=\"app\"}"), panic);
+        let routed = edge.metric("edge_upstream_panic_routed_total{upstream=\"app\"}");
+        assert_eq!(routed >= 24, threshold.is_empty(), "{routed}");
+    }
+}
+
+/// Envoy's retry budget: one of two servers answers 503 to everything and
+/// stays in rotation (`max_fails = 0`); under 16 concurrent clients the
+/// healthy one receives at most the budget's share (20 %, no floor) of extra
+/// requests, where without a budget every request that met the 503 is retried
+/// (about half of them).
+#[test]
+fn the_retry_budget_caps_the_extra_load_on_the_healthy_server() {
+    for (budget, bounds) in [
+        (
+            "retry_budget = { percent = 20, min_concurrent = 0 }",
+            0.0..0.25,
+        ),
+        ("retry_budget = { enabled = false }", 0.4..0.6),
+    ] {
+        let busy = Stub::start(|_| Reply::text(503, "busy"));
+        let good =
+            Stub::start(|_| Reply::delay(Duration::from_millis(20), Reply::text(200, "good")));
+        let edge = Edge::start(&EdgeSpec {
+            servers: [
+                server(busy.addr, ", max_fails = 0"),
+                server(good.addr, ", max_fails = 0"),
+            ]
+            .join(", "),
+            upstream: budget.to_owned(),
+            ..EdgeSpec::default()
+        });
+        let addr = edge.addr();
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let clients: Vec<_> = (0..16)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut statuses = Vec::new();
+                    while Instant::now() < deadline {
+                        statuses.push(get(addr, "/page", &[]).status);
+                    }
+                    statuses
+                })
+            })
+            .collect();
+        let statuses: Vec<u16> = clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        let total = statuses.len();
+        let served = statuses.iter().filter(|s| **s == 200).count();
+        let refused = statuses.iter().filter(|s| **s == 503).count();
+        assert_eq!(served + refused, total, "{statuses:?}");
+        let retries = edge.metric("edge_upstream_retries_total{upstream=\"app\"}");
+        let not_retried = edge.metric("edge_upstream_retries_refused_total{upstream=\"app\"}");
+        // Every retry went to the healthy server and was served there.
+        let retries = usize::try_from(retries).unwrap();
+        assert_eq!(good.count("/page"), served, "{budget}");
+        assert_eq!(
+            usize::try_from(not_retried).unwrap(),
+            refused,
+            "{budget}: each 503 a client saw is a retry the budget refused"
+        );
+        #[allow(clippy::cast_precision_loss)]
+        let share = retries as f64 / total as f64;
+        println!("{budget}: {retries} retries in {total} requests ({share:.3}), {refused} refused");
+        assert!(
+            bounds.contains(&share),
+            "{budget}: {retries} retries in {total} requests ({share:.2}), want {bounds:?}"
+        );
+    }
+}
+
+/// nginx's `proxy_next_upstream_timeout`: a server that takes 300 ms to
+/// answer 503 is not followed by a retry when the timeout is 200 ms; the
+/// client gets that 503, and the refusal is counted.
+#[test]
+fn no_retry_starts_after_next_upstream_timeout() {
+    let slow = Stub::start(|_| Reply::delay(Duration::from_millis(300), Reply::text(503, "slow")));
+    let good = named("good");
+    let edge = Edge::start(&EdgeSpec {
+        servers: [
+            server(slow.addr, ", max_fails = 0"),
+            server(good.addr, ", max_fails = 0"),
+        ]
+        .join(", "),
+        proxy: "next_upstream_timeout = \"200ms\"".to_owned(),
+        ..EdgeSpec::default()
+    });
+    let mut statuses: Vec<u16> = (0..2)
+        .map(|_| get(edge.addr(), "/page", &[]).status)
+        .collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503]);
+    assert_eq!((slow.count("/page"), good.count("/page")), (1, 1));
+    assert_eq!(
+        edge.metric("edge_upstream_retries_refused_total{upstream=\"app\"}"),
+        1
+    );
+    assert_eq!(
+        edge.metric("edge_upstream_retries_total{upstream=\"app\"}"),
+        0
+    );
+}
