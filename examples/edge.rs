@@ -40,6 +40,7 @@ fn main() -> ExitCode {
         wharf_edge::BuildInfo {
             git_commit: "example",
             build_time: "unknown",
+            version: "example",
         },
     )
 }

@@ -25,15 +25,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-#[path = "../shared/build_info.rs"]
-mod build_info;
-use build_info::{BUILD_TIME, GIT_COMMIT, VERSION};
-
-#[path = "../shared/healthcheck.rs"]
-mod shared_healthcheck;
+/// What bins/build.rs recorded: `--version` and `/_status`.
+const BUILD: wharf_http::BuildInfo = wharf_http::build_info!();
 
 #[derive(Debug, Parser)]
-#[command(name = "edge", version = VERSION, about = "TLS-terminating reverse proxy, served by wharf")]
+#[command(name = "edge", version = BUILD.version, about = "TLS-terminating reverse proxy, served by wharf")]
 struct Cli {
     /// The TOML configuration file (default: `$WHARF_EDGE_CONFIG`; none: development defaults).
     #[arg(long, global = true)]
@@ -67,13 +63,7 @@ fn main() -> ExitCode {
     match cli.command.unwrap_or(Command::Serve) {
         Command::CheckConfig => wharf_edge::check_config(path.as_deref()),
         Command::Healthcheck { timeout } => healthcheck(path.as_deref(), timeout),
-        Command::Serve => wharf_edge::serve(
-            path,
-            wharf_edge::BuildInfo {
-                git_commit: GIT_COMMIT,
-                build_time: BUILD_TIME,
-            },
-        ),
+        Command::Serve => wharf_edge::serve(path, BUILD),
     }
 }
 
@@ -85,7 +75,7 @@ fn healthcheck(path: Option<&std::path::Path>, timeout: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match shared_healthcheck::check(
+    match wharf_http::probe(
         addr,
         "/health/live",
         std::time::Duration::from_secs(timeout),

@@ -7,9 +7,6 @@ use std::time::Duration;
 
 use wharf_config::{Environment, ServerSection};
 
-#[path = "../shared/healthcheck.rs"]
-mod shared;
-
 /// Exits 0 when `/_status` answers 200 within `timeout`, 1 otherwise (saying why on stderr).
 pub(crate) fn run(server: &ServerSection, environment: Environment, timeout: Duration) -> ExitCode {
     let ip = match server.bind_address(environment) {
@@ -18,7 +15,7 @@ pub(crate) fn run(server: &ServerSection, environment: Environment, timeout: Dur
         ip => ip,
     };
     let addr = SocketAddr::new(ip, server.port);
-    match shared::check(addr, "/_status", timeout) {
+    match wharf_http::probe(addr, "/_status", timeout) {
         Ok(()) => ExitCode::SUCCESS,
         Err(why) => {
             eprintln!("frontend healthcheck: http://{addr}/_status: {why}");

@@ -36,12 +36,11 @@ const RATELIMIT_SEGMENT: &str = "ratelimit";
 /// deployed environment, where `SECRET_KEY` is required).
 const DEVELOPMENT_SECRET_KEY: &str = "wharf-development-only-secret-key";
 
-#[path = "../shared/build_info.rs"]
-mod build_info;
-use build_info::{BUILD_TIME, GIT_COMMIT, VERSION};
+/// What bins/build.rs recorded: `--version` and `/_status`.
+const BUILD: wharf_http::BuildInfo = wharf_http::build_info!();
 
 #[derive(Debug, Parser)]
-#[command(name = "frontend", version = VERSION, about = "GOV.UK Notify Document Download Frontend, served by wharf")]
+#[command(name = "frontend", version = BUILD.version, about = "GOV.UK Notify Document Download Frontend, served by wharf")]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -202,7 +201,7 @@ fn serve(loaded: &Loaded<FrontendConfig>) -> ExitCode {
         tracing::info!(
             address = %addr,
             environment = %environment,
-            git_commit = GIT_COMMIT,
+            git_commit = BUILD.git_commit,
             workers = config.supervisor.worker_count(),
             "Starting"
         );
@@ -252,8 +251,8 @@ async fn run(
     let limiter = limit.limiter().clone();
     // A Redis outage fails readiness only for zones that fail closed.
     let health = Health::new(StatusInfo {
-        git_commit: GIT_COMMIT.to_owned(),
-        build_time: BUILD_TIME.to_owned(),
+        git_commit: BUILD.git_commit.to_owned(),
+        build_time: BUILD.build_time.to_owned(),
         environment: environment.to_string(),
     })
     .readiness_check("ratelimit", Duration::from_secs(1), move || {

@@ -30,14 +30,8 @@ use crate::tls::{
 /// Exit code when the service cannot start for a reason other than configuration.
 const EXIT_UNAVAILABLE: u8 = 69;
 
-/// What the binary was built from, for `/_status`.
-#[derive(Debug, Clone, Copy)]
-pub struct BuildInfo {
-    /// The git commit, or `unknown`.
-    pub git_commit: &'static str,
-    /// When it was built (RFC 3339), or `unknown`.
-    pub build_time: &'static str,
-}
+/// What the binary was built from, for `/_status` (wharf-http's).
+pub use wharf_http::BuildInfo;
 
 /// The admin listener's address for `edge healthcheck`: the file's (or the
 /// development default), after the environment overrides; an error says why

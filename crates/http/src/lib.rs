@@ -53,6 +53,7 @@ mod health;
 mod ipnet;
 mod listener;
 pub mod middleware;
+mod probe;
 mod server;
 
 pub use accept::{request_scheme, Accepted, Acceptor, PlainAcceptor, TlsInfo};
@@ -66,4 +67,5 @@ pub use health::{
 pub use ipnet::{ip_text, IpNet, IpNetError};
 pub use listener::{Listener, ListenerError, BACKLOG};
 pub use middleware::access_log::{Exchange, RequestObserver};
+pub use probe::{probe, BuildInfo, ProbeError};
 pub use server::{DrainReport, ServeError, Server};
