@@ -1,5 +1,9 @@
 //! Serving: load the file, become a master of worker processes or serve in
 //! one process, start the listeners, reload on SIGHUP, drain on SIGTERM.
+//!
+//! Kept whole although over 600 lines: it is the process's life from loading to
+//! draining, and its steps (listeners, signals, reload) share the state the run
+//! loop holds.
 
 use std::convert::Infallible;
 use std::path::PathBuf;
