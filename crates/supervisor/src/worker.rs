@@ -581,21 +581,4 @@ pub(crate) fn worker_segments() -> Result<Vec<Arc<crate::SharedMemory>>, String>
 }
 
 #[cfg(test)]
-mod tests {
-    use super::Report;
-
-    #[test]
-    fn reports_round_trip() {
-        for report in [
-            Report::Ready,
-            Report::Heartbeat {
-                requests: 12,
-                in_flight: 3,
-            },
-        ] {
-            assert_eq!(Report::decode(report.encode().trim()), Some(report));
-        }
-        assert_eq!(Report::decode("nonsense"), None);
-        assert_eq!(Report::decode("hb x 1"), None);
-    }
-}
+mod tests;
