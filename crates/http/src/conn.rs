@@ -7,6 +7,10 @@
 //! wharf tracks both itself: [`TrackedIo`] sees every byte read, the
 //! connection's service sees every request start and every response end, and a
 //! watchdog beside the hyper connection future acts on the deadlines.
+//!
+//! Kept whole although over 600 lines: `ConnState`, the `TrackedIo` that feeds
+//! it bytes and the `ConnService` that feeds it requests are one protocol over
+//! shared counters, and they change together.
 
 use std::convert::Infallible;
 use std::future::Future;
