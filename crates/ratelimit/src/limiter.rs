@@ -1,4 +1,8 @@
 //! [`Zone`]s and the [`Limiter`] that checks a request against all of them.
+//!
+//! Kept whole although over 600 lines: zones, the builder that checks them and
+//! `Limiter::check` are one decision, all or nothing across zones in memory and
+//! in Redis, whose rules read best in one place.
 
 use std::fmt;
 use std::sync::Arc;

@@ -1,5 +1,9 @@
 //! The Redis store: one atomic Lua script per check on the Redis clock, a
 //! circuit breaker, and a local deny cache.
+//!
+//! Kept whole although over 600 lines: the Lua scripts, the store that runs
+//! them, its circuit breaker and its deny cache are one store's protocol with
+//! Redis, each relying on the others' invariants.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
