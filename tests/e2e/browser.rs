@@ -1,6 +1,7 @@
 //! A real browser on the Document Download frontend: headless Chromium follows
 //! the confirm-email journey on the offline default, downloads the file, and
-//! the pages work with their Content-Security-Policy enforced.
+//! the pages work with their Content-Security-Policy enforced; and, through
+//! `edge`, meets the unavailable page, the expired page and the download link.
 //!
 //! Chromium is driven over the `DevTools` protocol on `--remote-debugging-pipe`:
 //! JSON messages separated by NUL bytes, read from the browser's fd 4 and
@@ -349,6 +350,22 @@ impl Page<'_> {
             .to_owned()
     }
 
+    /// Navigates to `url` and waits for it: the document's HTTP status, its
+    /// `h1` and its text.
+    fn visit(&mut self, url: &str) -> (u64, String, String) {
+        let mark = self.browser.events.len();
+        self.call("Page.navigate", &json!({ "url": url }));
+        self.wait_load(mark, url);
+        let status = self.eval("performance.getEntriesByType('navigation')[0].responseStatus");
+        let heading =
+            self.eval("document.querySelector('h1') ? document.querySelector('h1').innerText : ''");
+        (
+            status.as_u64().unwrap_or_default(),
+            heading.as_str().unwrap_or_default().to_owned(),
+            self.text(),
+        )
+    }
+
     fn location(&mut self) -> String {
         self.eval("location.href").as_str().unwrap().to_owned()
     }
@@ -483,6 +500,141 @@ fn chromium_journey_works_unstyled_without_govuk_frontend_assets() {
     if let Some(assets) = journey(Some(empty.path())) {
         assert_eq!(assets, Assets::Absent);
     }
+}
+
+/// The sample service, as the frontend's paths and the local API's
+/// directory name it.
+const SERVICE_B64: &str = "jTpOLGsfTF6afS8OGzxNXg";
+const SERVICE_UUID: &str = "8d3a4e2c-6b1f-4c5e-9a7d-2f0e1b3c4d5e";
+/// The sample that needs no confirmation (the local API's `sample.csv`).
+const PLAIN_DOC: &str = "HJ9eejstTm-KG5wNLk9qiw";
+const PLAIN_KEY: &str = "key=c2FtcGxlLWtleS1mb3ItdGhlLXBsYWluLWRvY3VtZW50";
+const PLAIN_CONTENT: &str = "name,department\nSample Person,Cabinet Office\n";
+/// A document written into the local API's directory, long expired.
+const EXPIRED_UUID: &str = "4b1d0c6e-2a3f-4e5d-8c7b-1a2b3c4d5e6f";
+const EXPIRED_DOC: &str = "Sx0Mbio_Tl2MexorPE1ebw";
+const EXPIRED_KEY: &str = "a2V5LW9mLXRoZS1leHBpcmVkLWRvY3VtZW50";
+/// A document id the local API does not have.
+const UNKNOWN_DOC: &str = "AAAAAAAAQACAAAAAAAAAAA";
+
+/// Issue #21's walk: Chromium through `edge` to `frontend` on the local
+/// document API, as a recipient meets it: a link to a document the API does
+/// not have (DDF's 404 page naming the service and how to contact it), a
+/// link to an expired one (the 410 page), and a live one to its download
+/// link, whose file comes back through edge too. No CSP report on the way.
+#[test]
+fn chromium_through_edge_sees_the_unavailable_and_expired_pages_and_the_file() {
+    if require_tool(CHROMIUM, "apt-get install -y chromium").is_none() {
+        return;
+    }
+    let _one_browser = ONE_BROWSER.lock().unwrap_or_else(PoisonError::into_inner);
+    let deadline = Instant::now() + Duration::from_secs(50);
+    let local_dir = tempfile::tempdir().unwrap();
+    write_expired_document(local_dir.path());
+    let (frontend, _, _) = start_frontend(local_dir.path(), None, deadline);
+    let edge = crate::reliability::Edge::start(&crate::reliability::EdgeSpec {
+        servers: format!("{{ address = \"{}\" }}", frontend.addr()),
+        ..crate::reliability::EdgeSpec::default()
+    });
+    let base = format!("http://{}", edge.addr());
+
+    let mut browser = Browser::launch(deadline);
+    let mut page = Page::open(&mut browser);
+    let unknown = format!("{base}/d/{SERVICE_B64}/{UNKNOWN_DOC}?{PLAIN_KEY}");
+    let (status, heading, text) = page.visit(&unknown);
+    assert_eq!(
+        (status, heading.as_str()),
+        (404, "Page not found"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "If you selected a link in an email, the file may have expired or been deleted."
+        ) && text.contains("If you have any questions, contact Sample Service."),
+        "{text}"
+    );
+    let expired = format!("{base}/d/{SERVICE_B64}/{EXPIRED_DOC}?key={EXPIRED_KEY}");
+    let (status, heading, text) = page.visit(&expired);
+    assert_eq!(
+        (status, heading.as_str()),
+        (410, "No longer available"),
+        "{text}"
+    );
+    assert!(
+        text.contains("The file Sample Service sent you has expired or been deleted."),
+        "{text}"
+    );
+
+    let (status, heading, _) =
+        page.visit(&format!("{base}/d/{SERVICE_B64}/{PLAIN_DOC}?{PLAIN_KEY}"));
+    assert_eq!(
+        (status, heading.as_str()),
+        (200, "You have a file to download")
+    );
+    let mark = page.browser.events.len();
+    page.click("a.govuk-button--start");
+    page.wait_load(mark, "the download page");
+    assert!(page
+        .location()
+        .starts_with(&format!("{base}/d/{SERVICE_B64}/{PLAIN_DOC}/download?")));
+    let link = page.eval(
+        "(async () => { const a = document.querySelector('a[href*=\"/services/\"]'); \
+         const r = await fetch(a.href); \
+         return [a.href, a.hasAttribute('download'), a.innerText, r.status, await r.text()]; })()",
+    );
+    assert!(
+        link[0]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{base}/services/{SERVICE_UUID}/documents/")),
+        "{link}"
+    );
+    assert_eq!(
+        link[1], true,
+        "the link has DDF's download attribute: {link}"
+    );
+    assert_eq!(
+        link[2], "Download this CSV file (0.1KB) to your device",
+        "{link}"
+    );
+    assert_eq!(
+        (link[3].as_u64(), link[4].as_str()),
+        (Some(200), Some(PLAIN_CONTENT)),
+        "{link}"
+    );
+    // The browser logs the 404 and 410 it was sent to, as it must; nothing
+    // else may be reported.
+    let mut found = problems(&page.browser.events);
+    found.retain(|p| {
+        let expected = [(&unknown, "404 (Not Found)"), (&expired, "410 (Gone)")];
+        !expected
+            .iter()
+            .any(|(url, status)| p.contains(&format!("\"url\":\"{url}\"")) && p.contains(status))
+    });
+    assert!(found.is_empty(), "the walk reported:\n{}", found.join("\n"));
+    drop(browser);
+    drop(edge);
+    drop(frontend);
+}
+
+/// Puts a document that expired in 2020 into the local API's directory
+/// (the API seeds its samples beside it at start and loads both).
+fn write_expired_document(dir: &Path) {
+    let service = dir.join("documents").join(SERVICE_UUID);
+    std::fs::create_dir_all(&service).unwrap();
+    let meta = json!({
+        "key": EXPIRED_KEY,
+        "filename": "old.pdf",
+        "mimetype": "application/pdf",
+        "confirm_email_address": null,
+        "available_until": "2020-01-01",
+    });
+    std::fs::write(
+        service.join(format!("{EXPIRED_UUID}.json")),
+        meta.to_string(),
+    )
+    .unwrap();
+    std::fs::write(service.join(format!("{EXPIRED_UUID}.pdf")), b"%PDF-1.4\n").unwrap();
 }
 
 /// The whole journey in a fresh browser against a fresh `frontend`; `None`
