@@ -18,13 +18,48 @@ const VIEWS: [(&str, &str); 4] = [
     ("/confirm-email-address", "POST"),
 ];
 
+/// The B3 ids `open` sends: DDF's tests mock notifications-utils'
+/// `get_onwards_request_headers` and assert the API calls carry what it
+/// returns; wharf's onward headers are the request's trace (see
+/// `b3_ids_are_made_and_sent_as_notifications_utils_does`).
+const ONWARD_TRACE: &str = "463ac35c9f6413ad48485a3953bb6124";
+const ONWARD_SPAN: &str = "a2fb4a1d1a96d312";
+
 #[allow(clippy::unwrap_used)] // a test helper: a bad method name is a failed test
 async fn open(f: &Fixture, suffix: &str, method: &str, key: Option<&str>) -> support::Page {
     let method = Method::from_bytes(method.as_bytes()).unwrap();
     let body = (method == Method::POST).then(|| "email_address=me%40example.com".to_owned());
-    send(&f.app, method, &f.url(suffix, key), body, &[]).await
+    let trace = [("x-b3-traceid", ONWARD_TRACE), ("x-b3-spanid", ONWARD_SPAN)];
+    send(&f.app, method, &f.url(suffix, key), body, &trace).await
 }
 
+/// DDF's `Test` config (`app/config.py`): the document API's public host is
+/// `https://download.test-doc-download-api.gov.uk`, and `HTTP_PROTOCOL` is
+/// `http` (no `Secure` cookie). Both APIs are the stub.
+#[allow(clippy::unwrap_used)]
+async fn ddf_fixture() -> Fixture {
+    let f = fixture().await;
+    let app = DownloadApp::builder()
+        .notify_api(&f.stub.base(), support::ADMIN_SECRET)
+        .document_api(DDF_PUBLIC_API, &f.stub.base())
+        .clock(Clock::fixed(today()))
+        .secret_key(b"test secret key")
+        .build()
+        .unwrap();
+    Fixture { app, ..f }
+}
+
+/// DDF's `DOCUMENT_DOWNLOAD_API_HOST_NAME` in its `Test` config.
+const DDF_PUBLIC_API: &str = "https://download.test-doc-download-api.gov.uk";
+
+/// The onward headers on one recorded API call: the request's trace id, and
+/// its span as the call's parent.
+fn assert_onward_headers(request: &support::Recorded, case: &str) {
+    assert_eq!(request.headers["x-b3-traceid"], ONWARD_TRACE, "{case}");
+    assert_eq!(request.headers["x-b3-parentspanid"], ONWARD_SPAN, "{case}");
+}
+
+/// DDF `test_status`.
 #[tokio::test]
 async fn status_answers_without_calling_any_api() {
     let f = fixture().await;
@@ -37,6 +72,7 @@ async fn status_answers_without_calling_any_api() {
     assert!(f.stub.requests().is_empty());
 }
 
+/// DDF `test_security_policy_redirects_to_policy` (both URLs).
 #[tokio::test]
 async fn security_policy_redirects_to_policy() {
     let f = fixture().await;
@@ -51,6 +87,8 @@ async fn security_policy_redirects_to_policy() {
     }
 }
 
+/// DDF `test_404_if_no_key_in_query_string` (every view and method), and an
+/// empty key as well.
 #[tokio::test]
 async fn not_found_if_no_key_in_query_string() {
     let f = fixture().await;
@@ -66,6 +104,8 @@ async fn not_found_if_no_key_in_query_string() {
     assert!(f.stub.requests().is_empty(), "no API call without a key");
 }
 
+/// DDF `test_notifications_api_error` (the Notify API answers 404, every view
+/// and method), and the other statuses `_get_service_or_raise_error` passes on.
 #[tokio::test]
 async fn notifications_api_errors() {
     let f = fixture().await;
@@ -161,6 +201,7 @@ fn assert_one_check(f: &Fixture, case: &str) {
         format!("{}?key=1234", f.check_path()),
         "{case}"
     );
+    assert_onward_headers(checks[0], case);
 }
 
 /// DDF `test_when_document_is_unavailable`: `/check` answers 404.
@@ -238,6 +279,30 @@ async fn expired_documents_are_no_longer_available() {
     );
 }
 
+/// DDF `test_download_document_succeeds_if_missing_available_until`: with
+/// `available_until: null` the landing, confirm (a redirect, as no
+/// confirmation is needed) and download views answer below 400, after one
+/// `/check` carrying the onward headers.
+#[tokio::test]
+async fn download_document_succeeds_if_missing_available_until() {
+    let f = fixture().await;
+    f.check_answers(
+        200,
+        &json!({"document": {"direct_file_url": "url", "confirm_email": false, "size_in_bytes": 712_099, "file_extension": "pdf", "available_until": null}}),
+    );
+    for (suffix, status) in [
+        ("", 200),
+        ("/confirm-email-address", 302),
+        ("/download", 200),
+    ] {
+        f.stub.clear_requests();
+        let page = open(&f, suffix, "GET", Some(f.key)).await;
+        assert!(page.status < 400, "{suffix}: {}", page.body);
+        assert_eq!(page.status, status, "{suffix}");
+        assert_one_check(&f, suffix);
+    }
+}
+
 /// DDF `test_404_hides_incorrect_credentials`: every view × 400/403/404 ×
 /// the three error bodies is DDF's contextual 404, after one `/check`.
 #[tokio::test]
@@ -268,6 +333,7 @@ async fn not_found_hides_incorrect_credentials() {
     assert_eq!(open(&f, "", "GET", Some(f.key)).await.status, 500);
 }
 
+/// DDF `test_landing_page_creates_link_for_document`.
 #[tokio::test]
 async fn landing_page_creates_link_for_document() {
     let f = fixture().await;
@@ -321,12 +387,15 @@ async fn landing_page_shows_a_placeholder_for_an_empty_service_name() {
     );
 }
 
+/// DDF `test_landing_page_creates_link_to_confirm_email_address`.
 #[tokio::test]
 async fn landing_page_creates_link_to_confirm_email_address() {
     let f = fixture().await;
     f.document(true, "pdf", 5);
     let page = f.get(&f.url("", Some(f.key))).await;
     assert_eq!(page.status, 200);
+    assert_eq!(page.title(), "You have a file to download – GOV.UK");
+    assert_eq!(page.h1(), "You have a file to download");
     let continue_link = page
         .main_links()
         .into_iter()
@@ -370,6 +439,7 @@ async fn the_key_is_kept_url_encoded_on_links_and_redirects() {
     assert_eq!(support::form_encode(key), "a%2Bb%2Fc%3Dd%26e");
 }
 
+/// DDF `test_confirm_email_address_page_shows_email_address_form_and_contact_details`.
 #[tokio::test]
 async fn confirm_email_address_page_shows_email_address_form() {
     let f = fixture().await;
@@ -395,8 +465,12 @@ async fn confirm_email_address_page_shows_email_address_form() {
             "If you have any questions, contact Sample Service."
         ]
     );
+    let (href, text) = &page.main_links()[0];
+    assert_eq!(text, "contact Sample Service");
+    assert_eq!(href, "https://sample-service.gov.uk");
 }
 
+/// DDF `test_confirm_email_address_page_redirects_to_download_page_if_confirmation_not_required`.
 #[tokio::test]
 async fn confirm_email_address_page_redirects_to_download_page_if_confirmation_not_required() {
     let f = fixture().await;
@@ -412,6 +486,9 @@ async fn confirm_email_address_page_redirects_to_download_page_if_confirmation_n
     }
 }
 
+/// DDF `test_confirm_email_address_page_shows_an_error_if_the_email_address_is_invalid`
+/// ("fake address") and `tests/app/test_forms.py` `test_email_address_form_validates`
+/// (`invalid_email`, empty).
 #[tokio::test]
 async fn confirm_email_address_page_shows_errors_for_empty_and_invalid_addresses() {
     let f = fixture().await;
@@ -511,6 +588,8 @@ async fn whitespace_python_strips_is_an_empty_address() {
     );
 }
 
+/// DDF `test_confirm_email_address_page_shows_error_if_wrong_email_address`
+/// (the API's 400), and 403, which DDF treats the same.
 #[tokio::test]
 async fn confirm_email_address_page_shows_error_if_wrong_email_address() {
     let f = fixture().await;
@@ -520,6 +599,15 @@ async fn confirm_email_address_page_shows_error_if_wrong_email_address() {
         let page = f.submit_email("me@example.com").await;
         assert_eq!(page.status, 400);
         assert_eq!(page.title(), "Error: Confirm your email address – GOV.UK");
+        assert_eq!(page.h1(), "Confirm your email address");
+        assert_eq!(
+            support::text(
+                &page
+                    .element("<h2 class=\"govuk-error-summary__title\"", "</h2>")
+                    .unwrap()
+            ),
+            "There is a problem"
+        );
         let summary = page
             .element(
                 "<ul class=\"govuk-list govuk-error-summary__list\"",
@@ -541,6 +629,8 @@ async fn confirm_email_address_page_shows_error_if_wrong_email_address() {
     }
 }
 
+/// DDF `test_confirm_email_address_page_shows_429_error_page_if_auth_rate_limited`;
+/// the "Go back" link is relative (docs/compatibility.md).
 #[tokio::test]
 async fn confirm_email_address_page_shows_429_error_page_if_auth_rate_limited() {
     let f = fixture().await;
@@ -561,33 +651,90 @@ async fn confirm_email_address_page_shows_429_error_page_if_auth_rate_limited() 
         .contains("notify-support@digital.cabinet-office.gov.uk"));
 }
 
+/// DDF `test_confirm_email_address_page_redirects_and_sets_cookie_on_success`,
+/// with DDF's `Test` config: a 302 to the download page, the access cookie
+/// for the API's domain and the file's path, and exactly two document API
+/// calls, `/check` then `/authenticate`, each with the onward headers.
 #[tokio::test]
 async fn confirm_email_address_page_redirects_and_sets_cookie_on_success() {
+    let f = ddf_fixture().await;
+    f.document(true, "pdf", 5);
+    f.authenticate_answers(
+        200,
+        &json!({"signed_data": "blah", "direct_file_url": "http://test-doc-download-api.com/my/file/path?key=foo"}),
+    );
+    // DDF's tests turn CSRF off; wharf's form needs its token and cookie.
+    let form_url = f.url("/confirm-email-address", Some(f.key));
+    let form = f.get(&form_url).await;
+    let token = form.attribute_of("name=\"csrf_token\"", "value").unwrap();
+    let cookie = form.set_cookies()[0].split(';').next().unwrap().to_owned();
+    f.stub.clear_requests();
+    let page = send(
+        &f.app,
+        Method::POST,
+        &form_url,
+        Some(format!("csrf_token={token}&email_address=me%40example.com")),
+        &[
+            ("cookie", &cookie),
+            ("x-b3-traceid", ONWARD_TRACE),
+            ("x-b3-spanid", ONWARD_SPAN),
+        ],
+    )
+    .await;
+    assert_eq!(page.status, 302, "{}", page.body);
+    assert_eq!(page.header("location"), f.url("/download", Some(f.key)));
+    assert_eq!(
+        page.set_cookies(),
+        ["document_access_signed_data=blah; Domain=test-doc-download-api.gov.uk; HttpOnly; Path=/my/file/path"]
+    );
+    let calls: Vec<_> = f
+        .stub
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri.starts_with("/services/"))
+        .collect();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(calls[0].method, Method::GET);
+    assert_eq!(calls[0].uri, format!("{}?key=1234", f.check_path()));
+    assert_onward_headers(&calls[0], "check");
+    assert_eq!(calls[1].method, Method::POST);
+    assert_eq!(calls[1].uri, f.authenticate_path());
+    assert_onward_headers(&calls[1], "authenticate");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&calls[1].body).unwrap(),
+        json!({"key": "1234", "email_address": "me@example.com"})
+    );
+    assert_eq!(calls[1].headers["content-type"], "application/json");
+}
+
+/// DDF `test_email_address_form_strips_whitespace` (`tests/app/test_forms.py`):
+/// the address reaches the API without the blanks around it (here also a
+/// zero-width space, which notifications-utils' `strip_all_whitespace`
+/// removes too).
+#[tokio::test]
+async fn email_address_form_strips_whitespace() {
     let f = fixture().await;
     f.document(true, "pdf", 5);
     f.authenticate_answers(
         200,
         &json!({"signed_data": "blah", "direct_file_url": "http://test-doc-download-api.com/my/file/path?key=foo"}),
     );
-    let page = f.submit_email("  me@example.com\u{200B} ").await;
-    assert_eq!(page.status, 302, "{}", page.body);
-    assert_eq!(page.header("location"), f.url("/download", Some(f.key)));
-    assert_eq!(
-        page.set_cookies(),
-        ["document_access_signed_data=blah; Domain=test-doc-download-api.com; HttpOnly; Path=/my/file/path"]
-    );
-    let auth = f
-        .stub
-        .requests()
-        .into_iter()
-        .find(|r| r.uri.ends_with("/authenticate"))
-        .unwrap();
-    assert_eq!(auth.method, Method::POST);
-    assert_eq!(
-        serde_json::from_str::<serde_json::Value>(&auth.body).unwrap(),
-        json!({"key": "1234", "email_address": "me@example.com"})
-    );
-    assert_eq!(auth.headers["content-type"], "application/json");
+    for email in ["     me@example.com   ", "  me@example.com\u{200B} "] {
+        f.stub.clear_requests();
+        let page = f.submit_email(email).await;
+        assert_eq!(page.status, 302, "{email:?}: {}", page.body);
+        let auth = f
+            .stub
+            .requests()
+            .into_iter()
+            .find(|r| r.uri.ends_with("/authenticate"))
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&auth.body).unwrap()["email_address"],
+            "me@example.com",
+            "{email:?}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -617,6 +764,9 @@ async fn the_access_cookie_is_secure_over_https_and_its_domain_drops_download() 
     );
 }
 
+/// `tests/app/test_errorhandlers.py` `test_csrf_error_returns_400_status_code_and_500_error_page`:
+/// the same 400, but the form again with a "session expired" error instead
+/// of the generic error page (docs/compatibility.md).
 #[tokio::test]
 async fn csrf_failure_is_a_form_error() {
     let f = fixture().await;
@@ -671,6 +821,8 @@ async fn csrf_failure_is_a_form_error() {
         .any(|r| r.uri.contains("/authenticate")));
 }
 
+/// DDF `test_download_document_creates_link_to_actual_doc_from_api` and
+/// `test_download_document_shows_contact_information` (the second link).
 #[tokio::test]
 async fn download_document_creates_link_to_actual_doc_from_api() {
     let f = fixture().await;
@@ -704,6 +856,8 @@ async fn download_document_creates_link_to_actual_doc_from_api() {
     );
 }
 
+/// DDF `test_download_document_shows_pretty_file_type` (its 11 extensions),
+/// and an unknown one (docs/compatibility.md).
 #[tokio::test]
 async fn download_document_shows_pretty_file_type() {
     let f = fixture().await;
@@ -752,10 +906,16 @@ async fn download_document_shows_file_sizes() {
     }
 }
 
+/// DDF `test_download_document_shows_expiry_date` (28, 30, 31 and 50 days
+/// from 12 October 2022) and `test_download_document_handles_missing_expiry`.
 #[tokio::test]
 async fn download_document_shows_expiry_date() {
     let f = fixture().await;
     for (days, expected) in [
+        (
+            28,
+            "This file is available to download until Wednesday 9 November 2022.",
+        ),
         (
             30,
             "This file is available to download until Friday 11 November 2022.",
@@ -763,6 +923,10 @@ async fn download_document_shows_expiry_date() {
         (
             31,
             "This file is available to download until 12 November 2022.",
+        ),
+        (
+            50,
+            "This file is available to download until 1 December 2022.",
         ),
         (
             0,
@@ -787,6 +951,8 @@ async fn download_document_shows_expiry_date() {
     }
 }
 
+/// DDF `test_pages_contain_key_security_headers` (the three views, a
+/// document that needs confirmation), and an error page and a redirect.
 #[tokio::test]
 async fn pages_contain_key_security_headers() {
     let f = fixture().await;
@@ -855,6 +1021,7 @@ async fn pages_contain_key_security_headers() {
     assert_eq!(nonces.len(), 5, "a fresh nonce per response");
 }
 
+/// DDF `test_landing_page_has_supplier_contact_info` (link, email, number).
 #[tokio::test]
 async fn landing_page_has_supplier_contact_info() {
     let f = fixture().await;
@@ -957,6 +1124,7 @@ async fn service_data_is_escaped() {
         .contains("&lt;script&gt;alert(1)&lt;/script&gt; sent you a file"));
 }
 
+/// DDF `test_footer_doesnt_link_to_national_archives`.
 #[tokio::test]
 async fn footer_doesnt_link_to_national_archives() {
     let f = fixture().await;
@@ -969,6 +1137,26 @@ async fn footer_doesnt_link_to_national_archives() {
         .iter()
         .any(|h| h.contains("nationalarchives.gov.uk")));
     assert!(page.body.contains("© Crown copyright"));
+}
+
+/// DDF `test_services_view_redirects_to_api`: its six URLs, each a 301 to
+/// the same path and query on the document API's public host.
+#[tokio::test]
+async fn services_view_redirects_to_api() {
+    let f = ddf_fixture().await;
+    for url in [
+        "/services/_status",
+        "/services/11111111-1111-4111-1111-111111111111/documents/22222222-2222-4222-2222-222222222222",
+        "/services/11111111-1111-4111-1111-111111111111/documents/22222222-2222-4222-2222-222222222222.pdf",
+        "/services/11111111-1111-4111-1111-111111111111/documents/22222222-2222-4222-2222-222222222222/check",
+        "/services/11111111-1111-4111-1111-111111111111/documents/22222222-2222-4222-2222-222222222222/check?key=123456",
+        "/services/11111111-1111-4111-1111-111111111111/documents/22222222-2222-4222-2222-222222222222/check?random_parameter=xyz",
+    ] {
+        let page = f.get(url).await;
+        assert_eq!(page.status, 301, "{url}");
+        assert_eq!(page.header("location"), format!("{DDF_PUBLIC_API}{url}"));
+    }
+    assert!(f.stub.requests().is_empty());
 }
 
 #[tokio::test]
@@ -1015,6 +1203,8 @@ async fn unknown_paths_and_malformed_ids_are_not_found() {
     for path in [
         "/".to_owned(),
         "/nowhere".to_owned(),
+        // DDF `test_bad_url_returns_page_not_found`.
+        "/bad_url".to_owned(),
         format!("/d/{s}/{d}/?key=1234"),
         format!("/d/{s}/{d}/other?key=1234"),
         format!("/d/{s}?key=1234"),
@@ -1207,6 +1397,8 @@ async fn upstream_timeouts_are_504_and_unreachable_apis_502() {
     );
 }
 
+/// `tests/app/notify_client/test_service_api_client.py` `test_client_gets_service`
+/// (`GET /service/<id>`) and `test_client_onward_headers`.
 #[tokio::test]
 async fn the_notify_api_is_called_first_with_an_hs256_token_and_trace_headers() {
     let f = fixture().await;
@@ -1259,7 +1451,8 @@ async fn the_notify_api_is_called_first_with_an_hs256_token_and_trace_headers() 
 /// (`X-Amz-Cf-Id`) with no B3 header, the `CloudFront` id is the trace id; the
 /// response carries it and this request's own span id (`self-…`), and both
 /// API calls carry the trace id, a new span id each, and this request's span
-/// as their parent.
+/// as their parent. With no id coming in the calls are still made (DDF
+/// `test_client_no_onward_headers`), with a new trace id.
 #[tokio::test]
 async fn b3_ids_are_made_and_sent_as_notifications_utils_does() {
     let f = fixture().await;
