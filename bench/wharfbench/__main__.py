@@ -41,7 +41,7 @@ Usage: bench/run [options]
                        1 s; never builds, installs or touches docs/
   --scenarios LIST     comma-separated subset of: status, accept,
                        metrics-overhead, rss, ready, reload, landing, edge-tls,
-                       handshakes, resume, idle, ratelimit
+                       handshakes, resume, idle, ratelimit, recipient
   --duration N         N seconds per measured run
   --rounds N           measured rounds per server (mirrored order)
   --warmup N           discarded warm-up seconds per server
@@ -60,6 +60,8 @@ Usage: bench/run [options]
 
 Environment:
   FRONTEND_BIN, EDGE_BIN, HYPER_BIN  binaries to measure (each skips its build)
+  STUB_BIN                           the stub APIs of scenario recipient
+                                     (bench/hello's stub-apis)
   GUNICORN, NGINX                    peer executables (default bench/.venv's
                                      gunicorn, the system nginx)
   CARGO_TARGET_DIR                   honoured when locating built binaries
@@ -163,6 +165,7 @@ def parse_settings(argv):
     s.frontend_bin = exe("FRONTEND_BIN")
     s.hyper_bin = exe("HYPER_BIN")
     s.edge_bin = exe("EDGE_BIN")
+    s.stub_bin = exe("STUB_BIN")
     s.gunicorn = None if a.smoke else exe("GUNICORN", str(BENCH / ".venv" / "bin" / "gunicorn"))
     s.nginx = None if a.smoke else exe("NGINX", shutil.which("nginx") or "/usr/sbin/nginx")
     if a.smoke:
@@ -232,6 +235,7 @@ def main(argv):
             "binaries": {"frontend": repo_relative(settings.frontend_bin),
                          "bare-hyper": repo_relative(settings.hyper_bin),
                          "edge": repo_relative(settings.edge_bin),
+                         "stub-apis": repo_relative(settings.stub_bin),
                          "gunicorn": repo_relative(settings.gunicorn), "nginx": settings.nginx},
         },
         "scenarios": harness.results,

@@ -12,9 +12,10 @@ T0 = time.monotonic()
 
 
 # Scenario ids in the order they run (the priorities: the cheap,
-# plain-HTTP ones first, the TLS ones after, Redis last).
+# plain-HTTP ones first, the TLS ones after, Redis last, the whole production
+# path at the end).
 SCENARIOS = ["status", "accept", "metrics-overhead", "rss", "ready", "reload", "landing", "edge-tls", "handshakes",
-             "resume", "idle", "ratelimit"]
+             "resume", "idle", "ratelimit", "recipient"]
 TITLES = {
     "status": "(1) GET /_status, plain HTTP/1.1 keep-alive",
     "accept": "(1b) frontend worker layout: shared socket vs SO_REUSEPORT per worker, worker count",
@@ -28,6 +29,7 @@ TITLES = {
     "ready": "(8) Start to ready",
     "reload": "(9) Errors during reload under load",
     "metrics-overhead": "(10) Cost of instrumentation: frontend with metrics on vs off (and traces on)",
+    "recipient": "(11) Production path: a recipient's walk, the seed stack against the wharf stack, same stub APIs",
 }
 # A fixed /_status answer shaped like frontend's, for nginx's `return 200`.
 # Answered by edge and nginx themselves (no upstream) in scenario 3.

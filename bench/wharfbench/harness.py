@@ -9,10 +9,10 @@ from .common import TITLES, BenchError, progress
 from .load import Load
 from .peers import Peers
 from .report import TARGETS
-from .scenarios import EdgeTls, Idle, Lifecycle, PlainHttp, Ratelimit
+from .scenarios import EdgeTls, Idle, Lifecycle, PlainHttp, Ratelimit, Recipient
 
 
-class Harness(Peers, PlainHttp, EdgeTls, Idle, Ratelimit, Lifecycle):
+class Harness(Peers, PlainHttp, EdgeTls, Idle, Ratelimit, Lifecycle, Recipient):
     """One run: its servers, its scenarios, and what they measured."""
 
     def __init__(self, settings, tmp):

@@ -67,17 +67,20 @@ class Load:
     def client_prefix(self):
         return ["taskset", "-c", self.s.client_cpus] if self.s.client_cpus else []
 
-    def wrk_argv(self, url, duration, connections=None, headers=()):
+    def wrk_argv(self, url, duration, connections=None, headers=(), script=None):
         argv = self.client_prefix() + [
             "wrk", "--latency", f"-t{self.s.wrk_threads}", f"-c{connections or self.s.connections}",
             f"-d{duration}s", "--timeout", "5s",
         ]
         for h in headers:
             argv += ["-H", h]
+        if script:
+            argv += ["-s", str(script)]
         return argv + [url]
 
-    def wrk(self, url, duration, connections=None, headers=()):
-        argv = self.wrk_argv(url, duration, connections, headers)
+    def wrk(self, url, duration, connections=None, headers=(), script=None):
+        """One wrk run; `script`: a Lua file that makes the requests (wrk -s)."""
+        argv = self.wrk_argv(url, duration, connections, headers, script)
         try:
             out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 60)
         except subprocess.TimeoutExpired as e:

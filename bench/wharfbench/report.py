@@ -28,6 +28,12 @@ TARGETS = [
     ("ready", "frontend start to ready < 200 ms", 200, "<", "ms"),
     ("reload", "zero errors during reloads (frontend HUP and USR2, edge HUP)", 0, "==", "errors"),
     ("metrics-overhead", "frontend /_status with metrics ≥ 0.95× without (≤ 5 % cost)", 0.95, ">=", "×"),
+    ("recipient-rps", "production path: wharf stack ≥ 20× the seed stack (recipient's walk, req/s)", 20, ">=", "×"),
+    ("recipient-p99", "production path: wharf stack p99 ≤ the seed stack's", None, "<=", "ms"),
+    ("recipient-memory", "production path: wharf stack memory ≤ 1/10 of the seed stack's (PSS, every process, "
+     "after load)", 0.1, "<=", "×"),
+    ("recipient-slow-errors", "API 200 ms late: wharf serves 1000 connections with no error", 0, "==", "errors"),
+    ("recipient-slow-p99", "API 200 ms late, 1000 connections: wharf p99 ≤ 250 ms", 250, "<=", "ms"),
 ]
 
 
@@ -373,6 +379,36 @@ def render(report, svg_dir, svg_rel):
             out.append(f"| {row['name']} | {row['reloads']} | {fmt(row['requests'])} | {fmt(row['rps'])} | "
                        f"{row['errors_total']} | {e['non_2xx']} | {e['connect']}/{e['read']}/{e['write']}/{e['timeout']} |")
         out.append("")
+    r = header("recipient")
+    if r:
+        mix, slow = r["mix"], r["slow"]
+        out.extend([r["method"] + ".", "",
+                    f"The mix: {mix['tool']}, {mix['duration_s']} s × {mix['rounds']} round(s) per stack, best run "
+                    f"shown; ratio wharf/seed **{mix['ratios']['wharf/seed']}**.", ""])
+        panels = throughput_panels(mix["rows"])
+        slow_panels = throughput_panels(slow["rows"])
+        panels += [(f"API {r.get('slow_delay_ms', 200)} ms late, 1000 connections: " + slow_panels[1][0],
+                    *slow_panels[1][1:])]
+        panels.append(("memory after the mix (PSS, every process, MB, lower is better)", "MB", ["PSS"],
+                       [(name, [m["after_pss_mb"]]) for name, m in r["memory"].items()]))
+        plot("recipient", "Production path: seed stack vs wharf stack", panels)
+        out.extend(throughput_table(mix["rows"]))
+        out.extend(["", "| Stack | processes | PSS idle MB | PSS after the mix MB | PSS after 1000 connections MB | "
+                        "stack CPU % of machine | stub CPU % of machine | stub CPU µs per request |",
+                    "|---|---:|---:|---:|---:|---:|---:|---:|"])
+        rows = {row["name"]: row for row in mix["rows"]}
+        for name, m in r["memory"].items():
+            row = rows.get(name, {})
+            out.append(f"| {name} | {m['processes']} | {fmt(m['idle_pss_mb'])} | {fmt(m['after_pss_mb'])} | "
+                       f"{fmt(r['memory_after_slow_mb'].get(name))} | {fmt(row.get('stack_cpu_pct_of_machine'))} | "
+                       f"{fmt(row.get('stub_cpu_pct_of_machine'))} | {fmt(row.get('stub_cpu_us_per_request'))} |")
+        out.extend(["", f"Memory wharf/seed: **{r['memory_ratio_wharf_over_seed']}** (the stub itself: "
+                        f"{fmt(r['stub_pss_mb'])} MB, in neither). Page sizes (bytes, wharf / seed): " +
+                    "; ".join(f"{w['step']} {w['bytes'].get('wharf')} / {w['bytes'].get('seed')}" for w in r["walk"]) +
+                    ".", "", f"The slow dependency: {slow['tool']}.", ""])
+        out.extend(throughput_table(slow["rows"]))
+        out.append("")
+        notes(r)
     if report["warnings"]:
         out.extend(["### Warnings", ""] + [f"- {w}" for w in report["warnings"]] + [""])
     return "\n".join(out)
@@ -422,6 +458,19 @@ def console_summary(report):
                                  f"{fmt(res['resumed_pct'].get(row['name']), 2)} % (of offered "
                                  f"{fmt(res['resumed_pct_of_offered'].get(row['name']), 2)} %)"
                                  + (f"   edge/nginx {res['ratios']['edge/nginx']}" if row["name"] == "edge" else ""))
+    recipient = report["scenarios"].get("recipient")
+    if recipient and recipient["status"] == "ok":
+        lines += ["", "(11) production path, a recipient's walk (wharf stack vs seed stack):"]
+        for label, part in (("mix", recipient["mix"]), ("API 200 ms late, 1000 conns", recipient["slow"])):
+            for row in part["rows"]:
+                lines.append(f"  {label:<28} {row['name']:<6} {row['rps']:>9.1f} req/s   p50 "
+                             f"{row['latency_ms'].get('p50', float('nan')):.3f} ms   p99 "
+                             f"{row['latency_ms'].get('p99', float('nan')):.3f} ms   errors {row.get('errors_total')}"
+                             f"   stub CPU {row.get('stub_cpu_pct_of_machine')} %")
+        lines.append("  memory after the mix (PSS): " + ", ".join(
+            f"{n} {m['after_pss_mb']} MB ({m['processes']} processes)" for n, m in recipient["memory"].items()) +
+            f"; wharf/seed {recipient['memory_ratio_wharf_over_seed']}; "
+            f"req/s wharf/seed {recipient['mix']['ratios']['wharf/seed']}")
     for w in report["warnings"]:
         lines.append(f"WARNING: {w}")
     print("\n".join(lines))

@@ -6,11 +6,13 @@
 - idle: (5) idle
 - ratelimit: (6) ratelimit
 - lifecycle: (7) rss, (8) ready, (9) reload
+- recipient: (11) recipient, the production path (seed stack vs wharf stack)
 """
 from .idle import Idle
 from .lifecycle import Lifecycle
 from .plain import PlainHttp
 from .ratelimit import Ratelimit
+from .recipient import Recipient
 from .tls import EdgeTls
 
-__all__ = ["EdgeTls", "Idle", "Lifecycle", "PlainHttp", "Ratelimit"]
+__all__ = ["EdgeTls", "Idle", "Lifecycle", "PlainHttp", "Ratelimit", "Recipient"]
