@@ -487,6 +487,30 @@ mod tests {
         assert_eq!(Contact::assess(None), Contact::None);
     }
 
+    /// DDF `tests/app/test_utils.py`
+    /// `test_assess_contact_type_recognises_email_phone_and_link`, its eight
+    /// cases ("other" is [`Contact::Other`]).
+    #[test]
+    fn assess_contact_type_recognises_email_phone_and_link() {
+        for (contact, kind) in [
+            ("07123456789", "other"),
+            ("pinkdiamond@homeworld.gem", "email"),
+            ("pink.diamond@digital.diamond-office.gov.uk", "email"),
+            ("https://homeworld.gem/contact-us", "link"),
+            ("http://homeworld.gem/contact-us", "link"),
+            ("www.homeworld.gem", "other"),
+            ("homeworld.gem", "other"),
+            ("pinkdiamond", "other"),
+        ] {
+            let want = match kind {
+                "email" => Contact::Email(contact.to_owned()),
+                "link" => Contact::Link(contact.to_owned()),
+                _ => Contact::Other(contact.to_owned()),
+            };
+            assert_eq!(Contact::assess(Some(contact)), want, "{contact:?}");
+        }
+    }
+
     /// DDF's `assess_contact_type` (app/utils.py) looks at the contact link as
     /// the Notify API sent it: `re.search(EMAIL_REGEX_PATTERN, s)`, then
     /// `s.startswith("http")`, else "other"; the page shows `s` as it is.
