@@ -48,11 +48,16 @@ from markupsafe import Markup
 from werkzeug.routing import BaseConverter, ValidationError
 
 app = Flask(__name__, template_folder=os.path.join(os.path.dirname(os.path.abspath(__file__)), "ddf_templates"))
+# Keys from the environment the harness sets, else random for this process:
+# none is written here (crates/config/tests/shipped_secrets.rs checks that no
+# key value ships in the repository).
+app.config.update({
+    "SECRET_KEY": os.environ.get("SECRET_KEY") or secrets.token_urlsafe(32),
+    "ADMIN_CLIENT_SECRET": os.environ.get("ADMIN_CLIENT_SECRET") or secrets.token_urlsafe(32),
+})
 app.config.update(
-    SECRET_KEY=os.environ.get("SECRET_KEY", "seed-bench-secret-key"),
     API_HOST_NAME=os.environ.get("API_HOST_NAME", "http://127.0.0.1:7102"),
     ADMIN_CLIENT_USER_NAME="notify-admin",
-    ADMIN_CLIENT_SECRET=os.environ.get("ADMIN_CLIENT_SECRET", "seed-bench-admin-secret"),
     DOCUMENT_DOWNLOAD_API_HOST_NAME=os.environ.get("DOCUMENT_DOWNLOAD_API_HOST_NAME", "http://127.0.0.1:7102"),
     HTTP_PROTOCOL=os.environ.get("HTTP_PROTOCOL", "http"),
     SESSION_COOKIE_NAME="document_download_session",
