@@ -1021,6 +1021,81 @@ async fn pages_contain_key_security_headers() {
     assert_eq!(nonces.len(), 5, "a fresh nonce per response");
 }
 
+/// DDF `tests/app/test_headers.py` `test_owasp_useful_headers_set` (the
+/// landing page of a document that needs confirmation): every header it
+/// names. Seven are DDF's exactly; CSP, the three `Cross-Origin-*`,
+/// `Permissions-Policy` and `Server` differ on purpose
+/// (docs/compatibility.md, "Security headers").
+#[tokio::test]
+async fn owasp_useful_headers_set() {
+    let f = fixture().await;
+    f.document(true, "pdf", 5);
+    let page = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(page.status, 200);
+    for (name, value) in [
+        ("x-robots-tag", "noindex, nofollow"),
+        ("x-frame-options", "DENY"),
+        ("x-content-type-options", "nosniff"),
+        ("x-permitted-cross-domain-policies", "none"),
+        (
+            "strict-transport-security",
+            "max-age=31536000; includeSubDomains; preload",
+        ),
+        ("referrer-policy", "no-referrer"),
+        (
+            "cache-control",
+            "no-store, no-cache, private, must-revalidate",
+        ),
+    ] {
+        assert_eq!(page.header(name), value, "{name}: DDF's value");
+    }
+    let csp = page.header("content-security-policy");
+    let nonce = csp
+        .split("'nonce-")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap();
+    // DDF: `default-src 'self';script-src 'self' 'nonce-…';connect-src
+    // 'self';object-src 'self';font-src 'self' data:;img-src 'self'
+    // data:;style-src 'self' 'nonce-…';frame-ancestors 'self';frame-src
+    // 'self';`. wharf: no plugins, no framing (as `X-Frame-Options: DENY`
+    // says), `frame-src` left to `default-src 'self'`, and `base-uri` and
+    // `form-action` pinned.
+    assert_eq!(
+        csp,
+        format!(
+            "default-src 'self'; script-src 'self' 'nonce-{nonce}'; style-src 'self' 'nonce-{nonce}'; \
+             img-src 'self' data:; font-src 'self' data:; connect-src 'self'; object-src 'none'; \
+             base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        )
+    );
+    // DDF: `require-corp;` and `same-origin;`, whose trailing `;` makes
+    // browsers ignore them (an empty structured-field parameter).
+    assert_eq!(page.header("cross-origin-embedder-policy"), "require-corp");
+    assert_eq!(page.header("cross-origin-opener-policy"), "same-origin");
+    assert_eq!(page.header("cross-origin-resource-policy"), "same-origin");
+    // DDF: `geolocation=(), microphone=(), camera=(), autoplay=(),
+    // payment=(), sync-xhr=()`; wharf's denies those and more.
+    let permissions = page.header("permissions-policy");
+    for feature in [
+        "geolocation=()",
+        "microphone=()",
+        "camera=()",
+        "autoplay=()",
+        "payment=()",
+        "sync-xhr=()",
+    ] {
+        assert!(
+            permissions.split(", ").any(|f| f == feature),
+            "{feature} in {permissions}"
+        );
+    }
+    // DDF: `Server: Cloudfront`, a disguise; wharf names no server.
+    assert!(page.headers.get("server").is_none());
+}
+
 /// DDF `test_landing_page_has_supplier_contact_info` (link, email, number).
 #[tokio::test]
 async fn landing_page_has_supplier_contact_info() {
