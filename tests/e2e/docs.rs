@@ -70,10 +70,22 @@ fn the_configuration_docs_show_what_frontend_prints() {
 }
 
 /// The signals table of docs/operations.md names every signal the master
-/// handles (crates/supervisor/src/master.rs).
+/// handles (crates/supervisor/src/master/).
 #[test]
 fn the_signal_table_lists_every_signal_the_master_handles() {
-    let master = read("crates/supervisor/src/master.rs");
+    // The master's modules (crates/supervisor/src/master/), all of them.
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/supervisor/src/master");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "rs"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 1, "{files:?}");
+    let master: String = files
+        .iter()
+        .map(|path| std::fs::read_to_string(path).unwrap())
+        .collect();
     let operations = read("docs/operations.md");
     let table = operations
         .split("## Signals")

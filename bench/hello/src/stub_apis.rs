@@ -220,7 +220,7 @@ async fn answer(
             let body = Limited::new(request.into_body(), 64 * 1024)
                 .collect()
                 .await
-                .map(|b| b.to_bytes())
+                .map(http_body_util::Collected::to_bytes)
                 .unwrap_or_default();
             let body = String::from_utf8_lossy(&body);
             if body.contains("\"email_address\"") && body.contains('@') {
