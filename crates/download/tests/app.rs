@@ -334,6 +334,139 @@ async fn not_found_hides_incorrect_credentials() {
 }
 
 /// DDF `test_landing_page_creates_link_for_document`.
+/// The answers document-download-api documents (alphagov/document-download-api
+/// `app/download/views.py` and `app/utils/store.py`, f881d9d), with its exact
+/// bodies, each shown as DDF's `_get_document_metadata` and
+/// `_authenticate_access_to_document` make of it.
+#[tokio::test]
+async fn the_document_apis_real_answers_are_shown_as_ddf_shows_them() {
+    let f = fixture().await;
+    // `/check` 200: the metadata, with `filename` (DDF ignores it) and an
+    // `available_until` that may be null.
+    f.check_answers(
+        200,
+        &json!({"document": {"direct_file_url": "https://download.example/services/s/documents/d.pdf?key=k", "confirm_email": false, "size_in_bytes": 712_099, "file_extension": "pdf", "filename": "letter.pdf", "available_until": "2022-10-19"}}),
+    );
+    let page = open(&f, "/download", "GET", Some(f.key)).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.main_links()[0],
+        (
+            "https://download.example/services/s/documents/d.pdf?key=k".to_owned(),
+            "Download this PDF (0.7MB) to your device".to_owned()
+        )
+    );
+    // The key is not there or not base64, the document is blocked or not
+    // there, or S3 refuses the key (`DocumentStoreError(e.response["Error"])`,
+    // 400 with the boto error as text): DDF's contextual 404.
+    for (status, error) in [
+        (400, "Missing decryption key"),
+        (400, "Invalid decryption key"),
+        (400, "{'Code': '403', 'Message': 'Forbidden'}"),
+        (403, "Access to the document has been blocked"),
+        (404, "The requested document could not be found"),
+    ] {
+        f.check_answers(status, &json!({ "error": error }));
+        for (suffix, method) in VIEWS {
+            f.stub.clear_requests();
+            let page = open(&f, suffix, method, Some(f.key)).await;
+            let case = format!("{status} {error} {method} {suffix}");
+            assert_contextual_not_found(&page, &case);
+            assert_one_check(&f, &case);
+        }
+    }
+    // Expired or deleted: DDF's 410.
+    f.check_answers(
+        410,
+        &json!({"error": "The document is no longer available"}),
+    );
+    for (suffix, method) in VIEWS {
+        assert_gone(
+            &open(&f, suffix, method, Some(f.key)).await,
+            &format!("{method} {suffix}"),
+        );
+    }
+    // Any other store error is a 400 DDF does not recognise: 500.
+    f.check_answers(
+        400,
+        &json!({"error": "{'Code': 'SlowDown', 'Message': 'Please reduce your request rate.'}"}),
+    );
+    let page = open(&f, "", "GET", Some(f.key)).await;
+    assert_eq!(page.status, 500);
+    assert_eq!(page.h1(), "Sorry, there’s a problem with the service");
+
+    // `/authenticate`: every 400 the API sends and its 403 are the
+    // wrong-address form error; 429 (with `Retry-After`) the 429 page; any
+    // other status DDF's `raise_for_status`, a 500.
+    f.document(true, "pdf", 5);
+    for error in [
+        "Missing decryption key",
+        "Invalid decryption key",
+        "No email address",
+        "Invalid email address",
+    ] {
+        f.authenticate_answers(400, &json!({ "error": error }));
+        let page = f.submit_email("me@example.com").await;
+        assert_eq!(page.status, 400, "{error}");
+        assert!(
+            page.body
+                .contains("This is not the email address the file was sent to."),
+            "{error}"
+        );
+    }
+    f.authenticate_answers(403, &json!({"error": "Authentication failure"}));
+    assert_eq!(f.submit_email("me@example.com").await.status, 400);
+    f.authenticate_answers(
+        429,
+        &json!({"error": "Too many requests - more than 50 in the last 300 seconds"}),
+    );
+    let page = f.submit_email("me@example.com").await;
+    assert_eq!(page.status, 429);
+    assert_eq!(page.h1(), "Cannot access document");
+    for status in [404, 500] {
+        f.authenticate_answers(status, &json!({"error": "Internal server error"}));
+        let page = f.submit_email("me@example.com").await;
+        assert_eq!(page.status, 500, "{status}");
+        assert_eq!(page.h1(), "Sorry, there’s a problem with the service");
+        assert!(page
+            .set_cookies()
+            .iter()
+            .all(|c| !c.starts_with("document_access")));
+    }
+    // A 200 without the fields DDF reads (`KeyError`): 500, no cookie.
+    f.authenticate_answers(200, &json!({"signed_data": "blah"}));
+    let page = f.submit_email("me@example.com").await;
+    assert_eq!(page.status, 500);
+    assert!(page
+        .set_cookies()
+        .iter()
+        .all(|c| !c.starts_with("document_access")));
+}
+
+/// Metadata without `confirm_email` (an older document-download-api): DDF's
+/// `landing` logs it and links to the download page, and the download page
+/// shows the file; its `confirm_email_address` reads
+/// `metadata["confirm_email"]` and fails with a 500. wharf treats the
+/// missing field as `false` there too and redirects to the download page
+/// (docs/compatibility.md).
+#[tokio::test]
+async fn metadata_without_confirm_email_needs_no_confirmation() {
+    let f = fixture().await;
+    f.check_answers(
+        200,
+        &json!({"document": {"direct_file_url": "url", "size_in_bytes": 712_099, "file_extension": "pdf", "available_until": "2022-10-19"}}),
+    );
+    let landing = f.get(&f.url("", Some(f.key))).await;
+    assert_eq!(landing.status, 200);
+    assert!(landing
+        .main_links()
+        .contains(&(f.url("/download", Some("1234")), "Continue".to_owned())));
+    assert_eq!(f.get(&f.url("/download", Some(f.key))).await.status, 200);
+    let confirm = f.get(&f.url("/confirm-email-address", Some(f.key))).await;
+    assert_eq!(confirm.status, 302);
+    assert_eq!(confirm.header("location"), f.url("/download", Some(f.key)));
+}
+
 #[tokio::test]
 async fn landing_page_creates_link_for_document() {
     let f = fixture().await;
