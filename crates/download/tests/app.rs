@@ -1099,6 +1099,9 @@ async fn pages_contain_key_security_headers() {
         "/security.txt".to_owned(),
     ] {
         let page = f.get(&url).await;
+        if url.starts_with("/d/") {
+            assert_eq!(page.status, 200, "{url}");
+        }
         for (name, value) in [
             ("x-robots-tag", "noindex, nofollow"),
             ("x-frame-options", "DENY"),
