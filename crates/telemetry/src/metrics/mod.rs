@@ -1,7 +1,8 @@
 //! wharf's one metrics home: the values every crate reports ([`Snapshot`],
 //! [`Family`]), the only Prometheus text encoder ([`Snapshot::encode`]),
-//! per-process HTTP request metrics ([`HttpMetrics`]) and the aggregator a
-//! supervisor uses to serve **one** scrape for all its worker processes.
+//! per-process HTTP request metrics ([`HttpMetrics`]), the aggregator a
+//! supervisor uses to serve **one** scrape for all its worker processes, and
+//! [`PublicMetrics`], that scrape on a public port behind a bearer token.
 //!
 //! Each worker keeps an [`HttpMetrics`] and sends its
 //! [`snapshot`](HttpMetrics::snapshot) to the master as values; the
@@ -19,6 +20,7 @@
 
 mod aggregate;
 mod family;
+mod public;
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +30,7 @@ pub use family::{
     Family, Histogram, IntoSeriesValue, IntoValue, Kind, Labels, Merge, Series, Snapshot, Value,
     WireError, CONTENT_TYPE,
 };
+pub use public::{MetricsText, PublicMetrics, METRICS_PATH};
 
 /// Histogram bucket upper bounds in seconds: 1 ms to 30 s, dense enough
 /// around 5–500 ms for P50/P95/P99 to be meaningful.
