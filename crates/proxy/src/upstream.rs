@@ -404,7 +404,10 @@ impl Upstream {
 
     /// Notes whether the group is in panic now, logging each change.
     fn note_panic(&self, panic: bool, healthy: usize, primaries: usize) {
-        if self.panicking.swap(panic, Ordering::Relaxed) == panic {
+        // A plain load first: no write to the shared line on every request.
+        if self.panicking.load(Ordering::Relaxed) == panic
+            || self.panicking.swap(panic, Ordering::Relaxed) == panic
+        {
             return;
         }
         if panic {
@@ -463,20 +466,23 @@ impl Upstream {
             p.config.backup == backup && usable(i) && p.available(now)
         };
         if self.panic_threshold > 0 {
-            let primaries: Vec<usize> = (0..self.peers.len())
-                .filter(|&i| !self.peers[i].config.backup && self.peers[i].config.weight > 0)
-                .collect();
-            let healthy = primaries
-                .iter()
-                .filter(|&&i| self.peers[i].available(now))
-                .count();
-            let below = healthy * 100 < primaries.len() * usize::from(self.panic_threshold);
-            let backup_takes_over =
-                healthy == 0 && (0..self.peers.len()).any(|i| eligible(i, true));
-            let panic = below && !backup_takes_over;
-            self.note_panic(panic, healthy, primaries.len());
+            // One pass, no allocation: the group is in panic rarely, and
+            // every request asks.
+            let (mut primaries, mut healthy) = (0_usize, 0_usize);
+            for p in &self.peers {
+                if !p.config.backup && p.config.weight > 0 {
+                    primaries += 1;
+                    healthy += usize::from(p.available(now));
+                }
+            }
+            let below = healthy * 100 < primaries * usize::from(self.panic_threshold);
+            let panic =
+                below && !(healthy == 0 && (0..self.peers.len()).any(|i| eligible(i, true)));
+            self.note_panic(panic, healthy, primaries);
             if panic {
-                let candidates: Vec<usize> = primaries.into_iter().filter(|&i| usable(i)).collect();
+                let candidates: Vec<usize> = (0..self.peers.len())
+                    .filter(|&i| !self.peers[i].config.backup && usable(i))
+                    .collect();
                 if !candidates.is_empty() {
                     self.panic_routed.fetch_add(1, Ordering::Relaxed);
                     return Some(self.choose(&candidates));
