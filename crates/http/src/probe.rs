@@ -20,9 +20,10 @@ pub struct BuildInfo {
 
 /// The calling binary's [`BuildInfo`], from the `BUILD_INFO_GIT_COMMIT` and
 /// `BUILD_INFO_TIME` its build script sets (expanded in the caller's crate,
-/// so they are the binary's, not this library's).
+/// so they are the binary's, not this library's). A binary's `main.rs`
+/// (its build script must set both variables, as `bins/build.rs` does):
 ///
-/// ```ignore
+/// ```text
 /// const BUILD: wharf_http::BuildInfo = wharf_http::build_info!();
 /// #[derive(clap::Parser)]
 /// #[command(version = BUILD.version)]
