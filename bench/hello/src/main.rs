@@ -19,7 +19,6 @@
 //!   core).
 
 use std::convert::Infallible;
-use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
@@ -31,6 +30,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
+use wharf_bench_hello::{env_parse, runtime, BoxResult};
 
 /// The port used when `PORT` is not set.
 const DEFAULT_PORT: u16 = 7101;
@@ -38,39 +38,10 @@ const DEFAULT_PORT: u16 = 7101;
 /// The fixed answer: the same shape and size as `frontend`'s `/_status` body.
 const BODY: &[u8] = br#"{"status":"ok","git_commit":"abcdef0","build_time":"2026-11-23T00:00:00Z","environment":"development"}"#;
 
-/// The result type of `main` and its helpers.
-type BoxResult<T> = Result<T, Box<dyn Error>>;
-
 fn main() -> BoxResult<()> {
     let port = env_parse::<u16>("PORT")?.unwrap_or(DEFAULT_PORT);
-    let worker_threads = env_parse::<usize>("WORKER_THREADS")?;
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = worker_threads {
-        if threads == 0 {
-            return Err("WORKER_THREADS must be at least 1".into());
-        }
-        runtime.worker_threads(threads);
-    }
-    runtime.build()?.block_on(serve(port))
-}
-
-/// Reads and parses the environment variable `name`; `Ok(None)` when it is unset.
-fn env_parse<T>(name: &str) -> BoxResult<Option<T>>
-where
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}={raw:?} is not valid: {e}").into()),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(e) => Err(format!("{name}: {e}").into()),
-    }
+    runtime()?.block_on(serve(port))
 }
 
 /// Accepts connections on `127.0.0.1:port` forever, one task per connection.

@@ -29,7 +29,6 @@
 //! dependency; the timer does not hold a thread).
 
 use std::convert::Infallible;
-use std::error::Error;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -41,6 +40,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use wharf_bench_hello::{env_parse, runtime, BoxResult};
 
 /// The port used when `PORT` is not set.
 const DEFAULT_PORT: u16 = 7102;
@@ -48,16 +48,12 @@ const DEFAULT_PORT: u16 = 7102;
 /// How long documents stay available, as the API's default retention.
 const RETENTION_DAYS: u64 = 14;
 
-/// The result type of `main` and its helpers.
-type BoxResult<T> = Result<T, Box<dyn Error>>;
-
 /// The Notify API's `GET /service/{id}` answer after `{"data": {"id": "<uuid>"`
 /// (the service schema's fields, with the two the pages read).
 const SERVICE_TAIL: &str = r#","name":"Sample Service","active":true,"restricted":false,"research_mode":false,"contact_link":"https://www.gov.uk/contact","email_from":"sample.service","prefix_sms":true,"count_as_live":true,"go_live_at":"2024-01-15 10:00:00.000000","organisation_type":"central","organisation":"7f2e9b4c-1d3a-4e5f-8a6b-9c0d1e2f3a4b","permissions":["email","sms","letter","upload_document","international_sms"],"email_message_limit":250000,"sms_message_limit":250000,"letter_message_limit":20000,"rate_limit":3000,"message_limit":250000,"volume_email":0,"volume_sms":0,"volume_letter":0,"consent_to_research":null,"billing_contact_email_addresses":null,"billing_contact_names":null,"billing_reference":null,"purchase_order_number":null,"notes":null,"created_by":"0b5e6f7a-8c9d-4e0f-a1b2-c3d4e5f6a7b8","letter_branding":null,"email_branding":null,"inbound_api":[],"service_callback_api":[],"custom_email_sender_name":null,"email_sender_local_part":"sample.service","has_active_go_live_request":false}}"#;
 
 fn main() -> BoxResult<()> {
     let port = env_parse::<u16>("PORT")?.unwrap_or(DEFAULT_PORT);
-    let worker_threads = env_parse::<usize>("WORKER_THREADS")?;
     let mut delay_ms = env_parse::<u64>("STUB_DELAY_MS")?.unwrap_or(0);
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -75,34 +71,7 @@ fn main() -> BoxResult<()> {
             .map_err(|e| format!("--delay-ms {value:?}: {e}"))?;
     }
 
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(threads) = worker_threads {
-        if threads == 0 {
-            return Err("WORKER_THREADS must be at least 1".into());
-        }
-        runtime.worker_threads(threads);
-    }
-    runtime
-        .build()?
-        .block_on(serve(port, Duration::from_millis(delay_ms)))
-}
-
-/// Reads and parses the environment variable `name`; `Ok(None)` when it is unset.
-fn env_parse<T>(name: &str) -> BoxResult<Option<T>>
-where
-    T: std::str::FromStr,
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(name) {
-        Ok(raw) => raw
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("{name}={raw:?} is not valid: {e}").into()),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(e) => Err(format!("{name}: {e}").into()),
-    }
+    runtime()?.block_on(serve(port, Duration::from_millis(delay_ms)))
 }
 
 /// Accepts connections on `127.0.0.1:port` forever, one task per connection.
