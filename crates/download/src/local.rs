@@ -679,21 +679,28 @@ fn content_disposition(attachment: bool, name: &str) -> String {
         return format!("{kind}; filename={}", header_value_quoted(name));
     }
     let simple: String = name.chars().filter(char::is_ascii).collect();
-    let encoded: String = name
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"!#$&+^`|~-._".contains(&b) {
-                char::from(b).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let encoded = percent_encoding::utf8_percent_encode(name, RFC5987_ENCODE);
     format!(
         "{kind}; filename={}; filename*=UTF-8''{encoded}",
         header_value_quoted(&simple)
     )
 }
+
+/// What Python's `urllib.parse.quote(name, safe="!#$&+^`|~")` (Werkzeug's
+/// `filename*`) encodes: everything but letters, digits and `_.-~!#$&+^`|`.
+const RFC5987_ENCODE: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'-')
+    .remove(b'~')
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'^')
+    .remove(b'`')
+    .remove(b'|');
 
 /// Werkzeug's `quote_header_value`: a token as is, anything else quoted.
 fn header_value_quoted(value: &str) -> String {
