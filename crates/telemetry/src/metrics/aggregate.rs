@@ -26,11 +26,15 @@ impl Totals {
 
     fn add(&mut self, series: &[Series]) {
         for s in series {
-            match self.series.get_mut(&s.labels) {
-                Some(total) => total.merge(&s.value, self.merge),
-                None => {
-                    self.series.insert(s.labels.clone(), s.value.clone());
-                }
+            self.add_one(&s.labels, &s.value);
+        }
+    }
+
+    fn add_one(&mut self, labels: &Labels, value: &Value) {
+        match self.series.get_mut(labels) {
+            Some(total) => total.merge(value, self.merge),
+            None => {
+                self.series.insert(labels.clone(), value.clone());
             }
         }
     }
@@ -115,11 +119,7 @@ impl Aggregator {
                     ..family.clone()
                 });
                 for (labels, value) in &family.series {
-                    let series = Series {
-                        labels: labels.clone(),
-                        value: value.clone(),
-                    };
-                    entry.add(std::slice::from_ref(&series));
+                    entry.add_one(labels, value);
                 }
             }
         }
