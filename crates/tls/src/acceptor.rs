@@ -65,6 +65,14 @@ impl TlsAcceptor {
         match tokio::time::timeout(self.timeout, self.inner.accept(io)).await {
             Ok(Ok(stream)) => {
                 let conn = stream.get_ref().1;
+                if conn.alpn_protocol() == Some(crate::store::ACME_TLS_ALPN) {
+                    // RFC 8737 3: the validation is the handshake; nothing
+                    // is served on the connection.
+                    self.metrics.handshakes.fetch_add(1, Ordering::Relaxed);
+                    return Err(io::Error::other(
+                        "TLS-ALPN-01 validation answered; connection closed",
+                    ));
+                }
                 let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
                 let info = TlsInfo {
                     version: version_name(conn.protocol_version()),

@@ -92,6 +92,8 @@ impl TlsConfig {
         let set = CertSet::load(&settings.certificates, &provider)?;
         let resolver = Arc::new(Resolver {
             current: RwLock::new(Arc::new(set)),
+            acme_tls_alpn: settings.acme_tls_alpn.clone(),
+            provider: Arc::clone(&provider),
         });
         let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -111,6 +113,11 @@ impl TlsConfig {
                 }
             })
             .collect::<Result<_, _>>()?;
+        if settings.acme_tls_alpn.is_some() {
+            config
+                .alpn_protocols
+                .push(crate::store::ACME_TLS_ALPN.to_vec());
+        }
         config.session_storage = if settings.session_cache_size == 0 {
             Arc::new(NoServerSessionStorage {})
         } else if let Some(shared) = &settings.session_store {
@@ -188,6 +195,16 @@ impl TlsConfig {
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         };
         set.expiries()
+    }
+
+    /// Names whose awaited certificate (an ACME client's, say) has not
+    /// loaded yet: handshakes for them fail until it does.
+    pub fn awaited(&self) -> Vec<String> {
+        let set = match self.inner.resolver.current.read() {
+            Ok(guard) => Arc::clone(&guard),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        };
+        set.awaited().to_vec()
     }
 
     /// The certificate pairs currently configured.

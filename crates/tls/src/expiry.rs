@@ -29,6 +29,13 @@ const GENERALIZED_TIME: u8 = 0x18;
 /// The certificate's `notAfter`, in seconds since the Unix epoch; `None` when
 /// the DER is not a certificate this walk understands.
 pub fn not_after(der: &[u8]) -> Option<u64> {
+    validity(der).map(|(_, not_after)| not_after)
+}
+
+/// The certificate's `notBefore` and `notAfter`, in seconds since the Unix
+/// epoch (an ACME client renews at two thirds of the span); `None` when the
+/// DER is not a certificate this walk understands.
+pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
     let (SEQUENCE, certificate, _) = element(der)? else {
         return None;
     };
@@ -52,9 +59,13 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
     let (SEQUENCE, validity, _) = element(rest)? else {
         return None;
     };
-    let (_, _, rest) = element(validity)?; // notBefore
+    let (tag, time, rest) = element(validity)?;
+    let not_before = parse_time(tag, std::str::from_utf8(time).ok()?)?;
     let (tag, time, _) = element(rest)?;
-    parse_time(tag, std::str::from_utf8(time).ok()?)
+    Some((
+        not_before,
+        parse_time(tag, std::str::from_utf8(time).ok()?)?,
+    ))
 }
 
 fn parse_time(tag: u8, text: &str) -> Option<u64> {
@@ -108,8 +119,11 @@ mod tests {
         assert_eq!(not_after(cert.der()), Some(1_931_212_800));
         // GeneralizedTime after 2049.
         params.not_after = rcgen::date_time_ymd(2055, 1, 1);
-        let cert = params.self_signed(&key).unwrap();
+        let cert = params.clone().self_signed(&key).unwrap();
         assert_eq!(not_after(cert.der()), Some(2_682_374_400));
+        params.not_before = rcgen::date_time_ymd(2031, 3, 14);
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(validity(cert.der()), Some((1_931_212_800, 2_682_374_400)));
     }
 
     #[test]

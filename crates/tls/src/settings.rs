@@ -19,6 +19,14 @@ pub struct CertificatePair {
     /// RSA pair for the same names may both be marked: each client gets the
     /// one it supports.
     pub default: bool,
+    /// `Some(names)`: the files may not exist yet, because a certificate
+    /// client (edge's ACME) is obtaining them. Until the pair loads it is
+    /// left out rather than refusing the whole set, and a handshake for one
+    /// of `names` fails instead of falling back to the default certificate
+    /// (a client is never shown a certificate for another name). The
+    /// watcher loads it once the files appear. Default `None`: the files
+    /// must load.
+    pub awaited: Option<Vec<String>>,
 }
 
 impl CertificatePair {
@@ -29,6 +37,7 @@ impl CertificatePair {
             key: key.into(),
             ocsp: None,
             default: false,
+            awaited: None,
         }
     }
 }
@@ -78,6 +87,13 @@ pub struct TlsSettings {
     /// process. `Some`: this cache, which other processes share (a worker
     /// per CPU then resumes any worker's sessions). Default `None`.
     pub session_store: Option<crate::SharedSessionCache>,
+    /// A directory of TLS-ALPN-01 answers (RFC 8737) written by an ACME
+    /// client: a `ClientHello` that offers only the `acme-tls/1` protocol for
+    /// name N gets the certificate and key in `<dir>/N.pem`, and the
+    /// connection ends after the handshake. `acme-tls/1` is then offered
+    /// last among the ALPN protocols (no ordinary client asks for it).
+    /// Default `None`.
+    pub acme_tls_alpn: Option<PathBuf>,
 }
 
 impl Default for TlsSettings {
@@ -92,6 +108,7 @@ impl Default for TlsSettings {
             client_auth: None,
             ticket_secret: None,
             session_store: None,
+            acme_tls_alpn: None,
         }
     }
 }

@@ -74,12 +74,16 @@ pub(crate) struct CertSet {
     /// ECDSA (and Ed25519) pairs before RSA, so a client that supports both
     /// gets the smaller, faster one.
     entries: Vec<Entry>,
+    /// Names (lower case) of awaited pairs that did not load: a handshake
+    /// for one of them fails rather than falling back to the default.
+    awaited: Vec<String>,
 }
 
 impl fmt::Debug for CertSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CertSet")
             .field("entries", &self.entries.len())
+            .field("awaited", &self.awaited)
             .finish()
     }
 }
@@ -164,8 +168,18 @@ impl CertSet {
         }
         let any_default = pairs.iter().any(|p| p.default);
         let mut entries = Vec::with_capacity(pairs.len());
+        let mut awaited = Vec::new();
         for (i, pair) in pairs.iter().enumerate() {
-            let (key, algorithm) = load_pair(pair, provider)?;
+            let (key, algorithm) = match (load_pair(pair, provider), &pair.awaited) {
+                (Ok(loaded), _) => loaded,
+                // Not there yet (or half-written): its names wait for it.
+                (Err(error), Some(names)) => {
+                    tracing::debug!(%error, cert = %pair.cert.display(), "Awaited certificate not loaded yet");
+                    awaited.extend(names.iter().map(|n| n.to_ascii_lowercase()));
+                    continue;
+                }
+                (Err(error), None) => return Err(error),
+            };
             let rank = u8::from(algorithm == SignatureAlgorithm::RSA);
             entries.push((
                 rank,
@@ -180,7 +194,13 @@ impl CertSet {
         entries.sort_by_key(|(rank, _)| *rank);
         Ok(Self {
             entries: entries.into_iter().map(|(_, e)| e).collect(),
+            awaited,
         })
+    }
+
+    /// Names whose awaited certificate has not loaded yet.
+    pub(crate) fn awaited(&self) -> &[String] {
+        &self.awaited
     }
 
     /// Each served certificate's file and `notAfter` (Unix seconds).
@@ -217,6 +237,10 @@ impl CertSet {
             if let Some(entry) = by_name {
                 return Some(Arc::clone(&entry.key));
             }
+            let asked = hello.server_name().unwrap_or_default();
+            if self.awaited.iter().any(|n| n.eq_ignore_ascii_case(asked)) {
+                return None;
+            }
         }
         self.entries
             .iter()
@@ -231,10 +255,79 @@ impl CertSet {
 #[derive(Debug)]
 pub(crate) struct Resolver {
     pub(crate) current: RwLock<Arc<CertSet>>,
+    /// TLS-ALPN-01 answers: `<dir>/<name>.pem`.
+    pub(crate) acme_tls_alpn: Option<PathBuf>,
+    pub(crate) provider: Arc<CryptoProvider>,
+}
+
+/// The ALPN protocol of a TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+impl Resolver {
+    /// The TLS-ALPN-01 answer for a validation's `ClientHello`: only
+    /// `acme-tls/1` offered, a name given, and its answer file present.
+    fn acme_answer(&self, hello: &ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let dir = self.acme_tls_alpn.as_ref()?;
+        let mut alpn = hello.alpn()?;
+        if alpn.next() != Some(ACME_TLS_ALPN) || alpn.next().is_some() {
+            return None;
+        }
+        let name = hello.server_name()?.to_ascii_lowercase();
+        // A DNS name only: no path separators or parent references.
+        if ServerName::try_from(name.as_str()).is_err()
+            || name.contains('/')
+            || name.starts_with('.')
+        {
+            return None;
+        }
+        let path = dir.join(format!("{name}.pem"));
+        match load_answer(&path, &self.provider) {
+            Ok(key) => Some(Arc::new(key)),
+            Err(error) => {
+                tracing::warn!(%error, name, "TLS-ALPN-01 validation with no answer for this name");
+                None
+            }
+        }
+    }
+}
+
+/// A TLS-ALPN-01 answer: certificate and key in one PEM file. Not checked
+/// with webpki as served pairs are: its `acmeIdentifier` extension is
+/// critical and unknown to webpki, and only the CA's validator sees it.
+fn load_answer(path: &Path, provider: &CryptoProvider) -> Result<CertifiedKey, TlsError> {
+    let pem = read(path)?;
+    let bad = |reason: String| TlsError::Pem {
+        path: path.to_owned(),
+        reason,
+    };
+    let chain = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("not a PEM certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(bad("no CERTIFICATE section".to_owned()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(&pem)
+        .map_err(|e| bad(format!("no usable private key: {e}")))?;
+    let key = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| bad(e.to_string()))?;
+    Ok(CertifiedKey::new(chain, key))
 }
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if self.acme_tls_alpn.is_some() {
+            if let Some(answer) = self.acme_answer(&hello) {
+                return Some(answer);
+            }
+            if hello
+                .alpn()
+                .is_some_and(|mut p| p.any(|p| p == ACME_TLS_ALPN))
+            {
+                return None;
+            }
+        }
         let set = match self.current.read() {
             Ok(guard) => Arc::clone(&guard),
             // A writer never panics while holding the lock (it only assigns),

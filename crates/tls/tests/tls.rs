@@ -50,8 +50,12 @@ fn pair(dir: &Path, stem: &str, names: &[&str], kind: KeyKind) -> CertificatePai
 }
 
 async fn start(pairs: impl FnOnce(&Path) -> Vec<CertificatePair>) -> TlsServer {
+    start_with(|dir| TlsSettings::with_certificates(pairs(dir))).await
+}
+
+async fn start_with(settings: impl FnOnce(&Path) -> TlsSettings) -> TlsServer {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = TlsSettings::with_certificates(pairs(dir.path()));
+    let mut settings = settings(dir.path());
     settings.watch_interval = None;
     let tls = TlsConfig::load(&settings).unwrap();
     let listener = Listener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -432,4 +436,148 @@ fn loading_reports_the_file_and_the_reason() {
     let err = TlsConfig::load(&TlsSettings::with_certificates(vec![mismatched])).unwrap_err();
     assert!(err.to_string().contains("does not match"), "{err}");
     assert!(TlsConfig::load(&TlsSettings::default()).is_err());
+}
+
+/// A pair an ACME client has not written yet: the set loads without it, its
+/// name gets a failed handshake (never the default certificate), other names
+/// the default; once the files exist, a reload serves them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awaited_pair_fails_its_name_until_its_files_appear() {
+    let server = start_with(|dir| {
+        let mut awaited = CertificatePair::new(dir.join("acme.crt"), dir.join("acme.key"));
+        awaited.awaited = Some(vec!["Acme.Example.test".to_owned()]);
+        let mut fallback = pair(dir, "other", &["other.test"], KeyKind::EcdsaP256);
+        fallback.default = true;
+        TlsSettings::with_certificates(vec![awaited, fallback])
+    })
+    .await;
+    assert_eq!(server.tls.awaited(), ["acme.example.test"]);
+    let addr = server.addr;
+    let (ok, text) =
+        blocking(move || s_client(addr, &["-servername", "acme.example.test", "-brief"], "")).await;
+    assert!(!ok, "a handshake for the awaited name must fail: {text}");
+    assert!(!text.contains("other.test"), "{text}");
+    let (ok, text) =
+        blocking(move || s_client(addr, &["-servername", "else.test", "-showcerts"], "")).await;
+    assert!(ok, "{text}");
+    assert_eq!(
+        first_pem_cert(&text),
+        file_cert(&server.dir.path().join("other.crt"))
+    );
+
+    let written = pair(
+        server.dir.path(),
+        "acme",
+        &["acme.example.test"],
+        KeyKind::EcdsaP256,
+    );
+    server.tls.reload().unwrap();
+    assert!(server.tls.awaited().is_empty());
+    let (ok, text) = blocking(move || {
+        s_client(
+            addr,
+            &["-servername", "acme.example.test", "-showcerts"],
+            "",
+        )
+    })
+    .await;
+    assert!(ok, "{text}");
+    assert_eq!(first_pem_cert(&text), file_cert(&written.cert));
+}
+
+/// Only awaited pairs, none written: the configuration still loads (edge
+/// starts and orders), and every handshake for the name fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_of_only_awaited_pairs_loads_and_refuses_their_names() {
+    let server = start_with(|dir| {
+        let mut awaited = CertificatePair::new(dir.join("a.crt"), dir.join("a.key"));
+        awaited.awaited = Some(vec!["a.test".to_owned()]);
+        TlsSettings::with_certificates(vec![awaited])
+    })
+    .await;
+    let addr = server.addr;
+    let (ok, text) =
+        blocking(move || s_client(addr, &["-servername", "a.test", "-brief"], "")).await;
+    assert!(!ok, "{text}");
+    // Pairs that are not awaited still must load.
+    let dir = tempfile::tempdir().unwrap();
+    let missing = CertificatePair::new(dir.path().join("x.crt"), dir.path().join("x.key"));
+    assert!(TlsConfig::load(&TlsSettings::with_certificates(vec![missing])).is_err());
+}
+
+/// TLS-ALPN-01 (RFC 8737): a `ClientHello` offering only `acme-tls/1` gets the
+/// answer certificate from the directory and `acme-tls/1` negotiated; an
+/// ordinary client still gets the site's certificate; a name with no answer
+/// file fails rather than getting the site's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_alpn_01_validations_get_the_answer_certificate() {
+    let server = start_with(|dir| {
+        std::fs::create_dir(dir.join("alpn")).unwrap();
+        let mut settings = TlsSettings::with_certificates(vec![pair(
+            dir,
+            "site",
+            &["site.test"],
+            KeyKind::EcdsaP256,
+        )]);
+        settings.acme_tls_alpn = Some(dir.join("alpn"));
+        settings
+    })
+    .await;
+    // As RFC 8737 has it: the name, and the critical acmeIdentifier
+    // extension (the key authorization's digest).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["site.test".to_owned()]).unwrap();
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(&[7; 32])];
+    let answer = params.self_signed(&key).unwrap();
+    let answer_pem = answer.pem();
+    std::fs::write(
+        server.dir.path().join("alpn/site.test.pem"),
+        format!("{answer_pem}{}", key.serialize_pem()),
+    )
+    .unwrap();
+    let addr = server.addr;
+    let (_, text) = blocking(move || {
+        s_client(
+            addr,
+            &[
+                "-servername",
+                "site.test",
+                "-alpn",
+                "acme-tls/1",
+                "-showcerts",
+            ],
+            "",
+        )
+    })
+    .await;
+    assert!(text.contains("ALPN protocol: acme-tls/1"), "{text}");
+    assert_eq!(first_pem_cert(&text), first_pem_cert(&answer_pem));
+    let (ok, text) = blocking(move || {
+        s_client(
+            addr,
+            &["-servername", "site.test", "-alpn", "h2", "-showcerts"],
+            "",
+        )
+    })
+    .await;
+    assert!(ok, "{text}");
+    assert_eq!(
+        first_pem_cert(&text),
+        file_cert(&server.dir.path().join("site.crt"))
+    );
+    let (_, text) = blocking(move || {
+        s_client(
+            addr,
+            &[
+                "-servername",
+                "other.test",
+                "-alpn",
+                "acme-tls/1",
+                "-showcerts",
+            ],
+            "",
+        )
+    })
+    .await;
+    assert!(!text.contains("BEGIN CERTIFICATE"), "{text}");
 }
