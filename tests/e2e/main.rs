@@ -10,6 +10,7 @@
     missing_docs
 )]
 
+mod acme;
 mod bench;
 mod browser;
 mod deploy;

@@ -47,6 +47,9 @@ impl tower::Service<Request<Body>> for EdgeApp {
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
         let runtime = snapshot(&self.current, request.extensions());
+        if let Some(answer) = acme_answer(&runtime, &request) {
+            return Box::pin(std::future::ready(Ok(answer)));
+        }
         route(runtime, request)
     }
 }
@@ -233,6 +236,28 @@ async fn serve_static(
 #[derive(Clone)]
 pub(crate) struct RedirectApp {
     pub(crate) https_port: u16,
+    pub(crate) current: Arc<Current>,
+}
+
+/// An ACME HTTP-01 validation's answer (RFC 8555 8.3), served before
+/// routing, limits and redirects: 200 with the key authorization, or 404.
+fn acme_answer(runtime: &Runtime, request: &Request<Body>) -> Option<Response<ResponseBody>> {
+    let storage = runtime.acme_storage.as_ref()?;
+    let path = request.uri().path();
+    if !path.starts_with("/.well-known/acme-challenge/") {
+        return None;
+    }
+    Some(match crate::acme::http01_answer(storage, path) {
+        Some(answer) => {
+            let mut response = Response::new(wharf_http::body::full(answer));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/octet-stream"),
+            );
+            response
+        }
+        None => wharf_proxy::error_page(StatusCode::NOT_FOUND),
+    })
 }
 
 impl tower::Service<Request<Body>> for RedirectApp {
@@ -245,6 +270,9 @@ impl tower::Service<Request<Body>> for RedirectApp {
     }
 
     fn call(&mut self, request: Request<Body>) -> Self::Future {
+        if let Some(answer) = acme_answer(&self.current.get(), &request) {
+            return std::future::ready(Ok(answer));
+        }
         let host = host_of(request.headers(), request.uri()).unwrap_or("localhost");
         let name = strip_port(host);
         let port = if self.https_port == 443 {
@@ -582,6 +610,18 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
             expiries.sample(&[("certificate", &certificate)], expires);
         }
         out.push(expiries);
+        if runtime.acme_storage.is_some() {
+            let mut awaited = Family::gauge(
+                "edge_tls_certificate_awaited",
+                "Names whose ACME certificate has not been obtained yet (their handshakes fail).",
+            )
+            .per_instance();
+            for name in tls.awaited() {
+                awaited.sample(&[("server_name", &name)], 1_u64);
+            }
+            out.push(awaited);
+            out.push(crate::acme::metrics());
+        }
     }
     // Per zone: checks, rejections, and where it counts (zone_info).
     if let Some(limit) = &runtime.limit_req {

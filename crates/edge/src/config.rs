@@ -94,6 +94,62 @@ pub(crate) struct EdgeConfig {
     /// Absent (or `workers = 0`): one process, no master.
     #[serde(default)]
     pub(crate) supervisor: Option<wharf_supervisor::SupervisorSection>,
+    /// `[acme]`: where certificates obtained by ACME (`[[server]] acme`)
+    /// are kept, and how failed orders are retried.
+    #[serde(default)]
+    pub(crate) acme: AcmeSection,
+}
+
+/// `[acme]`: settings every `[[server]] acme` shares.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct AcmeSection {
+    /// The directory holding the account keys, the certificates (0600) and
+    /// the challenge answers. Replicas that share it (a shared volume) share
+    /// one account and one certificate per name, and place one order: an
+    /// order is taken under a lock file in it. Default `/var/lib/edge/acme`.
+    pub(crate) storage: Spanned<String>,
+    /// The first wait after a failed order; it doubles after each failure,
+    /// up to an hour. Default `1m`.
+    #[serde(deserialize_with = "duration")]
+    pub(crate) retry: Duration,
+}
+
+impl Default for AcmeSection {
+    fn default() -> Self {
+        Self {
+            storage: Spanned::new(0..0, "/var/lib/edge/acme".to_owned()),
+            retry: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[[server]] acme = { … }`: obtain and renew this block's certificate
+/// (for every `server_name`) from an ACME CA instead of naming files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServerAcme {
+    /// The CA's directory URL, e.g.
+    /// `https://acme-v02.api.letsencrypt.org/directory`.
+    pub(crate) directory: String,
+    /// Contact for the account (expiry and incident mail from the CA).
+    #[serde(default)]
+    pub(crate) email: Option<String>,
+    /// `"tls-alpn-01"` (default: answered on a TLS listener) or `"http-01"`
+    /// (answered on a plain listener, before any redirect).
+    #[serde(default = "default_challenge")]
+    pub(crate) challenge: String,
+    /// The CA's terms of service must be agreed to: `true`.
+    #[serde(default)]
+    pub(crate) terms_of_service_agreed: bool,
+    /// A PEM root to trust for the CA's own HTTPS (a private or test CA);
+    /// default: the system's roots.
+    #[serde(default)]
+    pub(crate) ca_root: Option<String>,
+}
+
+fn default_challenge() -> String {
+    "tls-alpn-01".to_owned()
 }
 
 fn default_limit_req_status() -> u16 {
@@ -475,6 +531,10 @@ pub(crate) struct ServerSection {
     /// `ssl_stapling_file`: one DER OCSP response per certificate.
     #[serde(default)]
     pub(crate) ssl_stapling_file: Option<Spanned<OneOrMany>>,
+    /// `acme`: obtain the certificate from an ACME CA instead of
+    /// `ssl_certificate` files (see [`ServerAcme`]).
+    #[serde(default)]
+    pub(crate) acme: Option<Spanned<ServerAcme>>,
     /// `add_header`: extra response headers on every response of this block.
     #[serde(default)]
     pub(crate) add_header: BTreeMap<String, String>,
@@ -694,6 +754,7 @@ pub(crate) fn development() -> EdgeConfig {
         limit_req_status: default_limit_req_status(),
         // One process: each worker would make its own self-signed certificate.
         supervisor: None,
+        acme: AcmeSection::default(),
         upstreams: vec![UpstreamSection {
             name: spanned("frontend"),
             servers: vec![UpstreamServerSection {
@@ -715,6 +776,7 @@ pub(crate) fn development() -> EdgeConfig {
             ssl_certificate: None,
             ssl_certificate_key: None,
             ssl_stapling_file: None,
+            acme: None,
             add_header: BTreeMap::new(),
             locations: vec![LocationSection {
                 path: spanned("/"),

@@ -36,6 +36,7 @@
 //! assert_eq!(wharf_edge::parse_duration("1d").unwrap().as_secs(), 86_400);
 //! ```
 
+mod acme;
 mod app;
 mod compress;
 mod config;

@@ -23,6 +23,7 @@ use wharf_proxy::{
 };
 use wharf_tls::CertificatePair;
 
+use crate::acme::{AcmeOrder, Challenge};
 use crate::config::{BalanceName, ConfigError, EdgeConfig, LocationSection, RedisSection, Source};
 
 /// What a location does.
@@ -64,6 +65,9 @@ pub(crate) struct Runtime {
     pub(crate) generation: u64,
     /// `limit_req` zones, when any are configured.
     pub(crate) limit_req: Option<wharf_ratelimit::RateLimitLayer>,
+    /// `[acme] storage`, when a server obtains its certificate by ACME:
+    /// HTTP-01 answers are read from it.
+    pub(crate) acme_storage: Option<PathBuf>,
 }
 
 impl Runtime {
@@ -162,6 +166,8 @@ pub(crate) struct Built {
     pub(crate) runtime: Runtime,
     pub(crate) listeners: Vec<ListenPlan>,
     pub(crate) certificates: Vec<CertificatePair>,
+    /// `[[server]] acme` certificates, obtained and renewed while serving.
+    pub(crate) acme: Vec<AcmeOrder>,
     pub(crate) admin: Option<SocketAddr>,
     pub(crate) trusted: TrustedProxies,
 }
@@ -502,6 +508,7 @@ pub(crate) fn build(
 
     let mut proxies: Vec<Proxy> = upstreams.iter().map(|(_, p)| p.clone()).collect();
     let mut certificates = Vec::new();
+    let mut acme = Vec::new();
     let mut vhosts = Vec::new();
     let mut default_vhost = None;
     let mut seen_names = HashSet::new();
@@ -521,6 +528,10 @@ pub(crate) fn build(
             default_vhost = Some(index);
         }
         certificates.extend(server_certificates(server, source)?);
+        if let Some(order) = acme_order(config, server, &listeners, source)? {
+            certificates.push(order.pair(server.default_server));
+            acme.push(order);
+        }
         let mut locations = Vec::new();
         for location in &server.locations {
             locations.push(build_location(
@@ -602,12 +613,91 @@ pub(crate) fn build(
             security,
             limit_conn: http.limit_conn,
             generation,
+            acme_storage: (!acme.is_empty()).then(|| PathBuf::from(config.acme.storage.get_ref())),
         },
         listeners,
         certificates,
+        acme,
         admin,
         trusted,
     })
+}
+
+/// A `[[server]] acme` checked against the rest of the file.
+fn acme_order(
+    config: &EdgeConfig,
+    server: &crate::config::ServerSection,
+    listeners: &[ListenPlan],
+    source: &Source,
+) -> Result<Option<AcmeOrder>, ConfigError> {
+    let Some(spanned) = &server.acme else {
+        return Ok(None);
+    };
+    let at = |message: String| source.error(Some(spanned.span()), message);
+    let section = spanned.get_ref();
+    if server.ssl_certificate.is_some() {
+        return Err(at(
+            "acme and ssl_certificate name two sources for one certificate: keep one".to_owned(),
+        ));
+    }
+    if server.server_name.is_empty() {
+        return Err(at(
+            "acme needs server_name: the names to order a certificate for".to_owned(),
+        ));
+    }
+    if let Some(name) = server
+        .server_name
+        .iter()
+        .find(|n| n.contains('*') || n.starts_with('~') || !n.contains('.'))
+    {
+        return Err(at(format!(
+            "acme cannot order {name:?}: only full DNS names (a wildcard needs the dns-01 challenge, which edge does not answer)"
+        )));
+    }
+    let Some(challenge) = Challenge::parse(&section.challenge) else {
+        return Err(at(format!(
+            "acme challenge {:?}: expected \"tls-alpn-01\" or \"http-01\"",
+            section.challenge
+        )));
+    };
+    if !section.terms_of_service_agreed {
+        return Err(at(
+            "acme needs terms_of_service_agreed = true: ordering accepts the CA's terms of service (see the directory's meta.termsOfService)".to_owned(),
+        ));
+    }
+    if !section.directory.starts_with("https://") {
+        return Err(at(format!(
+            "acme directory {:?}: expected an https:// URL",
+            section.directory
+        )));
+    }
+    let answered = match challenge {
+        Challenge::TlsAlpn01 => listeners.iter().any(|l| l.tls),
+        Challenge::Http01 => listeners.iter().any(|l| !l.tls && !l.proxy_protocol),
+    };
+    if !answered {
+        return Err(at(format!(
+            "acme challenge {:?} needs a {} [[listen]] for the CA to reach",
+            section.challenge,
+            match challenge {
+                Challenge::TlsAlpn01 => "TLS (ssl = true)",
+                Challenge::Http01 => "plain (no ssl, no proxy_protocol)",
+            }
+        )));
+    }
+    Ok(Some(AcmeOrder {
+        names: server
+            .server_name
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+        directory: section.directory.clone(),
+        email: section.email.clone(),
+        challenge,
+        ca_root: section.ca_root.as_ref().map(PathBuf::from),
+        storage: PathBuf::from(config.acme.storage.get_ref()),
+        retry: config.acme.retry,
+    }))
 }
 
 fn server_certificates(
@@ -661,6 +751,7 @@ fn server_certificates(
             key: PathBuf::from(key),
             ocsp: staples.get(i).map(PathBuf::from),
             default: server.default_server,
+            awaited: None,
         })
         .collect())
 }

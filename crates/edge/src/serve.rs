@@ -22,6 +22,7 @@ use wharf_proxy::proxy_protocol::ProxyProtocolAcceptor;
 use wharf_supervisor::{Supervisor, WorkerContext};
 use wharf_tls::TlsConfig;
 
+use crate::acme::{AcmeOrder, Challenge};
 use crate::app::{self, ConnLimits, EdgeAcceptor, EdgeApp, RedirectApp};
 use crate::compress;
 use crate::config::{self, ConfigError, EdgeConfig, Overrides, Source};
@@ -274,6 +275,7 @@ async fn run(
         runtime,
         listeners: plans,
         certificates,
+        acme,
         admin,
         trusted,
     } = built;
@@ -292,6 +294,7 @@ async fn run(
     };
     let tls = if needs_tls {
         let mut settings = tls_settings(&config, certificates);
+        settings.acme_tls_alpn = acme_tls_alpn(&acme);
         settings.session_store = Some(session_store(&config, worker.as_mut()));
         settings.ticket_secret = match ticket_secret(&config, worker.as_mut()) {
             Ok(secret) => secret,
@@ -318,6 +321,10 @@ async fn run(
         let _ = proxy.spawn_health_checks();
     }
     runtime.start_redis();
+    let renewals = Arc::new(Acme::default());
+    if let Some(tls) = &tls {
+        renewals.follow(acme, tls);
+    }
     let current = Arc::new(Current::new(runtime));
     let limits = Arc::new(ConnLimits::default());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -426,7 +433,7 @@ async fn run(
     match worker {
         // The supervisor's worker handles the signals (HUP is the master's).
         Some(ctx) => ctx.shutdown_signal().await,
-        None => signals(path, &plans, &current, tls.as_ref()).await,
+        None => signals(path, &plans, &current, tls.as_ref(), &renewals).await,
     }
     let _ = stop_tx.send(true);
     let mut forced = 0;
@@ -477,7 +484,10 @@ fn spawn_listener(
     let compressing = compress::Compress::new(app, compression, predicate);
     let listeners = vec![listener];
     if let Some(port) = plan.redirect_https_port {
-        let app = RedirectApp { https_port: port };
+        let app = RedirectApp {
+            https_port: port,
+            current: Arc::clone(current),
+        };
         let acceptor = edge_acceptor(PlainAcceptor, current, limits);
         return tokio::spawn(server.serve_with(listeners, acceptor, app, shutdown));
     }
@@ -558,6 +568,7 @@ async fn signals(
     plans: &[ListenPlan],
     current: &Arc<Current>,
     tls: Option<&TlsConfig>,
+    renewals: &Acme,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut hangup), Ok(mut terminate)) = (
@@ -575,7 +586,7 @@ async fn signals(
             _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); return; }
             _ = hangup.recv() => {
                 generation += 1;
-                reload(path.as_deref(), generation, plans, current, tls);
+                reload(path.as_deref(), generation, plans, current, tls, renewals);
             }
         }
     }
@@ -587,6 +598,7 @@ fn reload(
     plans: &[ListenPlan],
     current: &Arc<Current>,
     tls: Option<&TlsConfig>,
+    renewals: &Acme,
 ) {
     tracing::info!(
         signal = "SIGHUP",
@@ -624,6 +636,7 @@ fn reload(
             tracing::info!("Session tickets sealed with the new session_ticket_key");
         }
         follow_redis_ticket_secret(&config, tls);
+        renewals.follow(built.acme, tls);
     }
     for proxy in &built.runtime.proxies {
         let _ = proxy.spawn_health_checks();
@@ -635,6 +648,41 @@ fn reload(
         generation,
         "Configuration reloaded; new connections use it, open ones finish on the previous one"
     );
+}
+
+/// Where TLS-ALPN-01 answers are read from, when a server answers them.
+fn acme_tls_alpn(orders: &[AcmeOrder]) -> Option<PathBuf> {
+    orders
+        .iter()
+        .find(|o| o.challenge == Challenge::TlsAlpn01)
+        .map(|o| o.storage.join("tls-alpn-01"))
+}
+
+/// The tasks keeping `[[server]] acme` certificates obtained and renewed in
+/// this process (every process runs them; the storage lock lets one order).
+#[derive(Default)]
+struct Acme {
+    running: std::sync::Mutex<(Vec<AcmeOrder>, Vec<tokio::task::JoinHandle<()>>)>,
+}
+
+impl Acme {
+    /// Runs `orders`, replacing the tasks of different ones (a reload).
+    fn follow(&self, orders: Vec<AcmeOrder>, tls: &TlsConfig) {
+        let Ok(mut running) = self.running.lock() else {
+            return;
+        };
+        if running.0 == orders && !running.1.is_empty() {
+            return;
+        }
+        for task in running.1.drain(..) {
+            task.abort();
+        }
+        running.1 = orders
+            .iter()
+            .map(|order| tokio::spawn(crate::acme::manage(order.clone(), tls.clone())))
+            .collect();
+        running.0 = orders;
+    }
 }
 
 #[allow(dead_code)]
