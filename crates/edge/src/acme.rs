@@ -7,9 +7,11 @@
 //!
 //! - `accounts/<directory>.json`: the account key (0600), reused after a
 //!   restart;
-//! - `certs/<first name>/{fullchain.pem,privkey.pem,names}`: the certificate
-//!   (0600), loaded by wharf-tls as an *awaited* pair, so the file watcher
-//!   installs a new one the way it installs certbot's;
+//! - `certs/<first name>/certificate.pem`: the chain and its key in one file
+//!   (0600), replaced in one rename so no reader sees a new key with an old
+//!   chain, loaded by wharf-tls as an *awaited* pair, so the file watcher
+//!   installs a new one in every process the way it installs certbot's;
+//!   `names` beside it says which names it was ordered for;
 //! - `http-01/<token>` and `tls-alpn-01/<name>.pem`: challenge answers, read
 //!   by whichever process the CA's validation reaches;
 //! - `locks/<first name>.lock`: held while ordering, so one process of a
@@ -26,8 +28,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{
-    Account, AuthorizationStatus, ChallengeType, Identifier, NewAccount, NewOrder, OrderStatus,
-    RetryPolicy,
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
 };
 use rustls_pki_types::pem::PemObject;
 use wharf_telemetry::metrics::Family;
@@ -35,6 +37,9 @@ use wharf_tls::{CertificatePair, TlsConfig};
 
 /// The longest wait after failures, and between two looks at a certificate.
 const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// The shortest wait between two renewal-information requests, whatever
+/// the CA's `Retry-After`.
+const MIN_ARI_POLL: Duration = Duration::from_secs(60);
 /// A lock file older than this was left by a process that died mid-order.
 const STALE_LOCK: Duration = Duration::from_secs(600);
 
@@ -135,41 +140,91 @@ impl AcmeOrder {
     /// The pair wharf-tls serves: awaited until the first order finishes.
     pub(crate) fn pair(&self, default: bool) -> CertificatePair {
         let mut pair = CertificatePair::new(
-            self.dir().join("fullchain.pem"),
-            self.dir().join("privkey.pem"),
+            self.dir().join("certificate.pem"),
+            self.dir().join("certificate.pem"),
         );
         pair.default = default;
         pair.awaited = Some(self.names.clone());
         pair
     }
 
-    /// When the stored certificate is due for renewal (two thirds of its
-    /// lifetime); `None` when there is none for these names.
-    fn due(&self) -> Option<SystemTime> {
+    /// The stored certificate's leaf (DER), when there is one for these
+    /// names.
+    fn stored(&self) -> Option<Vec<u8>> {
         let names = fs::read_to_string(self.dir().join("names")).ok()?;
         if names.lines().collect::<Vec<_>>() != self.names {
             return None;
         }
-        let pem = fs::read(self.dir().join("fullchain.pem")).ok()?;
+        let pem = fs::read(self.dir().join("certificate.pem")).ok()?;
         let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
             .next()?
             .ok()?;
-        let (not_before, not_after) = wharf_tls::validity(&leaf)?;
-        let renew_at = not_before + not_after.saturating_sub(not_before) * 2 / 3;
-        Some(UNIX_EPOCH + Duration::from_secs(renew_at))
+        Some(leaf.to_vec())
     }
 
-    /// Obtains a certificate unless another process just did, under the
-    /// storage lock.
-    async fn obtain(&self) -> Result<Outcome, AcmeError> {
+    /// The CA's suggested renewal time for `leaf` (ACME Renewal
+    /// Information, RFC 9773: a random moment in its window) and when to
+    /// ask again. `Ok(None)`: nothing to ask with yet (no stored account,
+    /// or no authority key identifier); `Err(Unsupported)`: the CA has no
+    /// ARI.
+    async fn suggested(&self, leaf: &[u8]) -> Result<Option<(SystemTime, Duration)>, AcmeError> {
+        let Some(identifier) = certificate_identifier(leaf) else {
+            return Ok(None);
+        };
+        if !self.account_path().exists() {
+            return Ok(None);
+        }
+        let account = self.account().await?;
+        let (info, again) = account.renewal_info(&identifier).await?;
+        let (start, end) = (
+            SystemTime::from(info.suggested_window.start),
+            SystemTime::from(info.suggested_window.end),
+        );
+        let span = end.duration_since(start).unwrap_or_default();
+        // RFC 9773 4.2: a uniformly random moment in the window, so a fleet
+        // of certificates does not renew at once.
+        let random =
+            std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), leaf);
+        #[allow(clippy::cast_precision_loss)] // a fraction of the window
+        let fraction = (random % 10_000) as f64 / 10_000.0;
+        Ok(Some((start + span.mul_f64(fraction), again)))
+    }
+
+    /// Obtains a certificate in place of `renewing` (the stored leaf judged
+    /// due, if any), unless another process replaced it meanwhile: under the
+    /// storage lock. `replaces` names it to a CA with ARI.
+    async fn obtain(&self, renewing: Option<&[u8]>, ari: bool) -> Result<Outcome, AcmeError> {
         let _lock = Lock::acquire(&self.storage.join("locks"), self.stem()).await?;
-        if self.due().is_some_and(|due| due > SystemTime::now()) {
+        let now = self.stored();
+        if now.as_deref() != renewing
+            && now
+                .as_deref()
+                .and_then(two_thirds)
+                .is_some_and(|due| due > SystemTime::now())
+        {
             return Ok(Outcome::Fresh);
         }
         let account = self.account().await?;
         let identifiers: Vec<Identifier> =
             self.names.iter().cloned().map(Identifier::Dns).collect();
-        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        let replaced = renewing.filter(|_| ari).and_then(certificate_identifier);
+        let mut order = match replaced {
+            Some(replaced) => {
+                match account
+                    .new_order(&NewOrder::new(&identifiers).replaces(replaced))
+                    .await
+                {
+                    Ok(order) => order,
+                    // A CA may refuse the replacement (already replaced):
+                    // an order without it still renews.
+                    Err(error) => {
+                        tracing::warn!(error = %chain(&error), "ACME: order with replaces refused; ordering without");
+                        account.new_order(&NewOrder::new(&identifiers)).await?
+                    }
+                }
+            }
+            None => account.new_order(&NewOrder::new(&identifiers)).await?,
+        };
         tracing::info!(names = ?self.names, directory = %self.directory, order = order.url(), "ACME: ordering a certificate");
         let mut answers = Vec::new();
         let result = self.answer(&mut order, &mut answers).await;
@@ -249,21 +304,28 @@ impl AcmeOrder {
         order.finalize_csr(request.der()).await?;
         let chain = order.poll_certificate(&retry).await?;
         let dir = self.dir();
-        // The key first: the watcher reloads when the certificate changes.
-        write_private(&dir.join("privkey.pem"), key.serialize_pem().as_bytes())?;
-        write_private(&dir.join("fullchain.pem"), chain.as_bytes())?;
+        // Chain and key in one file, one rename: whole or not at all. The
+        // names after it (still under the lock): a crash between the two
+        // only costs a new order.
+        let pem = format!("{}\n{}", chain.trim_end(), key.serialize_pem());
+        write_private(&dir.join("certificate.pem"), pem.as_bytes())?;
         write_private(&dir.join("names"), self.names.join("\n").as_bytes())?;
         Ok(())
     }
 
-    /// The stored account for this CA, or a new one (stored).
-    async fn account(&self) -> Result<Account, AcmeError> {
+    /// Where the account for this CA is kept.
+    fn account_path(&self) -> PathBuf {
         let file: String = self
             .directory
             .chars()
             .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
             .collect();
-        let path = self.storage.join("accounts").join(format!("{file}.json"));
+        self.storage.join("accounts").join(format!("{file}.json"))
+    }
+
+    /// The stored account for this CA, or a new one (stored).
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let path = self.account_path();
         let builder = || match &self.ca_root {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
@@ -297,6 +359,20 @@ impl AcmeOrder {
         tracing::info!(directory = %self.directory, account = account.id(), "ACME: account created");
         Ok(account)
     }
+}
+
+/// Two thirds of a certificate's lifetime, when it is renewed unless the
+/// CA suggests earlier.
+fn two_thirds(leaf: &[u8]) -> Option<SystemTime> {
+    let (not_before, not_after) = wharf_tls::validity(leaf)?;
+    let renew_at = not_before + not_after.saturating_sub(not_before) * 2 / 3;
+    Some(UNIX_EPOCH + Duration::from_secs(renew_at))
+}
+
+/// The certificate's ARI identifier (authority key identifier and serial).
+fn certificate_identifier(leaf: &[u8]) -> Option<CertificateIdentifier<'static>> {
+    let (key_id, serial) = wharf_tls::renewal_identifier(leaf)?;
+    Some(CertificateIdentifier::new(key_id.into(), serial.into()).into_owned())
 }
 
 /// Writes `bytes` to `path` as the owner's alone (0600), whole: through a
@@ -383,16 +459,33 @@ fn backoff(retry: Duration, failures: u32) -> Duration {
 /// process serves; installs each new one in `tls`.
 pub(crate) async fn manage(order: AcmeOrder, tls: TlsConfig) {
     let mut failures = 0;
+    // Until the CA says it has no renewal information.
+    let mut ari = true;
     loop {
-        let wait = order
-            .due()
+        let stored = order.stored();
+        let mut due = stored.as_deref().and_then(two_thirds);
+        let mut ask_again = MAX_WAIT;
+        if let (Some(leaf), true) = (&stored, ari) {
+            match order.suggested(leaf).await {
+                Ok(Some((suggested, again))) => {
+                    due = due.map(|due| due.min(suggested));
+                    ask_again = again.clamp(MIN_ARI_POLL, MAX_WAIT);
+                }
+                Ok(None) => {}
+                Err(AcmeError::Protocol(instant_acme::Error::Unsupported(_))) => ari = false,
+                Err(error) => {
+                    tracing::warn!(error = %chain(&error), "ACME: no renewal information; renewing at two thirds of the lifetime");
+                }
+            }
+        }
+        let wait = due
             .and_then(|due| due.duration_since(SystemTime::now()).ok())
             .unwrap_or_default();
         if !wait.is_zero() {
-            tokio::time::sleep(wait.min(MAX_WAIT)).await;
+            tokio::time::sleep(wait.min(ask_again)).await;
             continue;
         }
-        match order.obtain().await {
+        match order.obtain(stored.as_deref(), ari).await {
             Ok(outcome) => {
                 failures = 0;
                 if outcome == Outcome::Issued {
@@ -567,7 +660,7 @@ return = { status = 200, body = "ok" }
     fn stored_files_are_private_and_whole() {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("certs/a.test/privkey.pem");
+        let path = dir.path().join("certs/a.test/certificate.pem");
         write_private(&path, b"one").unwrap();
         write_private(&path, b"two").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"two");
@@ -594,22 +687,26 @@ return = { status = 200, body = "ok" }
             storage: dir.path().to_owned(),
             retry: Duration::from_secs(1),
         };
-        assert_eq!(order.due(), None);
+        assert_eq!(order.stored().as_deref().and_then(two_thirds), None);
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
         params.not_before = rcgen::date_time_ymd(2030, 1, 1);
         params.not_after = rcgen::date_time_ymd(2030, 1, 31);
         let cert = params.self_signed(&key).unwrap();
-        write_private(&order.dir().join("fullchain.pem"), cert.pem().as_bytes()).unwrap();
+        write_private(&order.dir().join("certificate.pem"), cert.pem().as_bytes()).unwrap();
         write_private(&order.dir().join("names"), b"a.test").unwrap();
         // 2030-01-01 + 20 days.
         assert_eq!(
-            order.due(),
+            order.stored().as_deref().and_then(two_thirds),
             Some(UNIX_EPOCH + Duration::from_secs(1_893_456_000 + 20 * 86_400))
         );
         let mut more = order.clone();
         more.names.push("b.test".to_owned());
-        assert_eq!(more.due(), None, "a name was added: order again");
+        assert_eq!(
+            more.stored().as_deref().and_then(two_thirds),
+            None,
+            "a name was added: order again"
+        );
     }
 
     #[test]

@@ -68,6 +68,77 @@ pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
+const EXTENSIONS: u8 = 0xa3;
+const OCTET_STRING: u8 = 0x04;
+const KEY_IDENTIFIER: u8 = 0x80;
+/// 2.5.29.35, authorityKeyIdentifier.
+const AUTHORITY_KEY_IDENTIFIER: &[u8] = &[0x55, 0x1d, 0x23];
+
+/// What identifies a certificate to its CA for ACME Renewal Information
+/// (RFC 9773 4.1): the `keyIdentifier` of its authority key identifier
+/// extension and its serial number, each as the bytes of the DER value;
+/// `None` when the certificate has no such extension or does not parse.
+pub fn renewal_identifier(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (SEQUENCE, certificate, _) = element(der)? else {
+        return None;
+    };
+    let (SEQUENCE, tbs, _) = element(certificate)? else {
+        return None;
+    };
+    let mut rest = tbs;
+    let (tag, _, after) = element(rest)?;
+    if tag == VERSION {
+        rest = after;
+    }
+    let (INTEGER, serial, mut rest) = element(rest)? else {
+        return None;
+    };
+    // signature, issuer, validity, subject, subjectPublicKeyInfo, then
+    // the optional unique identifiers and the extensions.
+    while !rest.is_empty() {
+        let (tag, contents, after) = element(rest)?;
+        rest = after;
+        if tag != EXTENSIONS {
+            continue;
+        }
+        let (SEQUENCE, mut extensions, _) = element(contents)? else {
+            return None;
+        };
+        while !extensions.is_empty() {
+            let (SEQUENCE, extension, after) = element(extensions)? else {
+                return None;
+            };
+            extensions = after;
+            let (0x06, oid, mut fields) = element(extension)? else {
+                return None;
+            };
+            if oid != AUTHORITY_KEY_IDENTIFIER {
+                continue;
+            }
+            // An optional `critical` BOOLEAN before the value.
+            let value = loop {
+                let (tag, value, after) = element(fields)?;
+                if tag == OCTET_STRING {
+                    break value;
+                }
+                fields = after;
+            };
+            let (SEQUENCE, mut identifier, _) = element(value)? else {
+                return None;
+            };
+            while !identifier.is_empty() {
+                let (tag, key_id, after) = element(identifier)?;
+                if tag == KEY_IDENTIFIER {
+                    return Some((key_id, serial));
+                }
+                identifier = after;
+            }
+            return None;
+        }
+    }
+    None
+}
+
 fn parse_time(tag: u8, text: &str) -> Option<u64> {
     let text = text.strip_suffix('Z')?;
     let (year, rest) = match tag {
@@ -124,6 +195,31 @@ mod tests {
         params.not_before = rcgen::date_time_ymd(2031, 3, 14);
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(validity(cert.der()), Some((1_931_212_800, 2_682_374_400)));
+    }
+
+    #[test]
+    fn reads_the_renewal_identifier_of_an_issued_certificate() {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.key_identifier_method = rcgen::KeyIdMethod::PreSpecified(vec![0xab; 20]);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let mut leaf = rcgen::CertificateParams::new(vec!["a.test".to_owned()]).unwrap();
+        leaf.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0x02, 0x03]));
+        leaf.use_authority_key_identifier_extension = true;
+        let key = rcgen::KeyPair::generate().unwrap();
+        let leaf = leaf.signed_by(&key, &ca, &ca_key).unwrap();
+        assert_eq!(
+            renewal_identifier(leaf.der()),
+            Some((&[0xab; 20][..], &[0x01, 0x02, 0x03][..]))
+        );
+        // No authority key identifier (self-signed): none.
+        let own = rcgen::CertificateParams::new(vec!["a.test".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        assert_eq!(renewal_identifier(own.der()), None);
+        assert_eq!(renewal_identifier(b"junk"), None);
     }
 
     #[test]

@@ -20,8 +20,9 @@ pub struct CertificatePair {
     /// one it supports.
     pub default: bool,
     /// `Some(names)`: the files may not exist yet, because a certificate
-    /// client (edge's ACME) is obtaining them. Until the pair loads it is
-    /// left out rather than refusing the whole set, and a handshake for one
+    /// client (edge's ACME) is obtaining them. While they are missing the
+    /// pair is left out rather than refusing the whole set (files that are
+    /// there but bad refuse it, as for any pair), and a handshake for one
     /// of `names` fails instead of falling back to the default certificate
     /// (a client is never shown a certificate for another name). The
     /// watcher loads it once the files appear. Default `None`: the files

@@ -172,13 +172,17 @@ impl CertSet {
         for (i, pair) in pairs.iter().enumerate() {
             let (key, algorithm) = match (load_pair(pair, provider), &pair.awaited) {
                 (Ok(loaded), _) => loaded,
-                // Not there yet (or half-written): its names wait for it.
-                (Err(error), Some(names)) => {
-                    tracing::debug!(%error, cert = %pair.cert.display(), "Awaited certificate not loaded yet");
+                // Not written yet: its names wait for it. A file that is
+                // there but bad refuses the set as any pair's would (a
+                // reload keeps the certificate it served).
+                (Err(TlsError::Read { path, source }), Some(names))
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    tracing::debug!(file = %path.display(), "Awaited certificate not written yet");
                     awaited.extend(names.iter().map(|n| n.to_ascii_lowercase()));
                     continue;
                 }
-                (Err(error), None) => return Err(error),
+                (Err(error), _) => return Err(error),
             };
             let rank = u8::from(algorithm == SignatureAlgorithm::RSA);
             entries.push((

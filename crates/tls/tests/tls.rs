@@ -499,6 +499,12 @@ async fn a_set_of_only_awaited_pairs_loads_and_refuses_their_names() {
     let (ok, text) =
         blocking(move || s_client(addr, &["-servername", "a.test", "-brief"], "")).await;
     assert!(!ok, "{text}");
+    // An awaited pair whose file is there but bad refuses the set, as any
+    // pair's would (a reload then keeps what it served).
+    let junk = server.dir.path().join("a.crt");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    std::fs::write(server.dir.path().join("a.key"), "not a key").unwrap();
+    assert!(server.tls.reload().is_err());
     // Pairs that are not awaited still must load.
     let dir = tempfile::tempdir().unwrap();
     let missing = CertificatePair::new(dir.path().join("x.crt"), dir.path().join("x.key"));
