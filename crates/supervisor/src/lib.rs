@@ -57,6 +57,7 @@ mod listen;
 mod master;
 mod notify;
 mod shared;
+mod sockets;
 mod stats;
 mod sys;
 mod upgrade;
@@ -120,6 +121,14 @@ pub enum SupervisorError {
 /// text, and the workers keep serving as they are.
 pub type ReloadCheck = std::sync::Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
+/// What the master runs on SIGHUP, after the [`ReloadCheck`], to learn the
+/// new configuration's listen set: every address with its accept backlog,
+/// in the order the new workers' service takes them from
+/// [`WorkerContext::take_listeners`]. An `Err` refuses the reload as a
+/// failed check does. See [`Supervisor::reload_listeners`].
+pub type ReloadListeners =
+    std::sync::Arc<dyn Fn() -> Result<Vec<(SocketAddr, u32)>, String> + Send + Sync>;
+
 /// Configures and runs supervision. See the [crate docs](crate).
 #[derive(Clone)]
 pub struct Supervisor {
@@ -128,6 +137,7 @@ pub struct Supervisor {
     /// Addresses to listen on, each with its accept backlog.
     addrs: Vec<(SocketAddr, u32)>,
     reload_check: Option<ReloadCheck>,
+    reload_listeners: Option<ReloadListeners>,
     shared: Vec<shared::Declared>,
 }
 
@@ -138,6 +148,7 @@ impl std::fmt::Debug for Supervisor {
             .field("graceful_timeout", &self.graceful_timeout)
             .field("addrs", &self.addrs)
             .field("reload_check", &self.reload_check.is_some())
+            .field("reload_listeners", &self.reload_listeners.is_some())
             .field("shared", &self.shared)
             .finish()
     }
@@ -151,6 +162,7 @@ impl Supervisor {
             graceful_timeout: Duration::from_secs(30),
             addrs: Vec::new(),
             reload_check: None,
+            reload_listeners: None,
             shared: Vec::new(),
         }
     }
@@ -177,6 +189,35 @@ impl Supervisor {
     #[must_use]
     pub fn reload_check(mut self, check: ReloadCheck) -> Self {
         self.reload_check = Some(check);
+        self
+    }
+
+    /// Lets a SIGHUP change what the instance listens on, as nginx applies
+    /// `listen` changes on reload. After the [reload check](Self::reload_check)
+    /// passes, the master runs `listeners` (off its event loop; it may read
+    /// files) for the new configuration's addresses and backlogs, then:
+    ///
+    /// - keeps the socket of every address it already holds (the same
+    ///   socket, so no connection waiting in its accept queue is lost; a
+    ///   changed backlog is applied to it with `listen`);
+    /// - binds every new address itself (with one `SO_REUSEPORT` sibling per
+    ///   worker slot in `reuseport` mode) — if one cannot be bound, the
+    ///   reload is refused, logged with the address and the error, and
+    ///   nothing changes: the old workers keep serving;
+    /// - gives the replacement workers the new set, in the new order;
+    /// - lets go of the sockets no longer listed: the old workers keep
+    ///   theirs until they have drained, then the address refuses
+    ///   connections.
+    ///
+    /// Addresses are matched as configured, not as bound: a socket from
+    /// systemd's `LISTEN_FDS` stands for the address in its position at
+    /// start (as its backlog does) and is kept while that address stays in
+    /// the list. The `/metrics` listen-queue series follow the new set, and
+    /// a USR2 upgrade hands over the set held at the time. Without this
+    /// callback a HUP keeps the sockets the master started with.
+    #[must_use]
+    pub fn reload_listeners(mut self, listeners: ReloadListeners) -> Self {
+        self.reload_listeners = Some(listeners);
         self
     }
 
@@ -253,10 +294,10 @@ impl Supervisor {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let backlogs = self.addrs.iter().map(|(_, backlog)| *backlog).collect();
         let master = master::Master::new(self.config, self.graceful_timeout, listeners)?
-            .with_backlogs(backlogs)
+            .with_addresses(&self.addrs)
             .with_reload_check(self.reload_check)
+            .with_reload_listeners(self.reload_listeners)
             .with_shared_memory(shared);
         runtime.block_on(master.run())
     }

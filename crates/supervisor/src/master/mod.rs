@@ -8,6 +8,7 @@
 //! Each submodule extends [`Master`] with an `impl` block of its own.
 
 mod metrics;
+mod relisten;
 mod replace;
 mod reports;
 mod shutdown;
@@ -17,7 +18,7 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use crate::config::{AcceptMode, SupervisorSection};
 use crate::sys;
 use crate::worker::{Report, DRAIN};
-use crate::{ReloadCheck, SharedMemory, SupervisorError};
+use crate::{ReloadCheck, ReloadListeners, SharedMemory, SupervisorError};
 use wharf_telemetry::metrics::{Aggregator, Snapshot};
 
 const TICK: Duration = Duration::from_millis(200);
@@ -110,6 +111,10 @@ pub(crate) struct Master {
     /// The sockets the master bound or inherited; in `reuseport` mode, slot
     /// 0's.
     listeners: Vec<TcpListener>,
+    /// The address each of `listeners` was configured as (not necessarily
+    /// the one it is bound to: port 0, or systemd's socket in that
+    /// position), which a reload's listen set is matched against.
+    addrs: Vec<SocketAddr>,
     /// The accept backlog of each of `listeners`' addresses, for the sockets
     /// of slots 1.. (`reuseport`); [`crate::BACKLOG`] past its end.
     backlogs: Vec<u32>,
@@ -138,6 +143,8 @@ pub(crate) struct Master {
     ready: Arc<AtomicBool>,
     /// Run on SIGHUP before any worker is replaced: an error refuses the reload.
     reload_check: Option<ReloadCheck>,
+    /// Run on SIGHUP after the check: the new listen set.
+    reload_listeners: Option<ReloadListeners>,
     aggregator: Aggregator,
     last_broadcast: Instant,
     reloading: bool,
@@ -157,9 +164,29 @@ impl Master {
         self
     }
 
-    /// The accept backlog of each listener's address, in order.
-    pub(crate) fn with_backlogs(mut self, backlogs: Vec<u32>) -> Self {
-        self.backlogs = backlogs;
+    /// Sets what gives the new listen set on SIGHUP.
+    pub(crate) fn with_reload_listeners(mut self, listeners: Option<ReloadListeners>) -> Self {
+        self.reload_listeners = listeners;
+        self
+    }
+
+    /// The configured address and accept backlog of each listener, in
+    /// order; a socket past the end (systemd passed more) stands for the
+    /// address it is bound to, with [`crate::BACKLOG`].
+    pub(crate) fn with_addresses(mut self, configured: &[(SocketAddr, u32)]) -> Self {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        self.addrs = self
+            .listeners
+            .iter()
+            .enumerate()
+            .map(|(i, listener)| {
+                configured.get(i).map_or_else(
+                    || listener.local_addr().unwrap_or(unspecified),
+                    |(addr, _)| *addr,
+                )
+            })
+            .collect();
+        self.backlogs = configured.iter().map(|(_, backlog)| *backlog).collect();
         self
     }
 
@@ -179,6 +206,13 @@ impl Master {
         let target = config.worker_count().max(1);
         Ok(Self {
             graceful_timeout,
+            addrs: listeners
+                .iter()
+                .map(|l| {
+                    l.local_addr()
+                        .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+                })
+                .collect(),
             listeners,
             backlogs: Vec::new(),
             shared: Vec::new(),
@@ -198,6 +232,7 @@ impl Master {
             metrics: Arc::new(Mutex::new(String::new())),
             ready: Arc::new(AtomicBool::new(false)),
             reload_check: None,
+            reload_listeners: None,
             aggregator: Aggregator::new(),
             last_broadcast: Instant::now(),
             reloading: false,
@@ -393,7 +428,7 @@ impl Master {
                     self.check(now, sample);
                 }
                 _ = hup.recv() => {
-                    if self.reload_refused().await {
+                    if self.reload_refused().await || !self.reload_listen_set().await {
                         continue;
                     }
                     tracing::info!(signal = "SIGHUP", "Reloading: replacing workers one by one");

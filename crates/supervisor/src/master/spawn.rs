@@ -34,7 +34,7 @@ impl Master {
 
     /// The listening sockets the worker in `slot` accepts from: in
     /// `reuseport` mode its own (opened on first use), else the shared ones.
-    fn slot_fds(&mut self, slot: usize) -> Vec<i32> {
+    pub(super) fn slot_fds(&mut self, slot: usize) -> Vec<i32> {
         if self.accept == AcceptMode::ReusePort && slot > 0 {
             if !self.slot_listeners.contains_key(&slot) {
                 let siblings: std::io::Result<Vec<TcpListener>> = self
