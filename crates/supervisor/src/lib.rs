@@ -73,6 +73,7 @@ pub use config::{AcceptMode, SupervisorSection};
 pub use listen::{listen_metrics, ListenOverflows, ListenQueue};
 pub use notify::sd_notify;
 pub use shared::SharedMemory;
+pub use sockets::{diff_listen_set, ListenDiff, ListenSource};
 pub use stats::{InFlightGuard, WorkerStats};
 pub use worker::{InstanceMetrics, MetricsSource, WorkerContext};
 

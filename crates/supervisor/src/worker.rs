@@ -22,6 +22,26 @@ use crate::SupervisorError;
 pub(crate) const ENV_SLOT: &str = "_WHARF_WORKER_SLOT";
 pub(crate) const ENV_LISTENERS: &str = "_WHARF_WORKER_LISTENERS";
 pub(crate) const ENV_MASTER_PID: &str = "_WHARF_MASTER_PID";
+/// The address each inherited listener was configured as, comma-separated,
+/// in order ([`WorkerContext::listen_addresses`]).
+pub(crate) const ENV_ADDRS: &str = "_WHARF_WORKER_ADDRS";
+
+/// The addresses a master passes in [`ENV_ADDRS`].
+pub(crate) fn encode_addrs(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// [`encode_addrs`] read back; `None` if a part is not an address.
+pub(crate) fn decode_addrs(text: &str) -> Option<Vec<std::net::SocketAddr>> {
+    text.split(',')
+        .filter(|part| !part.is_empty())
+        .map(|part| part.parse().ok())
+        .collect()
+}
 /// Test hooks, honoured only in debug builds and only with `_WHARF_TEST_HOOKS=1`
 /// (release builds ignore them): a worker whose slot equals `BLOCK_SLOT` blocks
 /// its runtime after becoming ready; every worker exits with status 3
@@ -169,6 +189,8 @@ impl InstanceMetrics {
 /// way to say it is ready, and the counters its heartbeats carry.
 pub struct WorkerContext {
     listeners: Vec<TcpListener>,
+    /// The address each of `listeners` was configured as.
+    addrs: Vec<std::net::SocketAddr>,
     /// With no master: copies of `listeners` (the same sockets), for their
     /// accept queues in [`InstanceMetrics`]. Empty in a worker.
     listening: Arc<Vec<TcpListener>>,
@@ -197,6 +219,19 @@ impl WorkerContext {
     /// workers). Taking them leaves none behind.
     pub fn take_listeners(&mut self) -> Vec<TcpListener> {
         std::mem::take(&mut self.listeners)
+    }
+
+    /// The address each of [`take_listeners`](Self::take_listeners)' sockets
+    /// was configured as, in the same order: the master's listen set when it
+    /// started this worker (after a HUP, the one
+    /// [`Supervisor::reload_listeners`](crate::Supervisor::reload_listeners)
+    /// gave). Not necessarily the bound address (port 0, systemd's sockets).
+    /// A service that reads its configuration itself can compare its own
+    /// list with this one and refuse to start (the master then keeps the old
+    /// worker) when the file changed after the master read it. With no
+    /// master, the addresses the sockets are bound to.
+    pub fn listen_addresses(&self) -> &[std::net::SocketAddr] {
+        &self.addrs
     }
 
     /// The shared-memory segment declared as `name` with
@@ -307,6 +342,12 @@ where
         })?;
         listeners.push(TcpListener::from(owned));
     }
+    // A master always says; read the sockets' own addresses if it did not.
+    let addrs = std::env::var(ENV_ADDRS)
+        .ok()
+        .and_then(|text| decode_addrs(&text))
+        .filter(|addrs| addrs.len() == listeners.len())
+        .unwrap_or_else(|| bound_addrs(&listeners));
     let control_fd = sys::FIRST_INHERITED_FD + i32::try_from(env.listeners).unwrap_or(0);
     let control = sys::adopt_fd(control_fd)
         .ok_or_else(|| std::io::Error::other("inherited control channel is not open"))?;
@@ -356,6 +397,7 @@ where
             });
         let context = WorkerContext {
             listeners,
+            addrs,
             listening: Arc::default(),
             shared,
             slot: Some(env.slot),
@@ -404,6 +446,7 @@ where
             .filter_map(|l| l.try_clone().ok())
             .collect();
         let context = WorkerContext {
+            addrs: bound_addrs(&listeners),
             listeners,
             listening: Arc::new(listening),
             shared,
@@ -420,6 +463,17 @@ where
             .await
             .map_err(|e| SupervisorError::Service(e.to_string()))
     })
+}
+
+/// The addresses `listeners` are bound to (unspecified where unknown).
+fn bound_addrs(listeners: &[TcpListener]) -> Vec<std::net::SocketAddr> {
+    listeners
+        .iter()
+        .map(|l| {
+            l.local_addr()
+                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
+        })
+        .collect()
 }
 
 /// A worker's runtime. One thread (nginx's model: a process per CPU) gets

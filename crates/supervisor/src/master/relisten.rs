@@ -3,11 +3,11 @@
 //! reload), and the replacement workers get the new set in its new order.
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 
 use super::Master;
 use crate::config::AcceptMode;
-use crate::sockets::{self, Source};
+use crate::sockets::{diff_listen_set, ListenSource as Source};
 use crate::SupervisorError;
 
 /// What a change of the listen set did, for the log.
@@ -72,17 +72,17 @@ impl Master {
         wanted: &[(SocketAddr, u32)],
     ) -> Result<ListenChange, SupervisorError> {
         let addrs: Vec<SocketAddr> = wanted.iter().map(|(addr, _)| *addr).collect();
-        let diff = sockets::diff(&self.addrs, &addrs);
+        let diff = diff_listen_set(&self.addrs, &addrs);
         let backlogs: Vec<u32> = wanted.iter().map(|(_, backlog)| *backlog).collect();
         let old_backlog = |i: usize| self.backlogs.get(i).copied().unwrap_or(crate::BACKLOG);
-        let backlogs_same = diff
-            .sources
-            .iter()
-            .zip(&backlogs)
-            .all(|(source, backlog)| match source {
-                Source::Keep(i) => old_backlog(*i) == *backlog,
-                Source::Bind => true,
-            });
+        let backlogs_same =
+            diff.sources
+                .iter()
+                .zip(&backlogs)
+                .all(|(source, backlog)| match source {
+                    Source::Keep(i) => old_backlog(*i) == *backlog,
+                    Source::Bind => true,
+                });
         if diff.is_unchanged() && backlogs_same {
             return Ok(ListenChange {
                 kept: addrs.len(),
@@ -164,7 +164,7 @@ impl Master {
 
 /// The inode of a socket: the same socket across copies of its descriptor.
 #[cfg(test)]
-fn inode(listener: &TcpListener) -> u64 {
+fn inode(listener: &std::net::TcpListener) -> u64 {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::MetadataExt as _;
     std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))

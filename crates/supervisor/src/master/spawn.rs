@@ -14,7 +14,7 @@ use super::reports::read_reports;
 use super::{Event, Master, Worker};
 use crate::config::AcceptMode;
 use crate::sys;
-use crate::worker::{ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT};
+use crate::worker::{encode_addrs, ENV_ADDRS, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT};
 use crate::SupervisorError;
 
 impl Master {
@@ -89,6 +89,7 @@ impl Master {
             (ENV_SLOT.to_owned(), slot.to_string()),
             (ENV_LISTENERS.to_owned(), listener_count.to_string()),
             (ENV_MASTER_PID.to_owned(), self.pid.to_string()),
+            (ENV_ADDRS.to_owned(), encode_addrs(&self.addrs)),
             (
                 crate::shared::ENV_SHARED.to_owned(),
                 crate::shared::encode(&self.shared),
