@@ -24,6 +24,7 @@ mod load;
 mod nginx_limit_req;
 mod ratelimit;
 mod reliability;
+mod relisten;
 mod shared_state;
 mod supervisor;
 mod support;

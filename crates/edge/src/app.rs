@@ -634,7 +634,7 @@ pub(crate) fn metrics(current: &Current, tls: Option<&wharf_tls::TlsConfig>) -> 
 pub(crate) fn admin(
     current: &Current,
     tls: Option<&wharf_tls::TlsConfig>,
-    listening: &[wharf_http::Listener],
+    listening: &[Arc<wharf_http::Listener>],
     request: &Request<Body>,
 ) -> Response<ResponseBody> {
     if request.uri().path() == "/metrics" {

@@ -40,6 +40,7 @@ mod acme;
 mod app;
 mod compress;
 mod config;
+mod listeners;
 mod runtime;
 mod serve;
 mod tls;

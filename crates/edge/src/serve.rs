@@ -26,6 +26,7 @@ use crate::acme::{AcmeOrder, Challenge};
 use crate::app::{self, ConnLimits, EdgeAcceptor, EdgeApp, RedirectApp};
 use crate::compress;
 use crate::config::{self, ConfigError, EdgeConfig, Overrides, Source};
+use crate::listeners::{ListenerSet, Wiring};
 use crate::runtime::{self, Built, Current, ListenPlan};
 use crate::tls::{
     development_certificates, file_ticket_secret, follow_redis_ticket_secret, session_store,
@@ -119,7 +120,7 @@ fn validate(path: Option<&std::path::Path>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn server_config(config: &EdgeConfig, tls: bool) -> ServerConfig {
+pub(crate) fn server_config(config: &EdgeConfig, tls: bool) -> ServerConfig {
     let http = &config.http;
     let proxy = &config.proxy;
     // HSTS on errors wharf-http makes itself (413, 408, 504): parsed from the
@@ -244,9 +245,23 @@ fn serve_supervised(
         supervisor = supervisor.listen_with_backlog(plan.addr, plan.backlog);
     }
     let check_path = path.clone();
-    let supervisor = supervisor.reload_check(Arc::new(move || {
-        validate(check_path.as_deref()).map_err(|error| error.to_string())
-    }));
+    let listen_path = path.clone();
+    // On HUP the master checks the file, then learns its `[[listen]]` set:
+    // it keeps the sockets of addresses that stay, binds new ones (a failure
+    // refuses the reload) and hands the new workers the set in the file's
+    // order, which `run` checks against the file the worker loads.
+    let supervisor = supervisor
+        .reload_check(Arc::new(move || {
+            validate(check_path.as_deref()).map_err(|error| error.to_string())
+        }))
+        .reload_listeners(Arc::new(move || {
+            let (_, _, built) = load(listen_path.as_deref(), 0).map_err(|e| e.to_string())?;
+            Ok(built
+                .listeners
+                .iter()
+                .map(|plan| (plan.addr, plan.backlog))
+                .collect())
+        }));
     let result = supervisor.run(move |ctx| async move {
         if run(path, config, built, Some(ctx), build_info).await == ExitCode::SUCCESS {
             Ok(())
@@ -326,62 +341,32 @@ async fn run(
         renewals.follow(acme, tls);
     }
     let current = Arc::new(Current::new(runtime));
-    let limits = Arc::new(ConnLimits::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
     let mut tasks = Vec::new();
-    // A worker serves the master's sockets, in the order they were listed.
-    let mut inherited = worker.as_mut().map(|ctx| ctx.take_listeners().into_iter());
-    // In one process: a second handle on each socket, for its accept queue
-    // on the admin listener (with workers, the master holds the sockets
-    // and reports them).
-    let mut listening = Vec::new();
-    for plan in &plans {
-        let bound = match inherited.as_mut() {
-            Some(sockets) => sockets.next().map(Listener::from_std).ok_or_else(|| {
-                std::io::Error::other(format!("no inherited socket for {}", plan.addr))
-            }),
-            None => Listener::bind_with_backlog(plan.addr, plan.backlog)
-                .map_err(std::io::Error::other)
-                .and_then(|listener| {
-                    listening.push(listener.try_clone()?);
-                    Ok(listener)
-                }),
-        };
-        let listener = match bound {
-            Ok(l) => l,
-            Err(error) => {
-                tracing::error!(%error, "Cannot start");
-                return ExitCode::from(EXIT_UNAVAILABLE);
-            }
-        };
-        let local = listener.local_addr().unwrap_or(plan.addr);
-        tracing::info!(address = %local, tls = plan.tls, redirect = plan.redirect_https_port.is_some(), proxy_protocol = plan.proxy_protocol, "Listening");
-        let mut server_config = server_config(&config, plan.tls);
-        // `set_real_ip_from`: the client is resolved once per request, and the
-        // proxy (X-Forwarded-For, X-Real-IP), the zones and the access log
-        // all read that answer.
-        if !trusted.resolver().trusted().is_empty() {
-            server_config.client_addr = Some(trusted.resolver().clone());
+    // A worker serves the master's sockets, in the order they were listed;
+    // in one process they are bound here, and a reload changes them.
+    let inherited = worker.as_mut().map(|ctx| {
+        let addrs = ctx.listen_addresses().to_vec();
+        (ctx.take_listeners(), addrs)
+    });
+    let wiring = Wiring {
+        config: config.clone(),
+        current: Arc::clone(&current),
+        limits: Arc::new(ConnLimits::default()),
+        tls: tls.clone(),
+        trusted: trusted.clone(),
+    };
+    let mut listeners = match ListenerSet::start(wiring, &plans, inherited) {
+        Ok(set) => set,
+        Err(error) => {
+            tracing::error!(%error, "Cannot start");
+            return ExitCode::from(EXIT_UNAVAILABLE);
         }
-        let server = Server::new(server_config);
-        let shutdown = stopped(stop_rx.clone());
-        let task = spawn_listener(
-            plan,
-            listener,
-            server,
-            shutdown,
-            &current,
-            &limits,
-            tls.as_ref(),
-            &trusted,
-            &config,
-        );
-        tasks.push(task);
-    }
+    };
     if let Some(ctx) = worker.as_mut() {
         // The master serves /metrics (the sum over workers) and health.
         let (current, tls) = (Arc::clone(&current), tls.clone());
@@ -402,8 +387,14 @@ async fn run(
                     .to_owned(),
                 });
                 let (current, tls) = (Arc::clone(&current), tls.clone());
-                let listening = Arc::new(listening);
+                // In one process, this process's sockets (they follow a
+                // reload); with workers, the master holds and reports them.
+                let listening = listeners.listening();
                 let app = tower::service_fn(move |request| {
+                    let listening = match listening.read() {
+                        Ok(sockets) => sockets.clone(),
+                        Err(poisoned) => poisoned.into_inner().clone(),
+                    };
                     std::future::ready(Ok::<_, Infallible>(app::admin(
                         &current,
                         tls.as_ref(),
@@ -433,10 +424,10 @@ async fn run(
     match worker {
         // The supervisor's worker handles the signals (HUP is the master's).
         Some(ctx) => ctx.shutdown_signal().await,
-        None => signals(path, &plans, &current, tls.as_ref(), &renewals).await,
+        None => signals(path, &mut listeners, &current, tls.as_ref(), &renewals).await,
     }
     let _ = stop_tx.send(true);
-    let mut forced = 0;
+    let mut forced = listeners.stop().await;
     for task in tasks {
         if let Ok(Ok(report)) = task.await {
             forced += report.forced;
@@ -446,10 +437,11 @@ async fn run(
     ExitCode::SUCCESS
 }
 
-type ServeTask = tokio::task::JoinHandle<Result<wharf_http::DrainReport, wharf_http::ServeError>>;
+pub(crate) type ServeTask =
+    tokio::task::JoinHandle<Result<wharf_http::DrainReport, wharf_http::ServeError>>;
 
 #[allow(clippy::too_many_arguments)] // one listener's whole wiring
-fn spawn_listener(
+pub(crate) fn spawn_listener(
     plan: &ListenPlan,
     listener: Listener,
     server: Server,
@@ -565,7 +557,7 @@ fn compressible(
 /// Waits for SIGTERM/SIGINT, reloading on every SIGHUP meanwhile.
 async fn signals(
     path: Option<PathBuf>,
-    plans: &[ListenPlan],
+    listeners: &mut ListenerSet,
     current: &Arc<Current>,
     tls: Option<&TlsConfig>,
     renewals: &Acme,
@@ -586,7 +578,7 @@ async fn signals(
             _ = terminate.recv() => { tracing::info!(signal = "SIGTERM", "Shutting down"); return; }
             _ = hangup.recv() => {
                 generation += 1;
-                reload(path.as_deref(), generation, plans, current, tls, renewals);
+                reload(path.as_deref(), generation, listeners, current, tls, renewals);
             }
         }
     }
@@ -595,7 +587,7 @@ async fn signals(
 fn reload(
     path: Option<&std::path::Path>,
     generation: u64,
-    plans: &[ListenPlan],
+    listeners: &mut ListenerSet,
     current: &Arc<Current>,
     tls: Option<&TlsConfig>,
     renewals: &Acme,
@@ -613,9 +605,12 @@ fn reload(
         Ok(loaded) => loaded,
         Err(error) => return refuse(&error),
     };
-    if built.listeners != plans {
-        tracing::warn!("Listener changes need a restart; they are ignored until then");
-    }
+    // New addresses are bound first: one that cannot be bound refuses the
+    // reload before anything has changed (dropping `prepared` closes them).
+    let prepared = match listeners.prepare(&built.listeners) {
+        Ok(prepared) => prepared,
+        Err(error) => return refuse(&error),
+    };
     if let Some(tls) = tls {
         let certificates = if built.certificates.is_empty() && path.is_none() {
             tls.certificates()
@@ -643,6 +638,7 @@ fn reload(
     }
     built.runtime.start_redis();
     current.set(built.runtime);
+    listeners.apply(prepared);
     current.reloads_ok.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         generation,
