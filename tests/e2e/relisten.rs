@@ -39,12 +39,17 @@ fn write_config(
     body: &str,
     workers: Option<usize>,
 ) {
-    let mut text = String::new();
-    for port in ports {
-        text.push_str(&format!("[[listen]]\naddress = \"127.0.0.1:{port}\"\n\n"));
-    }
-    text.push_str(&format!(
-        r#"[admin]
+    let listen = ports
+        .iter()
+        .map(|port| format!("[[listen]]\naddress = \"127.0.0.1:{port}\"\n"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let supervisor = workers.map_or_else(String::new, |workers| {
+        format!("\n[supervisor]\nworkers = {workers}\nworker_threads = 1\n")
+    });
+    let text = format!(
+        r#"{listen}
+[admin]
 address = "127.0.0.1:{admin}"
 
 [http]
@@ -70,13 +75,8 @@ proxy_pass = "app"
 [[server.location]]
 path = "/fixed"
 return = {{ status = 200, body = "{body}\n" }}
-"#
-    ));
-    if let Some(workers) = workers {
-        text.push_str(&format!(
-            "\n[supervisor]\nworkers = {workers}\nworker_threads = 1\n"
-        ));
-    }
+{supervisor}"#
+    );
     std::fs::write(path, text).unwrap();
 }
 
@@ -419,7 +419,7 @@ fn a_taken_address_refuses_the_reload(workers: Option<usize>) {
     if workers.is_none() {
         assert_eq!(edge.metric("edge_config_reload_failures_total"), 1);
     }
-    std::thread::sleep(Duration::from_millis(1000));
+    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(edge.reloads(), 0, "a refused reload changed something");
     for port in [a, b] {
         assert_eq!(

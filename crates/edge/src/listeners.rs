@@ -207,7 +207,7 @@ impl ListenerSet {
                     // A worker's set is the master's to change.
                     None => Next::Keep(i),
                 },
-                _ => {
+                ListenSource::Bind => {
                     let listener = Listener::bind_with_backlog(plan.addr, plan.backlog)?;
                     let copy = listener
                         .try_clone()

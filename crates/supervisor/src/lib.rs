@@ -25,7 +25,11 @@
 //!   socket's accept queue and the kernel's listen overflows
 //!   ([`listen_metrics`]);
 //! - runs an optional [`reload_check`](Supervisor::reload_check) on HUP first,
-//!   so a bad new configuration is refused before any worker is replaced.
+//!   so a bad new configuration is refused before any worker is replaced, and
+//!   with [`reload_listeners`](Supervisor::reload_listeners) changes the
+//!   listen set on HUP: sockets of addresses that stay are kept, new ones
+//!   bound (a failure refuses the reload), removed ones closed once the old
+//!   workers have drained.
 //!
 //! With `workers = 0` the service runs in this one process with no master.
 //!

@@ -110,12 +110,11 @@ impl Master {
                     Source::Keep(old) => siblings.get(*old),
                     Source::Bind => None,
                 };
-                let socket = match kept {
-                    Some(sibling) => sibling.try_clone().map_err(io(*addr))?,
-                    None => {
-                        let bound = listeners[i].local_addr().map_err(io(*addr))?;
-                        crate::bind(bound, true, *backlog).map_err(io(*addr))?
-                    }
+                let socket = if let Some(sibling) = kept {
+                    sibling.try_clone().map_err(io(*addr))?
+                } else {
+                    let bound = listeners[i].local_addr().map_err(io(*addr))?;
+                    crate::bind(bound, true, *backlog).map_err(io(*addr))?
                 };
                 set.push(socket);
             }
@@ -167,9 +166,7 @@ impl Master {
 fn inode(listener: &std::net::TcpListener) -> u64 {
     use std::os::fd::AsRawFd as _;
     use std::os::unix::fs::MetadataExt as _;
-    std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd()))
-        .map(|m| m.ino())
-        .unwrap_or(0)
+    std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd())).map_or(0, |m| m.ino())
 }
 
 #[cfg(test)]
