@@ -58,7 +58,7 @@ impl ListenDiff {
 /// let held = ["127.0.0.1:80".parse().unwrap(), "127.0.0.1:443".parse().unwrap()];
 /// let wanted = ["127.0.0.1:8443".parse().unwrap(), "127.0.0.1:80".parse().unwrap()];
 /// let diff = diff_listen_set(&held, &wanted);
-/// assert_eq!(diff.sources, [ListenListenSource::Bind, ListenListenSource::Keep(0)]);
+/// assert_eq!(diff.sources, [ListenSource::Bind, ListenSource::Keep(0)]);
 /// assert_eq!(diff.removed, [1]); // 127.0.0.1:443
 /// ```
 pub fn diff_listen_set(held: &[SocketAddr], wanted: &[SocketAddr]) -> ListenDiff {
