@@ -40,8 +40,11 @@ const MAX_WAIT: Duration = Duration::from_secs(3600);
 /// The shortest wait between two renewal-information requests, whatever
 /// the CA's `Retry-After`.
 const MIN_ARI_POLL: Duration = Duration::from_secs(60);
-/// A lock file older than this was left by a process that died mid-order.
-const STALE_LOCK: Duration = Duration::from_secs(600);
+/// Longest an order may take, from `newOrder` to the certificate, before it
+/// is abandoned (and the lock released) as failed.
+const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest a renewal-information request may take.
+const ARI_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Orders that produced a certificate, in this process.
 static ISSUED: AtomicU64 = AtomicU64::new(0);
@@ -108,8 +111,16 @@ pub(crate) enum AcmeError {
         name: String,
         status: AuthorizationStatus,
     },
-    #[error("the order ended {0:?} instead of ready (a challenge failed validation)")]
-    NotReady(OrderStatus),
+    #[error("the order ended {0:?} instead of ready (a challenge failed validation): {1}")]
+    NotReady(OrderStatus, String),
+    #[error("the CA asked to validate {0:?}, which this server did not order")]
+    Unexpected(String),
+    #[error("no answer from the CA within {0:?}")]
+    TimedOut(Duration),
+    #[error(
+        "an order by another process failed ({error}); the next attempt waits for its back-off"
+    )]
+    Deferred { until: SystemTime, error: String },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> AcmeError + '_ {
@@ -148,18 +159,19 @@ impl AcmeOrder {
         pair
     }
 
-    /// The stored certificate's leaf (DER), when there is one for these
-    /// names.
+    /// The stored certificate's leaf (DER), when there is one that covers
+    /// every name (a server that gained a name orders again; replicas still
+    /// on the old list accept the new certificate, so a rolling change of
+    /// `server_name` orders once).
     fn stored(&self) -> Option<Vec<u8>> {
-        let names = fs::read_to_string(self.dir().join("names")).ok()?;
-        if names.lines().collect::<Vec<_>>() != self.names {
-            return None;
-        }
         let pem = fs::read(self.dir().join("certificate.pem")).ok()?;
         let leaf = rustls_pki_types::CertificateDer::pem_slice_iter(&pem)
             .next()?
             .ok()?;
-        Some(leaf.to_vec())
+        self.names
+            .iter()
+            .all(|name| wharf_tls::covers(&leaf, name))
+            .then(|| leaf.to_vec())
     }
 
     /// The CA's suggested renewal time for `leaf` (ACME Renewal
@@ -191,8 +203,9 @@ impl AcmeOrder {
     }
 
     /// Obtains a certificate in place of `renewing` (the stored leaf judged
-    /// due, if any), unless another process replaced it meanwhile: under the
-    /// storage lock. `replaces` names it to a CA with ARI.
+    /// due, if any) under the storage lock, unless another process replaced
+    /// it meanwhile, or failed and set a time before which nobody tries
+    /// again (so a fleet fails once per back-off, not once per process).
     async fn obtain(&self, renewing: Option<&[u8]>, ari: bool) -> Result<Outcome, AcmeError> {
         let _lock = Lock::acquire(&self.storage.join("locks"), self.stem()).await?;
         let now = self.stored();
@@ -204,6 +217,34 @@ impl AcmeOrder {
         {
             return Ok(Outcome::Fresh);
         }
+        let failed = Failure::read(&self.dir());
+        if let Some(failed) = failed.as_ref().filter(|f| f.next > SystemTime::now()) {
+            return Err(AcmeError::Deferred {
+                until: failed.next,
+                error: failed.error.clone(),
+            });
+        }
+        let result = match tokio::time::timeout(ORDER_TIMEOUT, self.order(renewing, ari)).await {
+            Ok(result) => result,
+            Err(_) => Err(AcmeError::TimedOut(ORDER_TIMEOUT)),
+        };
+        match &result {
+            Ok(()) => Failure::clear(&self.dir()),
+            Err(error) => {
+                let failures = failed.map_or(0, |f| f.failures) + 1;
+                Failure {
+                    next: SystemTime::now() + backoff(self.retry, failures),
+                    failures,
+                    error: chain(error),
+                }
+                .write(&self.dir())?;
+            }
+        }
+        result.map(|()| Outcome::Issued)
+    }
+
+    /// One order, from `newOrder` to the stored certificate.
+    async fn order(&self, renewing: Option<&[u8]>, ari: bool) -> Result<(), AcmeError> {
         let account = self.account().await?;
         let identifiers: Vec<Identifier> =
             self.names.iter().cloned().map(Identifier::Dns).collect();
@@ -235,7 +276,7 @@ impl AcmeOrder {
         for answer in answers {
             let _ = fs::remove_file(answer);
         }
-        result.map(|()| Outcome::Issued)
+        result
     }
 
     /// Writes each pending authorization's answer and tells the CA.
@@ -248,6 +289,10 @@ impl AcmeOrder {
         while let Some(authorization) = authorizations.next().await {
             let mut authorization = authorization?;
             let name = authorization.identifier().to_string();
+            // The name becomes a file name below: only one we asked for.
+            if !self.names.contains(&name) {
+                return Err(AcmeError::Unexpected(name));
+            }
             match authorization.status {
                 AuthorizationStatus::Pending => {}
                 AuthorizationStatus::Valid => continue,
@@ -295,7 +340,18 @@ impl AcmeOrder {
         let retry = RetryPolicy::new().timeout(Duration::from_secs(90));
         let status = order.poll_ready(&retry).await?;
         if status != OrderStatus::Ready {
-            return Err(AcmeError::NotReady(status));
+            // The CA's reason is on the failed challenge, not the order.
+            let mut reasons = Vec::new();
+            let mut authorizations = order.authorizations();
+            while let Some(Ok(authorization)) = authorizations.next().await {
+                let name = authorization.identifier().to_string();
+                for challenge in &authorization.challenges {
+                    if let Some(problem) = &challenge.error {
+                        reasons.push(format!("{name}: {problem}"));
+                    }
+                }
+            }
+            return Err(AcmeError::NotReady(status, reasons.join("; ")));
         }
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::new(self.names.clone())?;
@@ -304,13 +360,9 @@ impl AcmeOrder {
         order.finalize_csr(request.der()).await?;
         let chain = order.poll_certificate(&retry).await?;
         let dir = self.dir();
-        // Chain and key in one file, one rename: whole or not at all. The
-        // names after it (still under the lock): a crash between the two
-        // only costs a new order.
+        // Chain and key in one file, one rename: whole or not at all.
         let pem = format!("{}\n{}", chain.trim_end(), key.serialize_pem());
-        write_private(&dir.join("certificate.pem"), pem.as_bytes())?;
-        write_private(&dir.join("names"), self.names.join("\n").as_bytes())?;
-        Ok(())
+        write_private(&dir.join("certificate.pem"), pem.as_bytes())
     }
 
     /// Where the account for this CA is kept.
@@ -323,12 +375,18 @@ impl AcmeOrder {
         self.storage.join("accounts").join(format!("{file}.json"))
     }
 
-    /// The stored account for this CA, or a new one (stored).
+    /// The stored account for this CA, or a new one (stored), made under a
+    /// lock so the processes of a fleet make one.
     async fn account(&self) -> Result<Account, AcmeError> {
         let path = self.account_path();
         let builder = || match &self.ca_root {
             Some(root) => Account::builder_with_root(root),
             None => Account::builder(),
+        };
+        let _lock = if path.exists() {
+            None
+        } else {
+            Some(Lock::acquire(&self.storage.join("locks"), "account").await?)
         };
         if let Ok(text) = fs::read(&path) {
             let credentials =
@@ -376,75 +434,96 @@ fn certificate_identifier(leaf: &[u8]) -> Option<CertificateIdentifier<'static>>
 }
 
 /// Writes `bytes` to `path` as the owner's alone (0600), whole: through a
-/// temporary file renamed over it, so a reader never sees half a file.
+/// temporary file (a unique name, created 0600) renamed over it, so a
+/// reader never sees half a file.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<(), AcmeError> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-    if let Some(dir) = path.parent() {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(dir))?;
-    }
-    let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&temporary)
-        .map_err(io(&temporary))?;
-    file.write_all(bytes).map_err(io(&temporary))?;
-    file.sync_all().map_err(io(&temporary))?;
-    fs::rename(&temporary, path).map_err(io(path))
+    let dir = path.parent().unwrap_or(Path::new("."));
+    private_dir(dir)?;
+    let mut file = tempfile::Builder::new()
+        .prefix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io(dir))?;
+    file.write_all(bytes).map_err(io(file.path()))?;
+    file.as_file().sync_all().map_err(io(path))?;
+    file.persist(path)
+        .map_err(|error| io(path)(error.error))
+        .map(drop)
 }
 
-/// A lock file, taken by creating it: works between the workers of an
-/// instance and between replicas sharing the directory. Removed on drop.
+/// Makes `dir` (and its parents) as the owner's alone (0700).
+fn private_dir(dir: &Path) -> Result<(), AcmeError> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io(dir))
+}
+
+/// An exclusive `flock` on `<dir>/<stem>.lock`: between the workers of an
+/// instance and between replicas sharing the directory. The kernel releases
+/// it when the holder exits, however it exits, so a dead holder never
+/// blocks an order; the file itself stays.
 struct Lock {
-    path: PathBuf,
+    _file: fs::File,
 }
 
 impl Lock {
     async fn acquire(dir: &Path, stem: &str) -> Result<Self, AcmeError> {
-        use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io(dir))?;
+        private_dir(dir)?;
         let path = dir.join(format!("{stem}.lock"));
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
         loop {
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut file) => {
-                    let _ = writeln!(file, "{}", std::process::id());
-                    return Ok(Self { path });
-                }
-                Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|m| m.elapsed().ok());
-                    if age.is_some_and(|age| age > STALE_LOCK) {
-                        tracing::warn!(lock = %path.display(), "ACME: removing a stale lock");
-                        let _ = fs::remove_file(&path);
-                        continue;
-                    }
+            match file.try_lock() {
+                Ok(()) => return Ok(Self { _file: file }),
+                Err(fs::TryLockError::WouldBlock) => {
                     tokio::time::sleep(Duration::from_millis(250)).await;
                 }
-                Err(error) => return Err(io(&path)(error)),
+                Err(fs::TryLockError::Error(error)) => return Err(io(&path)(error)),
             }
         }
     }
 }
 
-impl Drop for Lock {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+/// The last failed order, kept beside the certificate (`failed`): when the
+/// next attempt may start, how many failed in a row, and why.
+#[derive(Debug, Clone, PartialEq)]
+struct Failure {
+    next: SystemTime,
+    failures: u32,
+    error: String,
+}
+
+impl Failure {
+    fn read(dir: &Path) -> Option<Self> {
+        let text = fs::read_to_string(dir.join("failed")).ok()?;
+        let mut lines = text.splitn(3, '\n');
+        let next = lines.next()?.parse().ok()?;
+        let failures = lines.next()?.parse().ok()?;
+        Some(Self {
+            next: UNIX_EPOCH + Duration::from_secs(next),
+            failures,
+            error: lines.next().unwrap_or_default().to_owned(),
+        })
+    }
+
+    fn write(&self, dir: &Path) -> Result<(), AcmeError> {
+        let next = self
+            .next
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        let text = format!("{next}\n{}\n{}", self.failures, self.error);
+        write_private(&dir.join("failed"), text.as_bytes())
+    }
+
+    fn clear(dir: &Path) {
+        let _ = fs::remove_file(dir.join("failed"));
     }
 }
 
@@ -466,16 +545,17 @@ pub(crate) async fn manage(order: AcmeOrder, tls: TlsConfig) {
         let mut due = stored.as_deref().and_then(two_thirds);
         let mut ask_again = MAX_WAIT;
         if let (Some(leaf), true) = (&stored, ari) {
-            match order.suggested(leaf).await {
-                Ok(Some((suggested, again))) => {
+            match tokio::time::timeout(ARI_TIMEOUT, order.suggested(leaf)).await {
+                Ok(Ok(Some((suggested, again)))) => {
                     due = due.map(|due| due.min(suggested));
                     ask_again = again.clamp(MIN_ARI_POLL, MAX_WAIT);
                 }
-                Ok(None) => {}
-                Err(AcmeError::Protocol(instant_acme::Error::Unsupported(_))) => ari = false,
-                Err(error) => {
+                Ok(Ok(None)) => {}
+                Ok(Err(AcmeError::Protocol(instant_acme::Error::Unsupported(_)))) => ari = false,
+                Ok(Err(error)) => {
                     tracing::warn!(error = %chain(&error), "ACME: no renewal information; renewing at two thirds of the lifetime");
                 }
+                Err(_) => tracing::warn!("ACME: the renewal information did not come in time"),
             }
         }
         let wait = due
@@ -485,7 +565,7 @@ pub(crate) async fn manage(order: AcmeOrder, tls: TlsConfig) {
             tokio::time::sleep(wait.min(ask_again)).await;
             continue;
         }
-        match order.obtain(stored.as_deref(), ari).await {
+        let pause = match order.obtain(stored.as_deref(), ari).await {
             Ok(outcome) => {
                 failures = 0;
                 if outcome == Outcome::Issued {
@@ -493,15 +573,34 @@ pub(crate) async fn manage(order: AcmeOrder, tls: TlsConfig) {
                     tracing::info!(names = ?order.names, "ACME: certificate obtained");
                 }
                 let _ = tls.reload();
+                // A certificate due again at once (a clock far off, an ARI
+                // window in the past) must not become an order loop.
+                let still_due = order
+                    .stored()
+                    .as_deref()
+                    .and_then(two_thirds)
+                    .is_none_or(|due| due <= SystemTime::now());
+                still_due.then(|| order.retry.max(MIN_ARI_POLL))
+            }
+            // Another process's order failed: wait out the shared back-off.
+            Err(AcmeError::Deferred { until, error }) => {
+                tracing::info!(names = ?order.names, %error, "ACME: an order by another process failed; waiting out its back-off");
+                Some(until.duration_since(SystemTime::now()).unwrap_or_default())
             }
             Err(error) => {
                 failures += 1;
                 FAILED.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff(order.retry, failures);
+                let delay = Failure::read(&order.dir()).map_or_else(
+                    || backoff(order.retry, failures),
+                    |f| f.next.duration_since(SystemTime::now()).unwrap_or_default(),
+                );
                 let error = chain(&error);
                 tracing::error!(%error, names = ?order.names, retry_in_ms = delay.as_millis(), "ACME: order failed; the current certificate (if any) keeps serving");
-                tokio::time::sleep(delay).await;
+                Some(delay)
             }
+        };
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause.max(Duration::from_millis(100))).await;
         }
     }
 }
@@ -622,6 +721,60 @@ return = { status = 200, body = "ok" }
             assert!(error.message.contains(reason), "{reason}: {error}");
             assert_eq!(error.line, Some(line), "{error}");
         }
+        let traversal = FILE.replace("\"documents.example.gov.uk\"", "\"../../x.y\"");
+        let error = crate::check_toml(&traversal).unwrap_err();
+        assert!(error.message.contains("only full DNS names"), "{error}");
+        let hot = format!("{FILE}\n[acme]\nretry = \"0s\"\n");
+        let error = crate::check_toml(&hot).unwrap_err();
+        assert!(error.message.contains("[acme] retry"), "{error}");
+    }
+
+    /// A failed order sets when the next may start; every process that
+    /// takes the lock before then is told so instead of ordering again.
+    #[test]
+    fn a_failure_defers_every_process_until_its_back_off_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let order = AcmeOrder {
+            names: vec!["a.test".to_owned()],
+            // Nothing listens here: an order would fail to connect.
+            directory: "https://127.0.0.1:9/dir".to_owned(),
+            email: None,
+            challenge: Challenge::Http01,
+            ca_root: None,
+            storage: dir.path().to_owned(),
+            retry: Duration::from_secs(60),
+        };
+        let failure = Failure {
+            next: UNIX_EPOCH + Duration::from_secs(4_000_000_000),
+            failures: 2,
+            error: "urn:ietf:params:acme:error:dns: NXDOMAIN\nlooking up a.test".to_owned(),
+        };
+        failure.write(&order.dir()).unwrap();
+        assert_eq!(Failure::read(&order.dir()), Some(failure.clone()));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        match runtime.block_on(order.obtain(None, false)) {
+            Err(AcmeError::Deferred { until, error }) => {
+                assert_eq!(until, failure.next);
+                assert_eq!(error, failure.error);
+            }
+            other => panic!("expected Deferred, got {other:?}"),
+        }
+        // Past its time, the next order is made (and fails here: nothing
+        // listens), counted on from the failures before.
+        Failure {
+            next: SystemTime::now() - Duration::from_secs(1),
+            ..failure
+        }
+        .write(&order.dir())
+        .unwrap();
+        let error = runtime.block_on(order.obtain(None, false)).unwrap_err();
+        assert!(!matches!(error, AcmeError::Deferred { .. }), "{error}");
+        let after = Failure::read(&order.dir()).unwrap();
+        assert_eq!(after.failures, 3);
+        assert!(after.next > SystemTime::now() + Duration::from_secs(200));
     }
 
     #[test]
@@ -694,7 +847,6 @@ return = { status = 200, body = "ok" }
         params.not_after = rcgen::date_time_ymd(2030, 1, 31);
         let cert = params.self_signed(&key).unwrap();
         write_private(&order.dir().join("certificate.pem"), cert.pem().as_bytes()).unwrap();
-        write_private(&order.dir().join("names"), b"a.test").unwrap();
         // 2030-01-01 + 20 days.
         assert_eq!(
             order.stored().as_deref().and_then(two_thirds),
@@ -710,7 +862,7 @@ return = { status = 200, body = "ok" }
     }
 
     #[test]
-    fn a_held_lock_waits_and_a_stale_one_is_taken() {
+    fn a_held_lock_waits_and_a_dead_holders_is_released() {
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_time()
@@ -731,20 +883,37 @@ return = { status = 200, body = "ok" }
             )
             .await;
             assert!(third.is_ok(), "a released lock is taken");
-            // Left by a process that died mid-order: taken once stale.
-            std::mem::forget(third);
-            let file = fs::File::options()
-                .write(true)
-                .open(dir.path().join("a.test.lock"))
+            drop(third);
+            // A holder that dies (SIGKILL, mid-order) releases it.
+            // `-o`: flock(1) alone holds it, not the command it runs.
+            let mut holder = std::process::Command::new("flock")
+                .arg("-o")
+                .arg(dir.path().join("a.test.lock"))
+                .args(["sleep", "3"])
+                .spawn()
                 .unwrap();
-            file.set_modified(SystemTime::now() - STALE_LOCK - Duration::from_secs(1))
+            let held = async {
+                while tokio::time::timeout(
+                    Duration::from_millis(50),
+                    Lock::acquire(dir.path(), "a.test"),
+                )
+                .await
+                .is_ok()
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(5), held)
+                .await
                 .unwrap();
+            holder.kill().unwrap();
+            holder.wait().unwrap();
             let fourth = tokio::time::timeout(
                 Duration::from_millis(600),
                 Lock::acquire(dir.path(), "a.test"),
             )
             .await;
-            assert!(fourth.is_ok(), "a stale lock is taken");
+            assert!(fourth.is_ok(), "a dead holder's lock is taken");
         });
     }
 }

@@ -247,6 +247,16 @@ fn acme_answer(runtime: &Runtime, request: &Request<Body>) -> Option<Response<Re
     if !path.starts_with("/.well-known/acme-challenge/") {
         return None;
     }
+    // Other hosts' challenges (a certbot webroot, an application's own
+    // ACME) are routed as any request.
+    let host = strip_port(host_of(request.headers(), request.uri())?);
+    if !runtime
+        .acme_names
+        .iter()
+        .any(|n| n.eq_ignore_ascii_case(host))
+    {
+        return None;
+    }
     Some(match crate::acme::http01_answer(storage, path) {
         Some(answer) => {
             let mut response = Response::new(wharf_http::body::full(answer));

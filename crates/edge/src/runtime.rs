@@ -68,6 +68,9 @@ pub(crate) struct Runtime {
     /// `[acme] storage`, when a server obtains its certificate by ACME:
     /// HTTP-01 answers are read from it.
     pub(crate) acme_storage: Option<PathBuf>,
+    /// The names ACME certificates are ordered for (lower case): only their
+    /// `/.well-known/acme-challenge/` requests are answered from storage.
+    pub(crate) acme_names: Vec<String>,
 }
 
 impl Runtime {
@@ -614,6 +617,7 @@ pub(crate) fn build(
             limit_conn: http.limit_conn,
             generation,
             acme_storage: (!acme.is_empty()).then(|| PathBuf::from(config.acme.storage.get_ref())),
+            acme_names: acme.iter().flat_map(|o| o.names.clone()).collect(),
         },
         listeners,
         certificates,
@@ -645,11 +649,12 @@ fn acme_order(
             "acme needs server_name: the names to order a certificate for".to_owned(),
         ));
     }
-    if let Some(name) = server
-        .server_name
-        .iter()
-        .find(|n| n.contains('*') || n.starts_with('~') || !n.contains('.'))
-    {
+    if let Some(name) = server.server_name.iter().find(|n| {
+        n.contains('*')
+            || n.starts_with('~')
+            || !n.contains('.')
+            || rustls_pki_types::DnsName::try_from(n.as_str()).is_err()
+    }) {
         return Err(at(format!(
             "acme cannot order {name:?}: only full DNS names (a wildcard needs the dns-01 challenge, which edge does not answer)"
         )));
@@ -670,6 +675,15 @@ fn acme_order(
             "acme directory {:?}: expected an https:// URL",
             section.directory
         )));
+    }
+    if config.acme.retry < std::time::Duration::from_secs(1) {
+        return Err(source.error(
+            None,
+            format!(
+                "[acme] retry = {:?}: at least 1s (a CA counts failed orders against its limits)",
+                config.acme.retry
+            ),
+        ));
     }
     let answered = match challenge {
         Challenge::TlsAlpn01 => listeners.iter().any(|l| l.tls),

@@ -336,7 +336,10 @@ async fn run(
         let _ = proxy.spawn_health_checks();
     }
     runtime.start_redis();
-    let renewals = Arc::new(Acme::default());
+    let renewals = Arc::new(Acme {
+        tls_alpn: acme_tls_alpn(&acme),
+        running: std::sync::Mutex::default(),
+    });
     if let Some(tls) = &tls {
         renewals.follow(acme, tls);
     }
@@ -605,6 +608,11 @@ fn reload(
         Ok(loaded) => loaded,
         Err(error) => return refuse(&error),
     };
+    // The TLS-ALPN-01 answers' directory is the TLS configuration's, fixed
+    // at start: answers written elsewhere would fail every validation.
+    if acme_tls_alpn(&built.acme) != renewals.tls_alpn {
+        return refuse(&"a change of the TLS-ALPN-01 answers' directory ([acme] storage, or the first or last tls-alpn-01 server) needs a restart");
+    }
     // New addresses are bound first: one that cannot be bound refuses the
     // reload before anything has changed (dropping `prepared` closes them).
     let prepared = match listeners.prepare(&built.listeners) {
@@ -656,8 +664,9 @@ fn acme_tls_alpn(orders: &[AcmeOrder]) -> Option<PathBuf> {
 
 /// The tasks keeping `[[server]] acme` certificates obtained and renewed in
 /// this process (every process runs them; the storage lock lets one order).
-#[derive(Default)]
 struct Acme {
+    /// Where the TLS configuration reads TLS-ALPN-01 answers (fixed at start).
+    tls_alpn: Option<PathBuf>,
     running: std::sync::Mutex<(Vec<AcmeOrder>, Vec<tokio::task::JoinHandle<()>>)>,
 }
 

@@ -461,7 +461,7 @@ impl Mapping {
     /// Maps the first `len` bytes of `fd` shared (every process that maps
     /// the same file sees the same memory).
     pub(crate) fn new(fd: &OwnedFd, len: usize) -> io::Result<Self> {
-        if len == 0 || len % 8 != 0 {
+        if len == 0 || !len.is_multiple_of(8) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "a shared segment is a whole number of 8-byte words",

@@ -40,7 +40,7 @@ impl Process {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("{:?}: {e}", command.get_program()));
+            .unwrap_or_else(|e| panic!("{}: {e}", command.get_program().display()));
         let mut process = Self::adopt(child);
         process.name = command.get_program().to_string_lossy().into_owned();
         process

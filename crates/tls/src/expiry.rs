@@ -139,6 +139,19 @@ pub fn renewal_identifier(der: &[u8]) -> Option<(&[u8], &[u8])> {
     None
 }
 
+/// Whether the certificate (DER) is valid for the DNS name `name` (its
+/// subject alternative names, wildcards as RFC 6125 has them).
+pub fn covers(der: &[u8], name: &str) -> bool {
+    let der = rustls_pki_types::CertificateDer::from(der);
+    let (Ok(cert), Ok(name)) = (
+        webpki::EndEntityCert::try_from(&der),
+        rustls_pki_types::ServerName::try_from(name),
+    ) else {
+        return false;
+    };
+    cert.verify_is_valid_for_subject_name(&name).is_ok()
+}
+
 fn parse_time(tag: u8, text: &str) -> Option<u64> {
     let text = text.strip_suffix('Z')?;
     let (year, rest) = match tag {

@@ -51,7 +51,7 @@ mod tickets;
 pub use acceptor::TlsAcceptor;
 pub use config::TlsConfig;
 pub use error::TlsError;
-pub use expiry::{not_after, renewal_identifier, validity};
+pub use expiry::{covers, not_after, renewal_identifier, validity};
 pub use selfsigned::{KeyKind, SelfSigned};
 pub use sessions::SharedSessionCache;
 pub use settings::{CertificatePair, ClientAuth, TlsSettings};

@@ -169,7 +169,7 @@ impl CertSet {
         let any_default = pairs.iter().any(|p| p.default);
         let mut entries = Vec::with_capacity(pairs.len());
         let mut awaited = Vec::new();
-        for (i, pair) in pairs.iter().enumerate() {
+        for pair in pairs {
             let (key, algorithm) = match (load_pair(pair, provider), &pair.awaited) {
                 (Ok(loaded), _) => loaded,
                 // Not written yet: its names wait for it. A file that is
@@ -184,15 +184,37 @@ impl CertSet {
                 }
                 (Err(error), _) => return Err(error),
             };
+            let key = Arc::new(key);
+            // Names added since it was obtained wait for the next one,
+            // rather than getting the default certificate.
+            if let Some(names) = &pair.awaited {
+                awaited.extend(
+                    names
+                        .iter()
+                        .filter(|n| {
+                            key.cert
+                                .first()
+                                .is_none_or(|leaf| !crate::expiry::covers(leaf, n))
+                        })
+                        .map(|n| n.to_ascii_lowercase()),
+                );
+            }
             let rank = u8::from(algorithm == SignatureAlgorithm::RSA);
             entries.push((
                 rank,
                 Entry {
-                    key: Arc::new(key),
-                    default: pair.default || (!any_default && i == 0),
+                    key,
+                    default: pair.default,
                     source: pair.cert.display().to_string(),
                 },
             ));
+        }
+        // With none marked, the first pair that loaded is the default (an
+        // awaited first pair that is not written yet passes it on).
+        if !any_default {
+            if let Some((_, first)) = entries.first_mut() {
+                first.default = true;
+            }
         }
         // Stable: configuration order is kept within ECDSA and within RSA.
         entries.sort_by_key(|(rank, _)| *rank);
@@ -285,10 +307,16 @@ impl Resolver {
             return None;
         }
         let path = dir.join(format!("{name}.pem"));
+        // Anyone can send such a hello: a missing answer is not worth a
+        // warning each time.
+        if !path.exists() {
+            tracing::debug!(name, "TLS-ALPN-01 hello for a name with no answer");
+            return None;
+        }
         match load_answer(&path, &self.provider) {
             Ok(key) => Some(Arc::new(key)),
             Err(error) => {
-                tracing::warn!(%error, name, "TLS-ALPN-01 validation with no answer for this name");
+                tracing::warn!(%error, name, "TLS-ALPN-01 answer does not load");
                 None
             }
         }

@@ -485,6 +485,45 @@ async fn an_awaited_pair_fails_its_name_until_its_files_appear() {
     assert_eq!(first_pem_cert(&text), file_cert(&written.cert));
 }
 
+/// An awaited pair listed first and not written yet passes the default on
+/// to the next pair; once written, a name it was not issued for (added to
+/// the server since) still fails rather than getting the default.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_awaited_first_pair_passes_the_default_on_and_its_new_names_wait() {
+    let server = start_with(|dir| {
+        let mut awaited = CertificatePair::new(dir.join("acme.pem"), dir.join("acme.pem"));
+        awaited.awaited = Some(vec!["a.test".to_owned(), "new.a.test".to_owned()]);
+        let other = pair(dir, "other", &["other.test"], KeyKind::EcdsaP256);
+        TlsSettings::with_certificates(vec![awaited, other])
+    })
+    .await;
+    let addr = server.addr;
+    let (ok, text) =
+        blocking(move || s_client(addr, &["-servername", "else.test", "-showcerts"], "")).await;
+    assert!(ok, "no-name clients get the pair that loaded: {text}");
+    assert_eq!(
+        first_pem_cert(&text),
+        file_cert(&server.dir.path().join("other.crt"))
+    );
+    // Obtained for a.test only; the file holds chain and key, as edge's ACME writes it.
+    let issued = pair(server.dir.path(), "issued", &["a.test"], KeyKind::EcdsaP256);
+    let combined = format!(
+        "{}{}",
+        std::fs::read_to_string(&issued.cert).unwrap(),
+        std::fs::read_to_string(&issued.key).unwrap()
+    );
+    std::fs::write(server.dir.path().join("acme.pem"), combined).unwrap();
+    server.tls.reload().unwrap();
+    assert_eq!(server.tls.awaited(), ["new.a.test"]);
+    let (ok, text) =
+        blocking(move || s_client(addr, &["-servername", "a.test", "-showcerts"], "")).await;
+    assert!(ok, "{text}");
+    assert_eq!(first_pem_cert(&text), file_cert(&issued.cert));
+    let (ok, text) =
+        blocking(move || s_client(addr, &["-servername", "new.a.test", "-brief"], "")).await;
+    assert!(!ok, "a name the certificate does not cover waits: {text}");
+}
+
 /// Only awaited pairs, none written: the configuration still loads (edge
 /// starts and orders), and every handshake for the name fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
