@@ -86,18 +86,26 @@ class Lifecycle:
             elif name == "gunicorn-eventlet":
                 server = self.make_gunicorn("eventlet", port)
             elif name == "nginx":
-                prefix = self.tmp / "nginx-ready"
-                (prefix / "logs").mkdir(parents=True, exist_ok=True)
-                conf = prefix / "nginx.conf"
-                conf.write_text(
-                    "worker_processes auto;\n" + ("user root;\n" if os.getuid() == 0 else "") +
-                    f"pid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log warn;\n"
-                    "events { worker_connections 1024; }\nhttp { access_log off;\n" +
-                    "".join(f"  {d}_temp_path {prefix}/{d};\n" for d in ("client_body", "proxy", "fastcgi",
-                                                                            "uwsgi", "scgi")) +
-                    f"  server {{ listen 127.0.0.1:{port}; location = /_status {{ return 200 'ok'; }} }}\n}}\n")
-                server = Server("nginx", [self.s.nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr",
-                                          "-g", "daemon off;"], port)
+                # Plain, and with TLS on edge's certificate: edge is compared
+                # with the second (both load a key and answer over TLS).
+                for label, tls in (("nginx", False), ("nginx-tls", True)):
+                    port = free_port() if tls else port
+                    prefix = self.tmp / f"{label}-ready"
+                    (prefix / "logs").mkdir(parents=True, exist_ok=True)
+                    conf = prefix / "nginx.conf"
+                    cert, key = self.ensure_certs()["ecdsa"]
+                    listen = (f"listen 127.0.0.1:{port} ssl; ssl_certificate {cert}; ssl_certificate_key {key};"
+                              if tls else f"listen 127.0.0.1:{port};")
+                    conf.write_text(
+                        "worker_processes auto;\n" + ("user root;\n" if os.getuid() == 0 else "") +
+                        f"pid {prefix}/nginx.pid;\nerror_log {prefix}/logs/error.log warn;\n"
+                        "events { worker_connections 1024; }\nhttp { access_log off;\n" +
+                        "".join(f"  {d}_temp_path {prefix}/{d};\n" for d in ("client_body", "proxy", "fastcgi",
+                                                                                "uwsgi", "scgi")) +
+                        f"  server {{ {listen} location = /_status {{ return 200 'ok'; }} }}\n}}\n")
+                    subjects.append((label, [self.s.nginx, "-p", str(prefix), "-c", str(conf), "-e", "stderr",
+                                             "-g", "daemon off;"], {}, port, tls))
+                continue
             else:
                 server = self.make_edge("ecdsa", port=port, admin=False, name="edge")
                 tls = True
@@ -144,6 +152,12 @@ class Lifecycle:
         med = next((r["median_ms"] for r in rows if r["name"] == "frontend"), None)
         self.target("ready", "frontend start to ready < 200 ms", med, 200, "<", "ms",
                     "spawn to first 200 on /_status, median")
+        edge = next((r["median_ms"] for r in rows if r["name"] == "edge"), None)
+        nginx_tls = next((r["median_ms"] for r in rows if r["name"] == "nginx-tls"), None)
+        if edge is not None and nginx_tls:
+            self.target("edge-ready", "edge start to first 200 <= nginx's (TLS both, worker processes both)",
+                        round(edge / nginx_tls, 3), 1.0, "<=", "x",
+                        f"edge {edge} ms, nginx {nginx_tls} ms, medians")
         return {"rows": rows, "runs": runs, "hyperfine": bool(hyperfine),
                 "frontend_master_all_workers_ready_ms": master_ready,
                 "definition": "from spawning the process to its first 2xx answer to GET /_status "
