@@ -15,9 +15,17 @@
 //! [`wharf_http::Acceptor`], so `wharf_http::Server::serve_with` serves TLS;
 //! every request then carries a [`wharf_http::TlsInfo`].
 //!
-//! **What it is not for:** obtaining certificates (no ACME client: certbot or
-//! cert-manager renew the files, this crate picks them up), TLS 1.0/1.1, or
-//! client-side TLS.
+//! For an ACME client beside it (edge's `[[server]] acme`): a pair can be
+//! *awaited* ([`CertificatePair::awaited`]), so the set loads before its file
+//! exists and handshakes for its names fail until it does, rather than
+//! showing the default certificate; [`TlsSettings::acme_tls_alpn`] answers
+//! TLS-ALPN-01 validations from a directory; [`validity`],
+//! [`renewal_identifier`] and [`covers`] read what renewal needs from a
+//! certificate.
+//!
+//! **What it is not for:** talking ACME (edge's `acme` module does, with
+//! instant-acme; certbot or cert-manager can renew the files instead), TLS
+//! 1.0/1.1, or client-side TLS.
 //!
 //! ```
 //! use wharf_tls::{KeyKind, SelfSigned, TlsConfig, TlsSettings};
