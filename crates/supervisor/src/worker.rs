@@ -16,79 +16,20 @@ use crate::stats::WorkerStats;
 use crate::sys;
 use crate::SupervisorError;
 
-/// Environment variables the master sets for its workers. They start with an
-/// underscore: internal, and outside the `WHARF_` namespace that
-/// configuration loaders reserve.
-pub(crate) const ENV_SLOT: &str = "_WHARF_WORKER_SLOT";
-pub(crate) const ENV_LISTENERS: &str = "_WHARF_WORKER_LISTENERS";
-pub(crate) const ENV_MASTER_PID: &str = "_WHARF_MASTER_PID";
-/// The address each inherited listener was configured as, comma-separated,
-/// in order ([`WorkerContext::listen_addresses`]).
-pub(crate) const ENV_ADDRS: &str = "_WHARF_WORKER_ADDRS";
+mod env;
 
-/// The addresses a master passes in [`ENV_ADDRS`].
-pub(crate) fn encode_addrs(addrs: &[std::net::SocketAddr]) -> String {
-    addrs
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
-/// [`encode_addrs`] read back; `None` if a part is not an address.
-pub(crate) fn decode_addrs(text: &str) -> Option<Vec<std::net::SocketAddr>> {
-    text.split(',')
-        .filter(|part| !part.is_empty())
-        .map(|part| part.parse().ok())
-        .collect()
-}
-/// Test hooks, honoured only in debug builds and only with `_WHARF_TEST_HOOKS=1`
-/// (release builds ignore them): a worker whose slot equals `BLOCK_SLOT` blocks
-/// its runtime after becoming ready; every worker exits with status 3
-/// `EXIT_AFTER_MS` after becoming ready; with `FAIL_BEFORE_READY=1` every worker
-/// fails before it is ready.
-pub(crate) const ENV_TEST_BLOCK_SLOT: &str = "_WHARF_TEST_BLOCK_SLOT";
-/// With `BLOCK_SLOT`: only the worker that manages to create this file blocks
-/// (the first one), so its replacements serve.
-const ENV_TEST_BLOCK_ONCE_FILE: &str = "_WHARF_TEST_BLOCK_ONCE_FILE";
-const ENV_TEST_EXIT_AFTER_MS: &str = "_WHARF_TEST_EXIT_AFTER_MS";
-const ENV_TEST_FAIL_BEFORE_READY: &str = "_WHARF_TEST_FAIL_BEFORE_READY";
-
-fn test_hooks_enabled() -> bool {
-    cfg!(debug_assertions) && std::env::var("_WHARF_TEST_HOOKS").is_ok_and(|v| v == "1")
-}
-
-fn test_hook(name: &str) -> Option<String> {
-    test_hooks_enabled()
-        .then(|| std::env::var(name).ok())
-        .flatten()
-}
+use env::{
+    bound_addrs, test_fail_before_ready, test_hook, ENV_TEST_BLOCK_ONCE_FILE, ENV_TEST_BLOCK_SLOT,
+    ENV_TEST_EXIT_AFTER_MS,
+};
+pub(crate) use env::{
+    decode_addrs, encode_addrs, WorkerEnv, ENV_ADDRS, ENV_LISTENERS, ENV_MASTER_PID, ENV_SLOT,
+};
 
 /// How often a worker's runtime reports to the master.
 pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_millis(500);
 /// How often a worker sends its metrics to the master.
 pub(crate) const METRICS_INTERVAL: Duration = Duration::from_secs(1);
-
-/// What the master told this process, if it is a worker.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct WorkerEnv {
-    pub(crate) slot: usize,
-    pub(crate) listeners: usize,
-    pub(crate) master_pid: u32,
-}
-
-impl WorkerEnv {
-    pub(crate) fn detect() -> Option<Self> {
-        let slot = std::env::var(ENV_SLOT).ok()?.parse().ok()?;
-        let listeners = std::env::var(ENV_LISTENERS).ok()?.parse().ok()?;
-        let master_pid = std::env::var(ENV_MASTER_PID).ok()?.parse().ok()?;
-        Some(Self {
-            slot,
-            listeners,
-            master_pid,
-        })
-    }
-}
 
 /// Messages from a worker to its master, one line each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -381,7 +322,7 @@ where
             Arc::clone(&metrics_source),
         ));
         tokio::spawn(stop_on_signals(shutdown_tx, true, || {}));
-        if test_hook(ENV_TEST_FAIL_BEFORE_READY).is_some_and(|v| v == "1") {
+        if test_fail_before_ready() {
             return Err(SupervisorError::Service(
                 "test hook: failing before ready".to_owned(),
             ));
@@ -463,17 +404,6 @@ where
             .await
             .map_err(|e| SupervisorError::Service(e.to_string()))
     })
-}
-
-/// The addresses `listeners` are bound to (unspecified where unknown).
-fn bound_addrs(listeners: &[TcpListener]) -> Vec<std::net::SocketAddr> {
-    listeners
-        .iter()
-        .map(|l| {
-            l.local_addr()
-                .unwrap_or_else(|_| std::net::SocketAddr::from(([0, 0, 0, 0], 0)))
-        })
-        .collect()
 }
 
 /// A worker's runtime. One thread (nginx's model: a process per CPU) gets
