@@ -98,6 +98,16 @@ pub enum SupervisorError {
         /// The operating system's reason.
         source: std::io::Error,
     },
+    /// A reload's listen set leaves out an address whose socket systemd
+    /// passed (`LISTEN_FDS`): the socket unit holds that socket too, so
+    /// closing this process's copy would leave clients queueing for nobody.
+    #[error(
+        "{addr} is a socket systemd passed (LISTEN_FDS); to stop listening on it, remove it from the .socket unit's ListenStream= and restart the socket unit and the service"
+    )]
+    SystemdListener {
+        /// The address, as configured.
+        addr: SocketAddr,
+    },
     /// systemd passed sockets that are not usable TCP listeners.
     #[error("LISTEN_FDS: {0}")]
     SystemdSockets(String),
@@ -212,14 +222,21 @@ impl Supervisor {
     /// - gives the replacement workers the new set, in the new order;
     /// - lets go of the sockets no longer listed: the old workers keep
     ///   theirs until they have drained, then the address refuses
-    ///   connections.
+    ///   connections. Until then the master keeps them aside, so a later
+    ///   set that lists the address again takes the same socket;
+    /// - if a new worker of that reload fails to become ready, goes back to
+    ///   the previous set (logged, naming it) and replaces no more workers.
     ///
     /// Addresses are matched as configured, not as bound: a socket from
     /// systemd's `LISTEN_FDS` stands for the address in its position at
     /// start (as its backlog does) and is kept while that address stays in
-    /// the list. The `/metrics` listen-queue series follow the new set, and
-    /// a USR2 upgrade hands over the set held at the time. Without this
-    /// callback a HUP keeps the sockets the master started with.
+    /// the list; a set that leaves it out is refused
+    /// ([`SupervisorError::SystemdListener`]: the socket unit holds it too;
+    /// edit the unit). The `/metrics` listen-queue series follow the new
+    /// set, and a USR2 upgrade hands over the sockets with the addresses
+    /// they stand for, which the new master matches to its own
+    /// configuration. Without this callback a HUP keeps the sockets the
+    /// master started with.
     #[must_use]
     pub fn reload_listeners(mut self, listeners: ReloadListeners) -> Self {
         self.reload_listeners = Some(listeners);
@@ -286,8 +303,8 @@ impl Supervisor {
         if let Some(env) = worker::WorkerEnv::detect() {
             return worker::run_worker(env, threads, service);
         }
-        let listeners = self.listeners()?;
-        let inherited = upgrade::inherited_shared(listeners.len())?;
+        let upgrade::StartSet { listeners, systemd } = self.listeners()?;
+        let inherited = upgrade::inherited_shared()?;
         let shared = shared::make(&self.shared, inherited)?;
         if self.config.workers == Some(0) {
             let threads = self.config.worker_threads.map_or_else(
@@ -301,30 +318,39 @@ impl Supervisor {
             .build()?;
         let master = master::Master::new(self.config, self.graceful_timeout, listeners)?
             .with_addresses(&self.addrs)
+            .with_systemd(&systemd)
             .with_reload_check(self.reload_check)
             .with_reload_listeners(self.reload_listeners)
             .with_shared_memory(shared);
         runtime.block_on(master.run())
     }
 
-    fn listeners(&self) -> Result<Vec<TcpListener>, SupervisorError> {
-        if let Some(listeners) = upgrade::inherited_listeners()? {
+    /// The sockets to start with, in the order of the configured addresses
+    /// (a binary upgrade's matched to them by address, systemd's by
+    /// position), and whether each came from systemd.
+    fn listeners(&self) -> Result<upgrade::StartSet, SupervisorError> {
+        // With a socket per worker slot, the first one must allow siblings.
+        let reuse_port =
+            self.config.accept == AcceptMode::ReusePort && self.config.workers != Some(0);
+        if let Some(inherited) = upgrade::inherited_listeners()? {
             tracing::info!(
-                count = listeners.len(),
+                count = inherited.listeners.len(),
                 "Binary upgrade: using the old master's sockets"
             );
-            self.apply_backlogs(&listeners);
-            return Ok(listeners);
+            let set = inherited.reconcile(&self.addrs, reuse_port)?;
+            self.apply_backlogs(&set.listeners);
+            return Ok(set);
         }
         if let Some(listeners) = systemd_listeners()? {
             tracing::info!(count = listeners.len(), "Using sockets passed by systemd");
             self.apply_backlogs(&listeners);
-            return Ok(listeners);
+            return Ok(upgrade::StartSet {
+                systemd: vec![true; listeners.len()],
+                listeners,
+            });
         }
-        // With a socket per worker slot, the first one must allow siblings.
-        let reuse_port =
-            self.config.accept == AcceptMode::ReusePort && self.config.workers != Some(0);
-        self.addrs
+        let listeners = self
+            .addrs
             .iter()
             .map(|(addr, backlog)| {
                 bind(*addr, reuse_port, *backlog).map_err(|source| SupervisorError::Bind {
@@ -332,7 +358,11 @@ impl Supervisor {
                     source,
                 })
             })
-            .collect()
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(upgrade::StartSet {
+            systemd: vec![false; listeners.len()],
+            listeners,
+        })
     }
 
     /// Gives inherited sockets the configured backlogs (the n-th address's

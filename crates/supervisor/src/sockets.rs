@@ -87,6 +87,14 @@ pub fn diff_listen_set(held: &[SocketAddr], wanted: &[SocketAddr]) -> ListenDiff
     ListenDiff { sources, removed }
 }
 
+/// The inode of a socket: the same socket across copies of its descriptor.
+#[cfg(test)]
+pub(crate) fn inode(listener: &std::net::TcpListener) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::metadata(format!("/proc/self/fd/{}", listener.as_raw_fd())).map_or(0, |m| m.ino())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -78,6 +78,9 @@ struct Worker {
     stall_reported: Option<Instant>,
     wants_metrics: bool,
     control: mpsc::UnboundedSender<String>,
+    /// The ids of the master's sockets this worker was given
+    /// ([`Master::socket_ids`]): what it may still accept on.
+    sockets: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -118,6 +121,19 @@ pub(crate) struct Master {
     /// The accept backlog of each of `listeners`' addresses, for the sockets
     /// of slots 1.. (`reuseport`); [`crate::BACKLOG`] past its end.
     backlogs: Vec<u32>,
+    /// Per socket of `listeners`: an id that stays with the socket (and its
+    /// slot siblings) across changes of the set, and whether systemd passed
+    /// it (the socket unit holds it too, so a HUP may not drop it).
+    held: Vec<relisten::Held>,
+    next_socket_id: u64,
+    /// Sockets of addresses a change of the set dropped, kept while a worker
+    /// that was given them still serves: a change back (a revert, or a
+    /// failed reload going back) reuses them instead of binding an address
+    /// those workers still listen on.
+    retired: Vec<relisten::Retired>,
+    /// The set before the HUP that changed it, while that reload runs: a
+    /// replacement that fails goes back to it.
+    rollback: Option<Vec<(SocketAddr, u32)>>,
     /// Shared memory made (or taken over) by this master, inherited by every
     /// worker after its control channel.
     shared: Vec<Arc<SharedMemory>>,
@@ -190,6 +206,14 @@ impl Master {
         self
     }
 
+    /// Which of the sockets (in order) systemd passed.
+    pub(crate) fn with_systemd(mut self, systemd: &[bool]) -> Self {
+        for (held, systemd) in self.held.iter_mut().zip(systemd) {
+            held.systemd = *systemd;
+        }
+        self
+    }
+
     /// The shared-memory segments every worker inherits.
     pub(crate) fn with_shared_memory(mut self, shared: Vec<Arc<SharedMemory>>) -> Self {
         self.shared = shared;
@@ -213,6 +237,12 @@ impl Master {
                         .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
                 })
                 .collect(),
+            held: (0..listeners.len() as u64)
+                .map(relisten::Held::new)
+                .collect(),
+            next_socket_id: listeners.len() as u64,
+            retired: Vec::new(),
+            rollback: None,
             listeners,
             backlogs: Vec::new(),
             shared: Vec::new(),
@@ -248,7 +278,11 @@ impl Master {
         if let Some(worker) = self.workers.get_mut(&pid) {
             if worker.draining_since.is_none() {
                 worker.draining_since = Some(Instant::now());
-                let _ = worker.control.send(DRAIN.to_owned());
+                let control = worker.control.clone();
+                // Before the worker closes its copies: a retired socket it
+                // was the last to serve must not outlive them here.
+                self.prune_retired();
+                let _ = control.send(DRAIN.to_owned());
             }
         }
     }

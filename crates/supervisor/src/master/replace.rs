@@ -33,7 +33,9 @@ impl Master {
         if let Some(replacement) = &self.replacing {
             if replacement.new == pid {
                 tracing::error!(slot, pid, %kind, "New worker exited before it was ready; keeping the old one");
+                let reason = replacement.reason;
                 self.replacing = None;
+                self.replacement_failed(reason);
                 return;
             }
         }
@@ -132,8 +134,10 @@ impl Master {
         self.check_replacement(now);
         self.respawn_due(now);
         self.start_next_replacement(now);
+        self.prune_retired();
         if self.reloading && self.replacing.is_none() && self.queue.is_empty() {
             self.reloading = false;
+            self.rollback = None;
             crate::notify::sd_notify("READY=1");
             tracing::info!("Reload complete");
         }
@@ -157,7 +161,9 @@ impl Master {
                 if let Some(old) = replacement.old.and_then(|pid| self.workers.get_mut(&pid)) {
                     old.replacement_queued = false;
                 }
+                let reason = replacement.reason;
                 self.replacing = None;
+                self.replacement_failed(reason);
             }
         }
     }
@@ -207,7 +213,10 @@ impl Master {
                         });
                         break;
                     }
-                    Err(error) => tracing::error!(slot, %error, "Cannot start replacement worker"),
+                    Err(error) => {
+                        tracing::error!(slot, %error, "Cannot start replacement worker");
+                        self.replacement_failed(reason);
+                    }
                 }
             }
         }

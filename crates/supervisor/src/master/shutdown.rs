@@ -34,9 +34,12 @@ impl Master {
             tracing::warn!("SIGUSR2: an upgrade is already in progress");
             return;
         }
-        let mut fds: Vec<i32> = self.listeners.iter().map(sys::raw).collect();
+        // The current sockets and the retired ones (the new master may take
+        // those back), each with the address it stands for.
+        let handover = self.handover();
+        let mut fds: Vec<i32> = handover.listeners.iter().map(|l| sys::raw(*l)).collect();
         fds.extend(self.shared.iter().map(|s| s.raw_fd()));
-        let env = crate::upgrade::env(self.listeners.len(), &self.shared, self.pid);
+        let env = crate::upgrade::env(&handover, &self.shared, self.pid);
         match sys::spawn_with_fds(&self.program, &self.args, &env, &fds, self.pid, false) {
             Ok(pid) => {
                 tracing::info!(
@@ -72,6 +75,7 @@ impl Master {
         let mut closing: Vec<&TcpListener> = self.slot_listeners.values().flatten().collect();
         if self.upgrading.is_none() {
             closing.extend(&self.listeners);
+            closing.extend(self.retired_sockets());
         } else {
             tracing::info!("Handing over to the new master");
         }
@@ -81,6 +85,7 @@ impl Master {
         sys::refuse_all(closing.iter().copied());
         self.listeners.clear();
         self.slot_listeners.clear();
+        self.retired.clear();
         let pids: Vec<u32> = self.workers.keys().copied().collect();
         for pid in pids {
             self.drain(pid);

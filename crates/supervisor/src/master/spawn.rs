@@ -134,6 +134,7 @@ impl Master {
                 stall_reported: None,
                 wants_metrics: false,
                 control: control_tx,
+                sockets: self.held.iter().map(|held| held.id).collect(),
             },
         );
         tracing::info!(slot, pid, "Started worker");

@@ -1,6 +1,6 @@
 use super::*;
 
-fn worker(slot: usize, in_flight: u64, rss: u64, draining: bool) -> Worker {
+pub(super) fn worker(slot: usize, in_flight: u64, rss: u64, draining: bool) -> Worker {
     let (control, _) = mpsc::unbounded_channel();
     Worker {
         slot,
@@ -17,6 +17,7 @@ fn worker(slot: usize, in_flight: u64, rss: u64, draining: bool) -> Worker {
         stall_reported: None,
         wants_metrics: false,
         control,
+        sockets: Vec::new(),
     }
 }
 
