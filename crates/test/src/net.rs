@@ -3,10 +3,37 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-/// A free loopback TCP port: bound on 127.0.0.1, then released for the
-/// caller's server to take (another process could take it in between, which
-/// is rare enough for tests).
+/// A free loopback TCP port, for the caller's server to bind.
+///
+/// Chosen below the kernel's ephemeral range (`ip_local_port_range`), from
+/// a counter this process walks (offset by its pid), and checked free by
+/// binding it: the outgoing connections tests make (curl, clients, Redis)
+/// take ephemeral ports, so one of them can no longer take a port between
+/// this call and the server's bind, as it could when this asked the kernel
+/// for port 0 (seen: `Address already in use` from a server started a few
+/// seconds after its port was chosen). Falls back to port 0 when the
+/// ephemeral range leaves too little room below it.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    let below = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let count = below.saturating_sub(FIRST);
+    if count >= 1_000 {
+        let start = std::process::id().wrapping_mul(7_919) % count;
+        for _ in 0..count {
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let Ok(port) = u16::try_from(FIRST + (start + n) % count) else {
+                continue;
+            };
+            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return port;
+            }
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -44,6 +71,23 @@ mod tests {
         let port = free_port();
         let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
         wait_for_port(listener.local_addr().unwrap(), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let below: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..50).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if below > 21_000 {
+            assert!(ports.iter().all(|p| (20_000..below).contains(p)), "{ports:?}");
+        }
     }
 
     #[test]
