@@ -14,7 +14,7 @@ use wharf_http::{body, Body, Health, Listener, Server, ServerConfig, StatusInfo}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    wharf_telemetry::init(&wharf_telemetry::LogSettings {
+    let _log = wharf_telemetry::init(&wharf_telemetry::LogSettings {
         format: wharf_telemetry::LogFormat::Pretty,
         filter: "info".into(),
     })?;

@@ -23,7 +23,7 @@ struct Config {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    wharf_telemetry::init(&wharf_telemetry::LogSettings {
+    let _log = wharf_telemetry::init(&wharf_telemetry::LogSettings {
         format: wharf_telemetry::LogFormat::Pretty,
         filter: "info".into(),
     })?;

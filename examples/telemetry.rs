@@ -7,7 +7,7 @@
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-    wharf_telemetry::init(&wharf_telemetry::LogSettings {
+    let _log = wharf_telemetry::init(&wharf_telemetry::LogSettings {
         format: wharf_telemetry::LogFormat::Json,
         filter,
     })?;

@@ -159,10 +159,15 @@ fn serve(loaded: &Loaded<FrontendConfig>) -> ExitCode {
         format: log_format(loaded),
         filter: config.log.filter.clone(),
     };
-    if let Err(error) = wharf_telemetry::init(&settings) {
-        eprintln!("frontend: {error}");
-        return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
-    }
+    // Held to the end: dropping it writes the buffered access-log lines
+    // (a request served just before SIGTERM is in the log).
+    let _log = match wharf_telemetry::init(&settings) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("frontend: {error}");
+            return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+        }
+    };
     let environment = loaded.environment;
     let addr = SocketAddr::new(config.server.bind_address(environment), config.server.port);
     // In development without SECRET_KEY every worker must still sign CSRF

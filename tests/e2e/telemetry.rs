@@ -556,3 +556,45 @@ fn label_pairs(labels: &str) -> Vec<&str> {
     }
     pairs
 }
+
+/// Access-log lines wait in a buffer for up to 100 ms (wharf-telemetry's
+/// writer): requests served just before SIGTERM are still in the log, each
+/// once, and every line of the log is whole JSON.
+#[test]
+fn requests_served_just_before_sigterm_are_in_the_access_log() {
+    let (running, _admin) = frontend(&[("WHARF_ACCESS_LOG", "true"), ("WHARF_LOG_FORMAT", "json")]);
+    let ids: Vec<String> = (0..40).map(|n| format!("before-term-{n}")).collect();
+    for id in &ids {
+        let mut stream = TcpStream::connect(running.addr()).unwrap();
+        write!(
+            stream,
+            "GET /_status HTTP/1.1\r\nHost: t\r\nX-Request-Id: {id}\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        assert!(answer.starts_with(b"HTTP/1.1 200 "));
+    }
+    running.signal("TERM");
+    let output = running.wait_exit(Duration::from_secs(15));
+    assert!(output.status.success(), "{:?}", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: not a JSON line: {l}")))
+        .collect();
+    for id in &ids {
+        let found: Vec<&serde_json::Value> = lines
+            .iter()
+            .filter(|l| l["message"] == "Served request" && l["request_id"] == id.as_str())
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "{id}: {} access lines in\n{stdout}",
+            found.len()
+        );
+        assert_eq!(found[0]["path"], "/_status");
+        assert_eq!(found[0]["status"], 200);
+    }
+}

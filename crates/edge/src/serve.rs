@@ -172,10 +172,14 @@ pub fn serve(path: Option<PathBuf>, build_info: BuildInfo) -> ExitCode {
     // The process environment, read once through wharf-config, as frontend does.
     let env = EnvMap::from_process();
     let filter = env.get("RUST_LOG").unwrap_or("info").to_owned();
-    if let Err(error) = wharf_telemetry::init(&wharf_telemetry::LogSettings { format, filter }) {
-        eprintln!("edge: {error}");
-        return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
-    }
+    // Held to the end: dropping it writes the buffered access-log lines.
+    let _log = match wharf_telemetry::init(&wharf_telemetry::LogSettings { format, filter }) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("edge: {error}");
+            return ExitCode::from(u8::try_from(EXIT_CONFIG).unwrap_or(1));
+        }
+    };
     let supervised = config.supervisor.clone().filter(|s| s.workers != Some(0));
     // Traces (WHARF_TRACING=otlp), flushed when `serve` returns. The
     // variables are checked everywhere; the master of worker processes serves

@@ -19,15 +19,20 @@
 //! use wharf_telemetry::{init, LogFormat, LogSettings};
 //!
 //! let settings = LogSettings { format: LogFormat::Json, filter: "info".into() };
-//! // Installs the global subscriber; a second call returns an error.
-//! init(&settings).expect("first init");
+//! // Installs the global subscriber; a second call returns an error. Keep
+//! // the guard until exit: dropping it writes the buffered access-log lines.
+//! let guard = init(&settings).expect("first init");
 //! tracing::info!(port = 7001, "Listening");
 //! assert!(init(&settings).is_err());
+//! drop(guard);
 //! ```
 #![forbid(unsafe_code)]
 
 pub mod metrics;
 pub mod trace;
+pub mod writer;
+
+pub use writer::LogGuard;
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -70,13 +75,16 @@ pub enum TelemetryError {
     AlreadyInitialised(#[from] tracing_subscriber::util::TryInitError),
 }
 
-/// Installs the global `tracing` subscriber writing to stdout.
-pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
+/// Installs the global `tracing` subscriber writing to stdout, access-log
+/// lines batched by a writer thread ([`writer`]). Keep the guard until the
+/// process exits: dropping it writes what is buffered.
+pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&settings.filter).map_err(|source| TelemetryError::Filter {
         filter: settings.filter.clone(),
         source,
     })?;
     let registry = tracing_subscriber::registry().with(filter);
+    let (writer, guard) = writer::LogWriter::stdout();
     match settings.format {
         LogFormat::Json => registry
             .with(
@@ -84,12 +92,15 @@ pub fn init(settings: &LogSettings) -> Result<(), TelemetryError> {
                     .json()
                     .flatten_event(true)
                     .with_current_span(false)
-                    .with_span_list(false),
+                    .with_span_list(false)
+                    .with_writer(writer),
             )
             .try_init()?,
-        LogFormat::Pretty => registry.with(fmt::layer().compact()).try_init()?,
+        LogFormat::Pretty => registry
+            .with(fmt::layer().compact().with_writer(writer))
+            .try_init()?,
     }
-    Ok(())
+    Ok(guard)
 }
 
 #[cfg(test)]
