@@ -28,6 +28,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod json;
 pub mod metrics;
 pub mod trace;
 pub mod writer;
@@ -90,9 +91,13 @@ pub fn init(settings: &LogSettings) -> Result<LogGuard, TelemetryError> {
             .with(
                 fmt::layer()
                     .json()
-                    .flatten_event(true)
-                    .with_current_span(false)
-                    .with_span_list(false)
+                    .event_format(json::JsonLines::new(
+                        fmt::format()
+                            .json()
+                            .flatten_event(true)
+                            .with_current_span(false)
+                            .with_span_list(false),
+                    ))
                     .with_writer(writer),
             )
             .try_init()?,
