@@ -13,7 +13,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
 use bytes::{Buf, Bytes};
-use http::{header, Method, Request, Response, StatusCode, Version};
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
 use pin_project_lite::pin_project;
 use tower::{Layer, Service};
 use tower_http::request_id::RequestId;
@@ -29,23 +29,81 @@ pub const REDACTED_QUERY_PARAMS: &[&str] = &["key"];
 
 /// A path's query string with the values of [`REDACTED_QUERY_PARAMS`] replaced.
 pub fn redact_query(query: &str) -> String {
-    query
-        .split('&')
-        .map(|pair| {
+    RedactedQuery(query).to_string()
+}
+
+/// A query string that displays with the values of
+/// [`REDACTED_QUERY_PARAMS`] replaced (what [`redact_query`] returns),
+/// written straight into the log line.
+#[derive(Debug, Clone, Copy)]
+pub struct RedactedQuery<'a>(pub &'a str);
+
+impl std::fmt::Display for RedactedQuery<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, pair) in self.0.split('&').enumerate() {
+            if i > 0 {
+                f.write_str("&")?;
+            }
             let name = pair.split_once('=').map_or(pair, |(n, _)| n);
             // Compare the decoded name: `k%65y` is `key` to the application.
-            let decoded = percent_decode(name);
             if REDACTED_QUERY_PARAMS
                 .iter()
-                .any(|p| p.eq_ignore_ascii_case(&decoded))
+                .any(|p| decodes_to_ignore_ascii_case(name, p))
             {
-                format!("{name}=[redacted]")
+                f.write_str(name)?;
+                f.write_str("=[redacted]")?;
             } else {
-                pair.to_owned()
+                f.write_str(pair)?;
             }
-        })
-        .collect::<Vec<_>>()
-        .join("&")
+        }
+        Ok(())
+    }
+}
+
+/// Whether `text`, `%XX`- and `+`-decoded, is `ascii` ignoring ASCII case
+/// (without decoding into a new string).
+fn decodes_to_ignore_ascii_case(text: &str, ascii: &str) -> bool {
+    let mut decoded = PercentDecoded {
+        bytes: text.as_bytes(),
+        at: 0,
+    };
+    let mut want = ascii.bytes();
+    loop {
+        match (decoded.next(), want.next()) {
+            (None, None) => return true,
+            (Some(a), Some(b)) if a.eq_ignore_ascii_case(&b) => {}
+            _ => return false,
+        }
+    }
+}
+
+/// The bytes of `%XX`- and `+`-decoded text (an invalid escape stays as is).
+struct PercentDecoded<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for PercentDecoded<'_> {
+    type Item = u8;
+
+    fn next(&mut self) -> Option<u8> {
+        let byte = *self.bytes.get(self.at)?;
+        self.at += 1;
+        match byte {
+            b'%' if self.at + 1 < self.bytes.len() => {
+                let hex = std::str::from_utf8(&self.bytes[self.at..self.at + 2]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(value) => {
+                        self.at += 2;
+                        Some(value)
+                    }
+                    None => Some(b'%'),
+                }
+            }
+            b'+' => Some(b' '),
+            other => Some(other),
+        }
+    }
 }
 
 /// One finished exchange, as a [`RequestObserver`] sees it (the same facts
@@ -68,30 +126,6 @@ pub struct Exchange<'a> {
 
 /// Called once per finished request: the seam for request metrics.
 pub type RequestObserver = std::sync::Arc<dyn Fn(&Exchange<'_>) + Send + Sync>;
-
-/// Decodes `%XX` escapes and `+` (lossy on invalid UTF-8).
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' if i + 2 < bytes.len() => {
-                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
-                if let Some(value) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
-                    out.push(value);
-                    i += 3;
-                    continue;
-                }
-                out.push(b'%');
-            }
-            b'+' => out.push(b' '),
-            other => out.push(other),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 /// Adds access logging; see the [module docs](self).
 #[derive(Clone)]
@@ -161,15 +195,18 @@ struct Record {
     /// The request URI (a reference-counted clone: no copy of the path).
     uri: http::Uri,
     version: Version,
-    request_id: Option<String>,
-    peer: Option<String>,
+    // The fields only the log line uses: header values are
+    // reference-counted clones and addresses copies, formatted straight into
+    // the line (no per-request strings).
+    request_id: Option<HeaderValue>,
+    peer: Option<std::net::SocketAddr>,
     /// The real client behind trusted proxies, when the server resolved it.
-    client: Option<String>,
-    user_agent: Option<String>,
+    client: Option<std::net::IpAddr>,
+    user_agent: Option<HeaderValue>,
     /// The `Host` header (a reference-counted clone), kept only when the URI
     /// has no authority (HTTP/2 `:authority` and absolute-form have one).
     host_header: Option<http::HeaderValue>,
-    trace_id: Option<String>,
+    trace_id: Option<TraceRef>,
     status: StatusCode,
     log: bool,
     observer: Option<RequestObserver>,
@@ -228,8 +265,7 @@ where
                     request
                         .extensions()
                         .get::<RequestId>()
-                        .and_then(|id| id.header_value().to_str().ok())
-                        .map(str::to_owned)
+                        .map(|id| id.header_value().clone())
                 })
                 .flatten(),
             peer: log
@@ -237,7 +273,7 @@ where
                     request
                         .extensions()
                         .get::<ConnectInfo>()
-                        .map(|info| info.peer.to_string())
+                        .map(|info| info.peer)
                 })
                 .flatten(),
             client: log
@@ -245,16 +281,11 @@ where
                     request
                         .extensions()
                         .get::<crate::ClientAddr>()
-                        .map(|client| crate::ip_text(client.0))
+                        .map(|client| client.0)
                 })
                 .flatten(),
             user_agent: log
-                .then(|| {
-                    request
-                        .headers()
-                        .get(header::USER_AGENT)
-                        .map(|ua| String::from_utf8_lossy(ua.as_bytes()).into_owned())
-                })
+                .then(|| request.headers().get(header::USER_AGENT).cloned())
                 .flatten(),
             host_header: if request.uri().authority().is_some() {
                 None
@@ -263,12 +294,10 @@ where
             },
             trace_id: log
                 .then(|| {
-                    request
-                        .headers()
-                        .get("traceparent")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(trace_id)
-                        .map(str::to_owned)
+                    let header = request.headers().get("traceparent")?;
+                    // Checked now, sliced when the line is written.
+                    trace_id(header.to_str().ok()?)?;
+                    Some(TraceRef::Header(header.clone()))
                 })
                 .flatten(),
             status: StatusCode::OK,
@@ -309,7 +338,7 @@ where
             // incoming one, or a new trace's) wins over the header's.
             if record.log {
                 if let Some(id) = response.extensions().get::<opentelemetry::trace::TraceId>() {
-                    record.trace_id = Some(id.to_string());
+                    record.trace_id = Some(TraceRef::Span(*id));
                 }
             }
             response.map(|inner| {
@@ -403,19 +432,58 @@ fn log(record: &Record, bytes: u64) {
         target: ACCESS_LOG_TARGET,
         method = %record.method,
         path = %record.uri.path(),
-        query = record.uri.query().map(redact_query).as_deref(),
+        query = record.uri.query().map(RedactedQuery).map(tracing::field::display),
         protocol = ?record.version,
         status = record.status.as_u16(),
         bytes,
         duration_ms = (duration_ms * 1000.0).round() / 1000.0,
-        request_id = record.request_id.as_deref(),
-        trace_id = record.trace_id.as_deref(),
-        peer = record.peer.as_deref(),
-        client = record.client.as_deref(),
-        user_agent = record.user_agent.as_deref(),
+        request_id = record.request_id.as_ref().and_then(|id| id.to_str().ok()),
+        trace_id = record.trace_id.as_ref().map(tracing::field::display),
+        peer = record.peer.as_ref().map(tracing::field::display),
+        client = record.client.as_ref().map(tracing::field::display),
+        user_agent = record
+            .user_agent
+            .as_ref()
+            .map(|ua| tracing::field::display(Lossy(ua.as_bytes()))),
         pid = process_id(),
         "Served request"
     );
+}
+
+/// A request's trace id: the server span's, or the incoming `traceparent`'s
+/// (a header already checked with [`trace_id`]).
+#[derive(Debug)]
+enum TraceRef {
+    Span(opentelemetry::trace::TraceId),
+    Header(HeaderValue),
+}
+
+impl std::fmt::Display for TraceRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Span(id) => id.fmt(f),
+            Self::Header(value) => {
+                let id = value.to_str().ok().and_then(trace_id).unwrap_or_default();
+                f.write_str(id)
+            }
+        }
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced by U+FFFD (`String::from_utf8_lossy`
+/// without the string).
+struct Lossy<'a>(&'a [u8]);
+
+impl std::fmt::Display for Lossy<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for chunk in self.0.utf8_chunks() {
+            f.write_str(chunk.valid())?;
+            if !chunk.invalid().is_empty() {
+                f.write_str("\u{FFFD}")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// This process's id (gunicorn's `%(p)s`): which worker served a request.
@@ -443,6 +511,23 @@ mod tests {
         );
         assert_eq!(trace_id("00-xyz-00f067aa0ba902b7-01"), None);
         assert_eq!(trace_id("garbage"), None);
+    }
+
+    #[test]
+    fn user_agents_are_written_as_from_utf8_lossy_writes_them() {
+        for bytes in [
+            &b"curl/8.5.0"[..],
+            b"caf\xc3\xa9",
+            b"bad \xff\xfe tail",
+            b"cut \xe2\x82",
+            b"",
+        ] {
+            assert_eq!(
+                super::Lossy(bytes).to_string(),
+                String::from_utf8_lossy(bytes),
+                "{bytes:?}"
+            );
+        }
     }
 
     #[test]
