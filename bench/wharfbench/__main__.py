@@ -56,6 +56,8 @@ Usage: bench/run [options]
   --no-install         install nothing; scenarios whose tools are missing are
                        reported as not measured
   --strict             exit 1 when a target is not met or a scenario failed
+  --no-ratelimit-script  scenario (6) without bench/ratelimit.sh (which builds
+                       a cargo bench in release first)
   -h, --help           this text
 
 Environment:
@@ -102,6 +104,7 @@ def parse_settings(argv):
     p.add_argument("--results-dir")
     p.add_argument("--no-docs", action="store_true")
     p.add_argument("--strict", action="store_true")
+    p.add_argument("--no-ratelimit-script", action="store_true")
     p.add_argument("--load-tool", choices=["auto", "wrk", "python"], default="auto")
     p.add_argument("--pin", action="store_true")
     p.add_argument("--no-build", action="store_true")  # handled by bench/run
@@ -129,6 +132,7 @@ def parse_settings(argv):
     if s.load_tool == "wrk" and not shutil.which("wrk"):
         p.error("--load-tool wrk: wrk is not installed")
     s.explicit_scenarios = bool(a.scenarios)
+    s.ratelimit_script = not a.no_ratelimit_script
     if a.scenarios:
         s.scenarios = [x.strip() for x in a.scenarios.split(",") if x.strip()]
         unknown = [x for x in s.scenarios if x not in SCENARIOS]

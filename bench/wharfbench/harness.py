@@ -68,7 +68,7 @@ class Harness(Peers, PlainHttp, EdgeTls, Idle, Ratelimit, Lifecycle, Recipient):
         return {"duration_s": duration, "rounds": rounds, "order": order, "rows": rows}
 
     def target(self, tid, text, value, threshold, op, unit="", detail=""):
-        if value is None:
+        if value is None or threshold is None:
             met = None
         elif op == ">=":
             met = value >= threshold

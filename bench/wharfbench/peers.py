@@ -11,6 +11,15 @@ import threading
 from .common import BENCH, NGINX_LOG_FLUSH, RESUME_VARIANTS, STATUS_BODY, TLS_ONLY_PATH, BenchError, progress
 from .procs import Server, free_port, http_get, server_env
 
+# nginx's access-log line in scenario (10): the fields of frontend's
+# `Served request` line, JSON-escaped by nginx.
+NGINX_ACCESS_JSON = (
+    '{"timestamp":"$time_iso8601","level":"INFO","message":"Served request","method":"$request_method",'
+    '"path":"$uri","query":"$args","protocol":"$server_protocol","status":$status,"bytes":$body_bytes_sent,'
+    '"duration_ms":$request_time,"request_id":"$http_x_request_id","peer":"$remote_addr:$remote_port",'
+    '"user_agent":"$http_user_agent","pid":$pid,"target":"nginx::access"}'
+)
+
 
 class Peers:
     """The servers of a run (a part of `Harness`): `self.server(name)` starts
@@ -31,6 +40,7 @@ class Peers:
             **{f"edge-{v}-{k}": bool(s.edge_bin) for v, _ in RESUME_VARIANTS for k in ("ecdsa", "rsa")},
             "frontend-metrics-off": bool(s.frontend_bin),
             "frontend-traces-on": bool(s.frontend_bin),
+            "frontend-access-log": bool(s.frontend_bin),
         }[name]
 
     def server(self, name):
@@ -54,10 +64,14 @@ class Peers:
             "edge-tickets-rsa": lambda: self.make_edge("rsa", resumption=False, tickets=True,
                                                        name="edge-tickets-rsa"),
             "frontend-metrics-off": lambda: self.make_frontend("frontend-metrics-off", {"WHARF_METRICS": "false"}),
+            # The default sampler (parentbased_always_on: every request without a
+            # traceparent, which is every request of the load generator, is sampled).
             "frontend-traces-on": lambda: self.make_frontend("frontend-traces-on", {
-                "WHARF_TRACING": "otlp", "OTEL_TRACES_SAMPLER": "always_on",
+                "WHARF_TRACING": "otlp",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{self.otlp_sink().port}",
             }),
+            # frontend's default: the access log on (the harness's other instances have it off).
+            "frontend-access-log": lambda: self.make_frontend("frontend-access-log", {"WHARF_ACCESS_LOG": "true"}),
         }
         progress(f"starting {name}")
         server = builders[name]().start(self.tmp, self.s.server_cpus)
@@ -87,6 +101,7 @@ class Peers:
             **{f"edge-{v}-{k}": "no EDGE_BIN" for v, _ in RESUME_VARIANTS for k in ("ecdsa", "rsa")},
             "frontend-metrics-off": "no FRONTEND_BIN",
             "frontend-traces-on": "no FRONTEND_BIN",
+            "frontend-access-log": "no FRONTEND_BIN",
         }[name]
 
     def make_bare_hyper(self, port=None):
@@ -174,7 +189,7 @@ class Peers:
         certs = self.ensure_certs() if self.have("bare-hyper") else None
         prefix = self.tmp / "nginx"
         (prefix / "logs").mkdir(parents=True, exist_ok=True)
-        plain = free_port()
+        plain, access_port = free_port(), free_port()
         conf = [
             "worker_processes auto;",
             "worker_rlimit_nofile 40000;",
@@ -194,6 +209,17 @@ class Peers:
             *(f"  {d}_temp_path {prefix}/{d};" for d in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")),
             "  server {",
             f"    listen 127.0.0.1:{plain};",
+            "    location = /_status {",
+            "      default_type application/json;",
+            f"      return 200 '{STATUS_BODY}';",
+            "    }",
+            "  }",
+            # Scenario (10): the same answer with a JSON access log (the fields of
+            # frontend's line), written per request as nginx does by default.
+            f"  log_format access_json escape=json '{NGINX_ACCESS_JSON}';",
+            "  server {",
+            f"    listen 127.0.0.1:{access_port};",
+            f"    access_log {prefix}/logs/access-json.log access_json;",
             "    location = /_status {",
             "      default_type application/json;",
             f"      return 200 '{STATUS_BODY}';",
@@ -274,6 +300,7 @@ class Peers:
                                   "-g", "daemon off;"], plain)
         server.tls_ports = tls_ports
         server.logs = prefix / "logs"
+        server.logged_port = access_port
         return server
 
     def nginx_session_reused(self, kind):

@@ -24,10 +24,16 @@ TARGETS = [
      "%"),
     ("idle", "edge memory holding idle TLS connections ≤ nginx (PSS, all processes)", None, "<=", "MB"),
     ("redis-p99", "Redis rate-limit check p99 ≤ 0.5 ms", 0.5, "<=", "ms"),
+    ("redis-limiter", "landing page with the Redis limiter ≥ 0.85× no limiter (≤ 15 % cost)", 0.85, ">=", "×"),
+    ("redis-p99-load", "Redis check p99 under the landing load ≤ 0.5 ms (frontend's histogram)", 0.5, "<=", "ms"),
     ("rss", "≤ 12 MB RSS per frontend worker (after load)", 12, "<=", "MB"),
     ("ready", "frontend start to ready < 200 ms", 200, "<", "ms"),
     ("reload", "zero errors during reloads (frontend HUP and USR2, edge HUP)", 0, "==", "errors"),
     ("metrics-overhead", "frontend /_status with metrics ≥ 0.95× without (≤ 5 % cost)", 0.95, ">=", "×"),
+    ("traces-overhead", "frontend with traces at the default sampler ≥ 0.95× without (≤ 5 % cost)", 0.95, ">=",
+     "×"),
+    ("access-log", "frontend /_status with the access log ≥ 0.90× without (≤ 10 % cost)", 0.90, ">=", "×"),
+    ("access-log-nginx", "frontend's access-log cost < nginx's, same run (%)", None, "<", "%"),
     ("recipient-rps", "production path: wharf stack ≥ 20× the seed stack (recipient's walk, req/s)", 20, ">=", "×"),
     ("recipient-p99", "production path: wharf stack p99 ≤ the seed stack's", None, "<=", "ms"),
     ("recipient-memory", "production path: wharf stack memory ≤ 1/10 of the seed stack's (PSS, every process, "
@@ -181,11 +187,26 @@ def render(report, svg_dir, svg_rel):
                         f"**{r['on_over_off_median_of_rounds']}** (cost {r['cost_pct']} %; best runs "
                         f"{r['on_over_off_best_runs']}); server CPU per request (median of the runs, µs): "
                         f"{', '.join(f'{k} {fmt(v)}' for k, v in r['cpu_us_per_request'].items())} ({r['cpu_cost_pct']} %). Through the app (`{r['traces']['path']}`), traces on "
-                        f"(every request sampled, OTLP/HTTP to an in-harness sink: {r['traces']['exports']} exports, "
+                        f"(the default sampler, parentbased_always_on: every request without a traceparent sampled; "
+                        f"OTLP/HTTP to an in-harness sink: {r['traces']['exports']} exports, "
                         f"{fmt(r['traces']['exported_bytes'] / MB)} MB) / off: **{r['traces']['on_over_off_median_of_rounds']}** "
                         f"(cost {r['traces']['cost_pct']} %); server CPU per request (µs): "
                         f"{', '.join(f'{k} {fmt(v)}' for k, v in r['traces']['cpu_us_per_request'].items())} "
                         f"({r['traces']['cpu_cost_pct']} %).", ""])
+        a = r.get("access_log")
+        if a:
+            out.extend(["Access log on vs off, `/_status`: frontend (its default, `WHARF_ACCESS_LOG=true`, against "
+                        "an instance with it off) and nginx (a listener with a JSON access log of the same fields "
+                        "against its plain one), four subjects in one comparison, order mirrored every round.", ""])
+            out.extend(throughput_table(a["runs"]["rows"]))
+            out.extend(["", "| Server | on / off (median of rounds) | cost % | best runs | CPU µs/request off → on "
+                            "| CPU cost % | log bytes per request |", "|---|---:|---:|---:|---|---:|---:|"])
+            for server, x in a["servers"].items():
+                c = x["cpu_us_per_request"]
+                out.append(f"| {server} | **{x['on_over_off_median_of_rounds']}** | {x['cost_pct']} | "
+                           f"{x['on_over_off_best_runs']} | {fmt(c['off'])} → {fmt(c['on'])} | {x['cpu_cost_pct']} | "
+                           f"{a['log_bytes_per_request'].get(server + ' access-log-on')} |")
+            out.append("")
         notes(r)
     r = header("accept")
     if r:
@@ -324,6 +345,18 @@ def render(report, svg_dir, svg_rel):
                  throughput_panels(land["rows"]))
             out.extend(throughput_table(land["rows"]))
             out.extend(["", "Ratios: " + ", ".join(f"{k} **{v}**" for k, v in land["ratios"].items()), ""])
+            lat = land.get("redis_check_latency") or {}
+            if land.get("redis_over_none_median_of_rounds") is not None:
+                out.extend([f"Limiter in Redis / no limiter, median of the per-round ratios: "
+                            f"**{land['redis_over_none_median_of_rounds']}**. redis-server CPU (utime + stime): "
+                            f"{land.get('redis_cpu_us_per_check')} µs per check ({land.get('redis_requests')} checks, "
+                            f"warm-up included), {land.get('redis_cpu_us_per_command')} µs per command (Redis counts the "
+                            f"commands the check's script runs: {land.get('redis_commands_per_check')} per check). "
+                            f"Redis round "
+                            f"trip under this load (frontend's `wharf_ratelimit_redis_seconds`, {lat.get('checks')} "
+                            f"checks, interpolated within buckets {lat.get('buckets_ms')} ms): p50 "
+                            f"{lat.get('p50_ms')} ms, p99 {lat.get('p99_ms')} ms; "
+                            f"{lat.get('share_le_0_5ms')} of checks within 0.5 ms.", ""])
         if r.get("script"):
             out.extend(["`bench/ratelimit.sh` (wharf-ratelimit's cargo bench and its HTTP example):", "",
                         "| Figure | Value |", "|---|---:|"])
@@ -444,6 +477,15 @@ def console_summary(report):
                                           f"{row['latency_ms'].get('p50', float('nan')):.3f} ms   p99 "
                                           f"{row['latency_ms'].get('p99', float('nan')):.3f} ms"
                                           for row in status["rows"]]
+    overhead = report["scenarios"].get("metrics-overhead")
+    if overhead and overhead["status"] == "ok":
+        lines += ["", "(10) instrumentation cost (on / off, median of the per-round ratios):",
+                  f"  metrics {overhead['on_over_off_median_of_rounds']} (cost {overhead['cost_pct']} %)",
+                  f"  traces, default sampler {overhead['traces']['on_over_off_median_of_rounds']} "
+                  f"(cost {overhead['traces']['cost_pct']} %)"]
+        for server, x in overhead.get("access_log", {}).get("servers", {}).items():
+            lines.append(f"  access log, {server:<8} {x['on_over_off_median_of_rounds']} (cost {x['cost_pct']} %; "
+                         f"CPU µs/request {x['cpu_us_per_request']['off']} → {x['cpu_us_per_request']['on']})")
     resume = report["scenarios"].get("resume")
     if resume and resume["status"] == "ok":
         lines += ["", "(4b) returning clients (Connection: close, resumption on):"]

@@ -182,7 +182,10 @@ class PlainHttp:
         (WHARF_METRICS=false), two instances side by side, rounds alternating
         (mirrored order); then, through the app (/security.txt: /_status is
         answered before the app, where the server span sits), traces off vs on
-        (every request sampled, exported to an in-harness OTLP sink)."""
+        (the default sampler, parentbased_always_on: every request of the load
+        generator, which sends no traceparent, is sampled; exported to an
+        in-harness OTLP sink); then the access log on vs off, frontend's and
+        nginx's, in one comparison."""
         names = self.servers_available(["frontend-metrics-off", "frontend"], "metrics-overhead")
         if len(names) < 2:
             raise BenchError("needs FRONTEND_BIN")
@@ -210,7 +213,77 @@ class PlainHttp:
             "exports": sink.counts["requests"] - before["requests"],
             "exported_bytes": sink.counts["bytes"] - before["bytes"],
         }
+        self.target("traces-overhead", "frontend with traces at the default sampler ≥ 0.95× without (≤ 5 % cost)",
+                    result["traces"]["on_over_off_median_of_rounds"], 0.95, ">=", "×",
+                    detail="/security.txt, median of the per-round ratios traces-on/traces-off")
+        result["access_log"] = self.access_log_overhead(on)
         return result
+
+    def access_log_overhead(self, front_off):
+        """/_status with the access log on and off: frontend (`front_off` has it
+        off, a second instance its default, on) and nginx (its plain listener,
+        and one with a JSON access log of the same fields), four subjects in one
+        comparison, order mirrored every round. Each cost is the median of the
+        per-round ratios on/off of the same server; the bytes each log grew by
+        (warm-up included) over the requests sent say that every line was
+        written."""
+        front_on = self.server("frontend-access-log")
+        subjects = [("frontend access-log-off", front_off.url()), ("frontend access-log-on", front_on.url())]
+        servers = {front_off.url(): front_off, front_on.url(): front_on}
+        logs = {"frontend access-log-on": front_on.log_path}
+        if self.have("nginx"):
+            nginx = self.server("nginx")
+            logged = f"http://127.0.0.1:{nginx.logged_port}/_status"
+            subjects += [("nginx access-log-off", nginx.url()), ("nginx access-log-on", logged)]
+            servers.update({nginx.url(): nginx, logged: nginx})
+            logs["nginx access-log-on"] = nginx.logs / "access-json.log"
+        else:
+            self.note("metrics-overhead", f"nginx: not run ({self.missing_reason('nginx')})")
+        names = {url: name for name, url in subjects}
+        sent = {name: 0 for name, _ in subjects}
+        cpu = self.cpu_runner(servers)
+
+        def runner(url, seconds):
+            run = cpu(url, seconds)
+            sent[names[url]] += run.get("requests") or 0
+            return run
+
+        def size(path):
+            try:
+                return path.stat().st_size
+            except OSError:
+                return 0
+        before = {name: size(path) for name, path in logs.items()}
+        runs = self.compare("metrics-overhead", subjects, runner)
+        time.sleep(0.5)  # frontend writes its buffered lines within 100 ms
+        rows = {row["name"]: row for row in runs["rows"]}
+        cpu_us = self.cpu_per_request(runs["rows"])
+        out = {"runs": runs, "log_bytes_per_request": {}, "servers": {}}
+        for name, path in logs.items():
+            grown = size(path) - before[name]
+            out["log_bytes_per_request"][name] = round(grown / sent[name], 1) if sent[name] else None
+        for server in ("frontend", "nginx"):
+            on, off = rows.get(f"{server} access-log-on"), rows.get(f"{server} access-log-off")
+            if not on or not off:
+                continue
+            paired = [x["rps"] / y["rps"] for x, y in zip(on["runs"], off["runs"]) if y["rps"]]
+            ratio = round(statistics.median(paired), 3) if paired else None
+            c_on, c_off = cpu_us.get(on["name"]), cpu_us.get(off["name"])
+            out["servers"][server] = {
+                "on_over_off_median_of_rounds": ratio,
+                "cost_pct": round((1 - ratio) * 100, 1) if ratio is not None else None,
+                "on_over_off_best_runs": round(on["rps"] / off["rps"], 3) if off["rps"] else None,
+                "cpu_us_per_request": {"off": c_off, "on": c_on},
+                "cpu_cost_pct": round((c_on / c_off - 1) * 100, 1) if c_on and c_off else None,
+            }
+        front = out["servers"].get("frontend", {})
+        nginx_cost = out["servers"].get("nginx", {}).get("cost_pct")
+        self.target("access-log", "frontend /_status with the access log ≥ 0.90× without (≤ 10 % cost)",
+                    front.get("on_over_off_median_of_rounds"), 0.90, ">=", "×",
+                    detail="median of the per-round ratios access-log-on/access-log-off")
+        self.target("access-log-nginx", "frontend's access-log cost < nginx's, same run (%)", front.get("cost_pct"),
+                    nginx_cost, "<", "%", detail="cost = 1 − median of the per-round ratios on/off")
+        return out
 
     def on_off_summary(self, runs, on, off):
         """The paired ratio `on`/`off` (median of the per-round ratios), its cost in
