@@ -371,10 +371,19 @@ fn the_download_flow_works_offline_across_workers() {
     // The worker that confirmed the address issued the access cookie; fetch
     // the file on new connections until the other worker has verified it too
     // (the kernel hands each connection to either worker).
+    // Access-log lines reach stdout within 100 ms (batched by wharf-telemetry).
     let confirm_path = format!("{doc}/confirm-email-address");
-    let issuer = served(&frontend.logs(), |p| p == confirm_path)
-        .into_iter()
-        .find(|(status, _)| *status == 302)
+    let confirmed = || {
+        served(&frontend.logs(), |p| p == confirm_path)
+            .into_iter()
+            .find(|(status, _)| *status == 302)
+    };
+    crate::support::wait_until(
+        "the confirmation's 302 in the access log",
+        Duration::from_secs(5),
+        || confirmed().is_some(),
+    );
+    let issuer = confirmed()
         .unwrap_or_else(|| panic!("no 302 for the confirmation in {}", frontend.logs()))
         .1;
     let file_path = file_url

@@ -27,6 +27,13 @@
 //!
 //! **Exit.** [`LogGuard`] writes what is buffered and stops the thread when
 //! dropped; lines logged after that are written at once.
+//!
+//! **Signals.** The thread starts with the first access-log line, from the
+//! thread that logs it (a runtime thread), so it inherits that thread's
+//! signal mask: a signal the process blocks everywhere but in one thread of
+//! its own (the supervisor's SIGUSR1 stall report) is never delivered to the
+//! writer, whose default action would end the process. A process that logs
+//! no access line (a master) has no writer thread.
 
 use std::io::Write;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -60,6 +67,8 @@ struct Shared {
     wake: Condvar,
     /// How long the writer thread waits between writes ([`FLUSH_INTERVAL`]).
     interval: Duration,
+    /// The writer thread, once the first access line started it.
+    thread: Mutex<Option<JoinHandle<()>>>,
     /// Held while writing to stdout (so batches and lines go out in the
     /// order they were taken): the output and the spare buffer.
     out: Mutex<Output>,
@@ -70,6 +79,8 @@ struct Pending {
     bytes: Vec<u8>,
     /// The writer thread is gone: every line is written at once.
     stopped: bool,
+    /// The writer thread was started (or its start attempted).
+    started: bool,
 }
 
 struct Output {
@@ -118,21 +129,26 @@ impl Shared {
     }
 
     /// Buffers an access-log line; writes the buffer itself when it is full.
-    fn push(&self, line: &[u8]) {
-        let full = {
+    fn push(self: &Arc<Self>, line: &[u8]) {
+        let (full, start) = {
             let mut pending = lock(&self.pending);
             if pending.stopped {
                 drop(pending);
                 return self.flush_with(Some(line));
             }
+            let start = !pending.started;
+            pending.started = true;
             let before = pending.bytes.len();
             pending.bytes.extend_from_slice(line);
             let after = pending.bytes.len();
             if before < FLUSH_BYTES && after >= FLUSH_BYTES {
                 self.wake.notify_one();
             }
-            after >= MAX_BUFFERED_BYTES
+            (after >= MAX_BUFFERED_BYTES, start)
         };
+        if start {
+            self.start_thread();
+        }
         if full {
             self.flush_with(None);
         }
@@ -169,7 +185,7 @@ fn write_batch(sink: &mut dyn Write, batch: &[u8], whole: bool) -> std::io::Resu
 /// One event's writer: an access-log line is buffered, any other written now.
 #[derive(Debug)]
 pub struct LineWriter<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
     batched: bool,
 }
 
@@ -212,7 +228,6 @@ impl<'a> MakeWriter<'a> for LogWriter {
 #[derive(Debug)]
 pub struct LogGuard {
     shared: Arc<Shared>,
-    thread: Option<JoinHandle<()>>,
 }
 
 impl LogGuard {
@@ -226,7 +241,8 @@ impl Drop for LogGuard {
     fn drop(&mut self) {
         lock(&self.shared.pending).stopped = true;
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
+        let thread = lock(&self.shared.thread).take();
+        if let Some(thread) = thread {
             let _ = thread.join();
         }
         self.shared.flush_with(None);
@@ -241,8 +257,9 @@ impl LogWriter {
     }
 
     /// A writer to `sink`; `whole`: one write may carry many lines (else
-    /// writes are cut to 4096 bytes at line boundaries). Without a thread
-    /// (the system refused one), every line is written at once.
+    /// writes are cut to 4096 bytes at line boundaries). The writer thread
+    /// starts with the first access line; without it (the system refused
+    /// one), every line is written at once.
     pub fn new(sink: Box<dyn Write + Send>, whole: bool) -> (Self, LogGuard) {
         Self::with_interval(sink, whole, FLUSH_INTERVAL)
     }
@@ -256,25 +273,36 @@ impl LogWriter {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             interval,
+            thread: Mutex::new(None),
             out: Mutex::new(Output {
                 sink,
                 whole,
                 spare: Vec::new(),
             }),
         });
-        let worker = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn(move || writer_thread(&worker))
-            .ok();
-        if thread.is_none() {
-            lock(&shared.pending).stopped = true;
-        }
         let guard = LogGuard {
             shared: Arc::clone(&shared),
-            thread,
         };
         (Self { shared }, guard)
+    }
+}
+
+impl Shared {
+    /// Starts the writer thread (from the thread logging the first access
+    /// line, whose signal mask it inherits); when it cannot start, lines
+    /// are written at once from then on.
+    fn start_thread(self: &Arc<Self>) {
+        let worker = Arc::clone(self);
+        match std::thread::Builder::new()
+            .name("log-writer".into())
+            .spawn(move || writer_thread(&worker))
+        {
+            Ok(thread) => *lock(&self.thread) = Some(thread),
+            Err(_) => {
+                lock(&self.pending).stopped = true;
+                self.flush_with(None);
+            }
+        }
     }
 }
 
