@@ -293,15 +293,14 @@ impl Shared {
     /// are written at once from then on.
     fn start_thread(self: &Arc<Self>) {
         let worker = Arc::clone(self);
-        match std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || writer_thread(&worker))
-        {
-            Ok(thread) => *lock(&self.thread) = Some(thread),
-            Err(_) => {
-                lock(&self.pending).stopped = true;
-                self.flush_with(None);
-            }
+            .spawn(move || writer_thread(&worker));
+        if let Ok(thread) = spawned {
+            *lock(&self.thread) = Some(thread);
+        } else {
+            lock(&self.pending).stopped = true;
+            self.flush_with(None);
         }
     }
 }
