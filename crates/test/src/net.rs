@@ -86,7 +86,10 @@ mod tests {
         let distinct: std::collections::HashSet<_> = ports.iter().collect();
         assert_eq!(distinct.len(), ports.len(), "{ports:?}");
         if below > 21_000 {
-            assert!(ports.iter().all(|p| (20_000..below).contains(p)), "{ports:?}");
+            assert!(
+                ports.iter().all(|p| (20_000..below).contains(p)),
+                "{ports:?}"
+            );
         }
     }
 
