@@ -36,20 +36,7 @@ pub fn not_after(der: &[u8]) -> Option<u64> {
 /// epoch (an ACME client renews at two thirds of the span); `None` when the
 /// DER is not a certificate this walk understands.
 pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
-    let (SEQUENCE, certificate, _) = element(der)? else {
-        return None;
-    };
-    let (SEQUENCE, tbs, _) = element(certificate)? else {
-        return None;
-    };
-    let mut rest = tbs;
-    let (tag, _, after) = element(rest)?;
-    if tag == VERSION {
-        rest = after;
-    }
-    let (INTEGER, _, rest) = element(rest)? else {
-        return None;
-    }; // serial
+    let (_, rest) = serial_and_rest(der)?;
     let (SEQUENCE, _, rest) = element(rest)? else {
         return None;
     }; // signature
@@ -68,17 +55,9 @@ pub fn validity(der: &[u8]) -> Option<(u64, u64)> {
     ))
 }
 
-const EXTENSIONS: u8 = 0xa3;
-const OCTET_STRING: u8 = 0x04;
-const KEY_IDENTIFIER: u8 = 0x80;
-/// 2.5.29.35, authorityKeyIdentifier.
-const AUTHORITY_KEY_IDENTIFIER: &[u8] = &[0x55, 0x1d, 0x23];
-
-/// What identifies a certificate to its CA for ACME Renewal Information
-/// (RFC 9773 4.1): the `keyIdentifier` of its authority key identifier
-/// extension and its serial number, each as the bytes of the DER value;
-/// `None` when the certificate has no such extension or does not parse.
-pub fn renewal_identifier(der: &[u8]) -> Option<(&[u8], &[u8])> {
+/// The serial number (the DER value's bytes) of a certificate and the
+/// fields of its `tbsCertificate` after it.
+fn serial_and_rest(der: &[u8]) -> Option<(&[u8], &[u8])> {
     let (SEQUENCE, certificate, _) = element(der)? else {
         return None;
     };
@@ -90,9 +69,24 @@ pub fn renewal_identifier(der: &[u8]) -> Option<(&[u8], &[u8])> {
     if tag == VERSION {
         rest = after;
     }
-    let (INTEGER, serial, mut rest) = element(rest)? else {
+    let (INTEGER, serial, rest) = element(rest)? else {
         return None;
     };
+    Some((serial, rest))
+}
+
+const EXTENSIONS: u8 = 0xa3;
+const OCTET_STRING: u8 = 0x04;
+const KEY_IDENTIFIER: u8 = 0x80;
+/// 2.5.29.35, authorityKeyIdentifier.
+const AUTHORITY_KEY_IDENTIFIER: &[u8] = &[0x55, 0x1d, 0x23];
+
+/// What identifies a certificate to its CA for ACME Renewal Information
+/// (RFC 9773 4.1): the `keyIdentifier` of its authority key identifier
+/// extension and its serial number, each as the bytes of the DER value;
+/// `None` when the certificate has no such extension or does not parse.
+pub fn renewal_identifier(der: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (serial, mut rest) = serial_and_rest(der)?;
     // signature, issuer, validity, subject, subjectPublicKeyInfo, then
     // the optional unique identifiers and the extensions.
     while !rest.is_empty() {
