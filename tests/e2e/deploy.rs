@@ -625,6 +625,7 @@ fn can_unshare() -> bool {
 #[test]
 #[allow(clippy::too_many_lines)] // one contract, checked in the order a platform applies it
 fn image_contract_unprivileged_read_only_healthcheck_passes_and_sigterm_drains() {
+    let _cpu = crate::support::quiet_cpu();
     let stages = dockerfile();
     let image = stage(&stages, "frontend");
     let mut sandbox = Sandbox::new(image.one("USER"));

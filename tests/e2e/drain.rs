@@ -189,6 +189,7 @@ fn setup() -> (tempfile::TempDir, u32, Hogs) {
 
 #[test]
 fn sigterm_under_load_never_resets_an_accepted_connection() {
+    let _cpu = crate::support::quiet_cpu();
     let (dir, count, _hogs) = setup();
     runs(Path::new(FRONTEND), None, count, dir.path());
 }

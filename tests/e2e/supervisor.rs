@@ -170,6 +170,7 @@ fn max_requests_recycles_workers_under_load_with_zero_failed_requests() {
 
 #[test]
 fn sigterm_under_load_loses_no_accepted_request_and_exits_in_time() {
+    let _cpu = crate::support::quiet_cpu();
     let instance = instance(2, &[]);
     let load = Load::start(instance.running.addr(), 4, "/_status");
     std::thread::sleep(Duration::from_millis(500));

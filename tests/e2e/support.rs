@@ -181,3 +181,24 @@ pub fn supervised_edge(workers: usize, tls: bool, tls_lines: &str, tables: &str)
     });
     edge
 }
+
+/// Tests that assert no accepted connection is lost while a server stops
+/// hold this exclusively ([`quiet_cpu`]); tests that keep both CPUs busy for
+/// a minute (ACME's Pebble, edge workers and client loops) hold it shared
+/// ([`busy_cpu`]), so the two never run at once. Under CPU starvation the
+/// kernel can complete a handshake between a worker's last accept sweep and
+/// its close, and that connection is reset (#26): c6b9329 lost one in 2 of
+/// 10 image-contract runs with three busy loops beside it.
+static CPU: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// See [`CPU`]: for a test that must not share the CPUs with a heavy one.
+pub fn quiet_cpu() -> std::sync::RwLockWriteGuard<'static, ()> {
+    CPU.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// See [`CPU`]: for a test that loads both CPUs for long.
+pub fn busy_cpu() -> std::sync::RwLockReadGuard<'static, ()> {
+    CPU.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
