@@ -47,18 +47,8 @@ fn hup_and_wait(master: u32, before: &[u32], count: usize) {
 fn upgrade(proc: &Process, old_workers: &[u32]) -> u32 {
     let old = proc.pid();
     signal(old, "USR2");
-    let mut new = 0;
-    wait_until("a new master", Duration::from_secs(10), || {
-        new = children(old)
-            .into_iter()
-            .find(|p| !old_workers.contains(p))
-            .unwrap_or(0);
-        new != 0
-    });
-    wait_until("the old master exits", Duration::from_secs(20), || {
-        std::fs::read_to_string(format!("/proc/{old}/stat"))
-            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
-    });
+    let new = crate::support::new_master(old, old_workers);
+    crate::support::wait_exited("the old master exits", old, Duration::from_secs(20));
     new
 }
 

@@ -202,3 +202,25 @@ pub fn busy_cpu() -> std::sync::RwLockReadGuard<'static, ()> {
     CPU.read()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// After a USR2: the new master, the child of `old` that is none of its
+/// workers `old_workers` (waits up to 10 s for it).
+pub fn new_master(old: u32, old_workers: &[u32]) -> u32 {
+    let mut new = 0;
+    wait_until("a new master", Duration::from_secs(10), || {
+        new = children(old)
+            .into_iter()
+            .find(|p| !old_workers.contains(p))
+            .unwrap_or(0);
+        new != 0
+    });
+    new
+}
+
+/// Waits up to `timeout` for `pid` to have exited (gone, or a zombie).
+pub fn wait_exited(what: &str, pid: u32, timeout: Duration) {
+    wait_until(what, timeout, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
+    });
+}

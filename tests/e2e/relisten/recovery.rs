@@ -188,19 +188,9 @@ fn with_workers_an_upgrade_serves_the_files_listen_set() {
 
     edge.write(&[a, c], "fixed2");
     edge.proc.signal("USR2");
-    let mut new = 0;
-    wait_until("a new master", Duration::from_secs(10), || {
-        new = children(old)
-            .into_iter()
-            .find(|p| !old_workers.contains(p))
-            .unwrap_or(0);
-        new != 0
-    });
+    let new = crate::support::new_master(old, &old_workers);
     let _stop = StopOnDrop(new);
-    wait_until("the old master exits", Duration::from_secs(30), || {
-        std::fs::read_to_string(format!("/proc/{old}/stat"))
-            .map_or(true, |s| s.split_whitespace().nth(2) == Some("Z"))
-    });
+    crate::support::wait_exited("the old master exits", old, Duration::from_secs(30));
     wait(&edge, "c answers", Duration::from_secs(10), || {
         fixed(c) == "fixed2\n"
     });
