@@ -60,6 +60,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+mod batch;
 mod breaker;
 pub mod config;
 mod error;
@@ -91,6 +92,7 @@ pub use redis::{RedisOptions, RedisStore};
 
 /// The Lua sources of the Redis scripts (for review and for tests that run them).
 pub mod scripts {
+    pub use crate::batch::BATCH_SCRIPT;
     pub use crate::redis::{CHECK_SCRIPT, REFUND_SCRIPT};
 }
 

@@ -17,6 +17,7 @@ use fred::types::config::{ClusterDiscoveryPolicy, Options, ReconnectPolicy, Serv
 use fred::types::scripts::Script;
 use fred::types::{CustomCommand, Value};
 
+use crate::batch::Batcher;
 use crate::breaker::{Breaker, BreakerState, Permit};
 use crate::error::BuildError;
 use crate::gcra::Policy;
@@ -107,6 +108,12 @@ pub struct RedisOptions {
     pub reconnect_min_delay: Duration,
     /// ... up to this. Default 500 ms, so a restarted Redis is found within it.
     pub reconnect_max_delay: Duration,
+    /// Most checks sent to Redis in one script call. Checks that arrive
+    /// while a call is in flight wait for it and then go together, so a
+    /// loaded process makes one round trip for many checks and an idle one
+    /// sends each at once. 1 sends every check on its own. Ignored on
+    /// Cluster, where each check is its own call. Default 128.
+    pub max_batch: usize,
 }
 
 impl RedisOptions {
@@ -122,17 +129,18 @@ impl RedisOptions {
             deny_cache_keys: 100_000,
             reconnect_min_delay: Duration::from_millis(50),
             reconnect_max_delay: Duration::from_millis(500),
+            max_batch: 128,
         }
     }
 }
 
 /// The shared store: a fred client and everything around it.
 pub struct RedisStore {
-    client: fred::clients::Client,
+    conn: Conn,
     check: Script,
     refund: Script,
-    options: Options,
-    timeout: Duration,
+    /// Sends concurrent checks in one script call (not on Cluster).
+    batcher: Option<Batcher>,
     pub(crate) breaker: Breaker,
     prefix: String,
     deny: DenyCache,
@@ -143,7 +151,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
-            .field("timeout", &self.timeout)
+            .field("timeout", &self.conn.timeout)
             .field("breaker", &self.breaker.state())
             .finish_non_exhaustive()
     }
@@ -157,7 +165,7 @@ impl Drop for RedisStore {
             return;
         }
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let client = self.client.clone();
+            let client = self.conn.client.clone();
             runtime.spawn(async move {
                 let _ = client.quit().await;
             });
@@ -247,10 +255,8 @@ impl RedisStore {
             .set_policy(policy)
             .build()
             .map_err(|e| BuildError::RedisUrl(e.details().to_owned()))?;
-        Ok(Self {
+        let conn = Conn {
             client,
-            check: Script::from_lua(CHECK_SCRIPT),
-            refund: Script::from_lua(REFUND_SCRIPT),
             options: Options {
                 max_attempts: Some(1),
                 timeout: Some(timeout),
@@ -262,6 +268,16 @@ impl RedisStore {
                 ..Options::default()
             },
             timeout,
+        };
+        // Cluster keys of different clients live in different slots, which
+        // one script cannot touch: there every check is its own call.
+        let batcher =
+            (!options.cluster && options.max_batch > 1).then(|| Batcher::new(options.max_batch));
+        Ok(Self {
+            conn,
+            check: Script::from_lua(CHECK_SCRIPT),
+            refund: Script::from_lua(REFUND_SCRIPT),
+            batcher,
             breaker: Breaker::new(options.breaker_failures, options.breaker_cooldown),
             prefix: options.key_prefix.clone(),
             deny: DenyCache::new(options.deny_cache_keys),
@@ -276,7 +292,10 @@ impl RedisStore {
         if !self.started.load(std::sync::atomic::Ordering::Acquire)
             && !self.started.swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            let _connection_task = self.client.connect();
+            let _connection_task = self.conn.client.connect();
+            if let Some(batcher) = &self.batcher {
+                batcher.spawn(self.conn.clone());
+            }
         }
     }
 
@@ -284,14 +303,14 @@ impl RedisStore {
     pub async fn wait_connected(&self, timeout: Duration) -> bool {
         self.start();
         matches!(
-            tokio::time::timeout(timeout, self.client.wait_for_connect()).await,
+            tokio::time::timeout(timeout, self.conn.client.wait_for_connect()).await,
             Ok(Ok(()))
         )
     }
 
     /// The underlying fred client (for tests and health checks).
     pub fn client(&self) -> &fred::clients::Client {
-        &self.client
+        &self.conn.client
     }
 
     /// The circuit breaker's state.
@@ -309,12 +328,12 @@ impl RedisStore {
     pub async fn ping(&self) -> Result<(), String> {
         self.start();
         // While reconnecting, fail at once rather than queue.
-        let client = self.client.with_options(&Options {
+        let client = self.conn.client.with_options(&Options {
             fail_fast: true,
-            ..self.options.clone()
+            ..self.conn.options.clone()
         });
         let ping = client.ping::<String>(None);
-        match tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping).await {
+        match tokio::time::timeout(self.conn.timeout.max(Duration::from_millis(500)), ping).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("redis: {e}")),
             Err(_) => Err("redis: no answer in time".to_owned()),
@@ -334,9 +353,9 @@ impl RedisStore {
         self.start();
         let key = format!("{}:{name}", self.prefix);
         let slot = fred::util::redis_keyslot(key.as_bytes());
-        let client = self.client.with_options(&Options {
+        let client = self.conn.client.with_options(&Options {
             timeout: Some(timeout),
-            ..self.options.clone()
+            ..self.conn.options.clone()
         });
         let exchange = async {
             let _: Value = client
@@ -391,9 +410,24 @@ impl RedisStore {
             .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
             .collect();
         let started = Instant::now();
-        let reply = self.run(&self.check, keys, args).await;
+        let parsed = match &self.batcher {
+            Some(batcher) => {
+                self.start();
+                match batcher.submit(keys, args, started + self.conn.timeout) {
+                    Ok(pending) => pending.wait(self.conn.timeout.as_millis()).await,
+                    // The batcher's runtime is gone: send it alone.
+                    Err((keys, args)) => self
+                        .run(&self.check, keys, args)
+                        .await
+                        .and_then(|values| parse_answer(&values, policies.len())),
+                }
+            }
+            None => self
+                .run(&self.check, keys, args)
+                .await
+                .and_then(|values| parse_answer(&values, policies.len())),
+        };
         let elapsed = started.elapsed();
-        let parsed = reply.and_then(|values| parse_answer(&values, policies.len()));
         metrics.redis_call(elapsed, parsed.is_ok());
         match parsed {
             Ok(answer) => {
@@ -421,6 +455,28 @@ impl RedisStore {
         }
     }
 
+    /// Sends a script (see [`Conn::run`]), connecting first if need be.
+    async fn run(
+        &self,
+        script: &Script,
+        keys: Vec<String>,
+        args: Vec<i64>,
+    ) -> Result<Vec<i64>, String> {
+        self.start();
+        self.conn.run(script, keys, args).await
+    }
+}
+
+/// The client and how each command is sent: shared by the store and its
+/// batcher task.
+#[derive(Clone)]
+pub(crate) struct Conn {
+    client: fred::clients::Client,
+    options: Options,
+    timeout: Duration,
+}
+
+impl Conn {
     /// EVALSHA, and on NOSCRIPT (Redis restarted or flushed its scripts) EVAL
     /// with the body, which also caches it again. No command is sent twice
     /// unless Redis refused it (NOSCRIPT, or a Cluster redirection: it did
@@ -437,13 +493,12 @@ impl RedisStore {
     /// Both commands are custom commands routed to the keys' slot: fred's
     /// `WithOptions` has no Lua interface, so `with_options(..).evalsha(..)`
     /// would reach the plain client through `Deref`, without the options.
-    async fn run(
+    pub(crate) async fn run(
         &self,
         script: &Script,
         keys: Vec<String>,
         args: Vec<i64>,
     ) -> Result<Vec<i64>, String> {
-        self.start();
         let started = Instant::now();
         let slot = keys
             .first()
@@ -612,7 +667,7 @@ pub(crate) fn importing_node(nodes: &str, slot: u16) -> Option<(String, u16)> {
     Some((host.to_owned(), port.parse().ok()?))
 }
 
-fn parse_answer(values: &[i64], n: usize) -> Result<GroupAnswer, String> {
+pub(crate) fn parse_answer(values: &[i64], n: usize) -> Result<GroupAnswer, String> {
     if values.len() != n + 2 {
         return Err(format!(
             "unexpected script reply of {} values",

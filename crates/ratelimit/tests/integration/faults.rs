@@ -145,7 +145,8 @@ async fn restarted_empty_redis_gets_the_script_again_and_limiting_resumes_within
         limiter.redis().unwrap().breaker_state(),
         BreakerState::Closed
     );
-    // The restarted server has the script cached again (EVAL on NOSCRIPT).
-    let sha = fred::util::sha1_hash(wharf_ratelimit::scripts::CHECK_SCRIPT);
+    // The restarted server has the script cached again (EVAL on NOSCRIPT):
+    // the batch script, which a store not on Cluster sends.
+    let sha = fred::util::sha1_hash(wharf_ratelimit::scripts::BATCH_SCRIPT);
     assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "1");
 }

@@ -217,21 +217,29 @@ async fn two_replicas_sharing_redis_admit_the_configured_rate_together() {
 
 #[tokio::test]
 async fn flushed_scripts_are_reloaded_without_an_error() {
-    let redis = RedisServer::start();
-    let limiter = redis_limiter(&options(&redis.url()), vec![Zone::new("z", rate("1r/s"))]).await;
-    assert!(limiter.check(&parts("192.0.2.60", "/")).await.allowed);
-    let sha = fred::util::sha1_hash(wharf_ratelimit::scripts::CHECK_SCRIPT);
-    assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "1");
-    assert_eq!(redis.cmd(&["SCRIPT", "FLUSH"]), "OK");
-    assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "0");
-    let d = limiter.check(&parts("192.0.2.61", "/")).await;
-    assert!(d.allowed);
-    assert_eq!(d.zones[0].source, Source::Redis);
-    assert_eq!(limiter.metrics().redis_errors(), 0);
-    // EVAL cached it again: the next check is an EVALSHA hit.
-    let sha = fred::util::sha1_hash(wharf_ratelimit::scripts::CHECK_SCRIPT);
-    assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "1");
-    assert!(!limiter.check(&parts("192.0.2.61", "/")).await.allowed);
+    // Batched checks (the default) send the batch script; `max_batch = 1`
+    // sends each check's own.
+    for (max_batch, script) in [
+        (128, wharf_ratelimit::scripts::BATCH_SCRIPT),
+        (1, wharf_ratelimit::scripts::CHECK_SCRIPT),
+    ] {
+        let redis = RedisServer::start();
+        let mut opts = options(&redis.url());
+        opts.max_batch = max_batch;
+        let limiter = redis_limiter(&opts, vec![Zone::new("z", rate("1r/s"))]).await;
+        assert!(limiter.check(&parts("192.0.2.60", "/")).await.allowed);
+        let sha = fred::util::sha1_hash(script);
+        assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "1");
+        assert_eq!(redis.cmd(&["SCRIPT", "FLUSH"]), "OK");
+        assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "0");
+        let d = limiter.check(&parts("192.0.2.61", "/")).await;
+        assert!(d.allowed);
+        assert_eq!(d.zones[0].source, Source::Redis);
+        assert_eq!(limiter.metrics().redis_errors(), 0);
+        // EVAL cached it again: the next check is an EVALSHA hit.
+        assert_eq!(redis.cmd(&["SCRIPT", "EXISTS", &sha]), "1");
+        assert!(!limiter.check(&parts("192.0.2.61", "/")).await.allowed);
+    }
 }
 
 #[tokio::test]
@@ -308,4 +316,89 @@ async fn readiness_reports_redis_but_stays_ready_when_failing_open() {
         "fail-open zones keep the instance ready"
     );
     assert_ne!(limiter.redis_state(), "ok");
+}
+
+/// Concurrent checks go to Redis together (one script call for many) and
+/// each keeps its meaning: of 200 checks on one key at once, exactly
+/// `burst + 1` pass; a two-zone group passes or fails whole; a batch
+/// counts a key charged by an earlier check of the same batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_share_script_calls_and_stay_exact() {
+    let redis = RedisServer::start();
+    let limiter = redis_limiter(
+        &options(&redis.url()),
+        vec![
+            Zone::new("doc", rate("1r/m")).burst(49).nodelay(),
+            Zone::new("all", rate("1r/m")).burst(29).nodelay(),
+        ],
+    )
+    .await;
+    let calls = |redis: &RedisServer| -> u64 {
+        let stats = redis.cmd(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    };
+    let before = calls(&redis);
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..200 {
+        let limiter = limiter.clone();
+        // Half the requests from one client, half from 100 others: every
+        // request meets both zones (keyed by client IP), so the client's
+        // requests stop at "all"'s 30 and the others each pass once.
+        let peer = if i % 2 == 0 {
+            "192.0.2.70".to_owned()
+        } else {
+            format!("198.51.100.{}", i / 2)
+        };
+        set.spawn(async move { (i % 2 == 0, limiter.check(&parts(&peer, "/")).await) });
+    }
+    let (mut same, mut others) = (0, 0);
+    while let Some(joined) = set.join_next().await {
+        let (one_client, decision) = joined.unwrap();
+        assert!(
+            decision.zones.iter().all(|z| z.source == Source::Redis),
+            "{decision:?}"
+        );
+        if decision.allowed {
+            if one_client {
+                same += 1;
+            } else {
+                others += 1;
+            }
+        }
+    }
+    assert_eq!(same, 30, "the one client: the smaller zone's burst + 1");
+    assert_eq!(others, 100, "each other client passes once");
+    let script_calls = calls(&redis) - before;
+    eprintln!("{script_calls} script calls for 200 concurrent checks");
+    assert!(
+        script_calls < 100,
+        "{script_calls} script calls for 200 concurrent checks"
+    );
+    // Nothing was charged past the burst: the one client's keys hold 30
+    // requests in both zones (rejected groups charged neither).
+    let tat = |zone: &str| -> i64 {
+        let key = format!("wharf:rl:{{k:192.0.2.70}}:{zone}");
+        redis.cmd(&["PTTL", &key]).parse().unwrap()
+    };
+    assert!(
+        (29 * 60_000..=30 * 60_000).contains(&tat("doc")),
+        "{}",
+        tat("doc")
+    );
+    assert!(
+        (29 * 60_000..=30 * 60_000).contains(&tat("all")),
+        "{}",
+        tat("all")
+    );
 }
