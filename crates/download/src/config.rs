@@ -30,6 +30,13 @@ pub struct DownloadSection {
     /// `WHARF_DOWNLOAD_UPSTREAM_TIMEOUT_SECONDS`: whole-request timeout to either
     /// API (504 page beyond). Default 10.
     pub upstream_timeout_seconds: u64,
+    /// `WHARF_DOWNLOAD_UPSTREAM_KEEPALIVE`: idle connections each worker keeps
+    /// open to each API host for reuse (nginx's `keepalive` in an upstream
+    /// block); 0 opens a connection per call, as the seed app does. Default
+    /// 1000 (`WHARF_MAX_CONNECTIONS`' default: every request in flight can
+    /// hand its connection back, so a burst of slow API calls does not end
+    /// in a connection closed and another opened per call).
+    pub upstream_keepalive: u64,
     /// `WHARF_DOWNLOAD_ASSETS_DIR`: the GOV.UK Frontend assets installed by
     /// `scripts/govuk-frontend-assets.sh`. Default: the crate's `static/`
     /// directory when it exists (pages render unstyled without assets).
@@ -48,6 +55,7 @@ impl Default for DownloadSection {
             http_protocol: "http".to_owned(),
             connect_timeout_seconds: 5,
             upstream_timeout_seconds: 10,
+            upstream_keepalive: 1000,
             assets_dir: None,
             local_dir: None,
         }
@@ -95,6 +103,12 @@ impl DownloadSection {
                 parse::seconds(1),
             )
             .help("request timeout to the APIs (504 beyond)"),
+            Var::new(
+                "WHARF_DOWNLOAD_UPSTREAM_KEEPALIVE",
+                "upstream_keepalive",
+                parse::count(0, 100_000),
+            )
+            .help("idle connections kept per API host, per worker (0: one per call)"),
             Var::new("WHARF_DOWNLOAD_ASSETS_DIR", "assets_dir", parse::text())
                 .help("GOV.UK Frontend assets directory"),
             Var::new("WHARF_DOWNLOAD_LOCAL_DIR", "local_dir", parse::text())
@@ -144,6 +158,7 @@ mod tests {
         let section = loaded.config.download;
         assert_eq!(section.http_protocol, "https");
         assert_eq!(section.upstream_timeout_seconds, 10);
+        assert_eq!(section.upstream_keepalive, 1000);
         assert_eq!(section.admin_client_secret.unwrap().expose(), "s3cret");
         assert_eq!(
             section.document_download_api_host_name.as_deref(),
@@ -157,6 +172,7 @@ mod tests {
             .env(EnvMap::from_pairs([
                 ("NOTIFY_ENVIRONMENT", "production"),
                 ("HTTP_PROTOCOL", "ftp"),
+                ("WHARF_DOWNLOAD_UPSTREAM_KEEPALIVE", "-1"),
             ]))
             .dotenv(None)
             .load::<Wrapper>()
@@ -167,6 +183,7 @@ mod tests {
             "DOCUMENT_DOWNLOAD_API_HOST_NAME: required in production",
             "DOCUMENT_DOWNLOAD_API_HOST_NAME_INTERNAL: required in production",
             "HTTP_PROTOCOL: expected one of http, https",
+            "WHARF_DOWNLOAD_UPSTREAM_KEEPALIVE",
         ] {
             assert!(err.contains(name), "{err}");
         }

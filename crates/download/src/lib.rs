@@ -173,6 +173,7 @@ pub struct Builder {
     clock: Clock,
     connect_timeout: Duration,
     request_timeout: Duration,
+    keepalive: usize,
 }
 
 impl Default for Builder {
@@ -188,6 +189,7 @@ impl Default for Builder {
             clock: Clock::system(),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
+            keepalive: 1000,
         }
     }
 }
@@ -263,6 +265,13 @@ impl Builder {
         self
     }
 
+    /// Idle connections kept open to each API host for reuse (0: a new
+    /// connection per call). Default 1000.
+    pub fn upstream_keepalive(mut self, connections: usize) -> Self {
+        self.keepalive = connections;
+        self
+    }
+
     /// Builds the app.
     pub fn build(self) -> Result<DownloadApp, DownloadError> {
         let needs_local = matches!(self.notify, NotifyTarget::Local)
@@ -280,7 +289,7 @@ impl Builder {
         } else {
             None
         };
-        let upstream = Upstream::new(self.connect_timeout, self.request_timeout)?;
+        let upstream = Upstream::new(self.connect_timeout, self.request_timeout, self.keepalive)?;
         let notify = match (&self.notify, &local) {
             (NotifyTarget::Http { base, secret }, _) => NotifyApi::Http {
                 upstream: upstream.clone(),
@@ -384,7 +393,8 @@ impl DownloadApp {
             .https(section.http_protocol.eq_ignore_ascii_case("https"))
             .assets(assets)
             .connect_timeout(section.connect_timeout())
-            .request_timeout(section.upstream_timeout());
+            .request_timeout(section.upstream_timeout())
+            .upstream_keepalive(usize::try_from(section.upstream_keepalive).unwrap_or(usize::MAX));
         if let Some(dir) = &section.local_dir {
             builder = builder.local_api(dir);
         }

@@ -235,6 +235,7 @@ impl Upstream {
     pub(crate) fn new(
         connect_timeout: Duration,
         request_timeout: Duration,
+        keepalive: usize,
     ) -> Result<Self, UpstreamError> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -253,7 +254,7 @@ impl Upstream {
         };
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64)
+            .pool_max_idle_per_host(keepalive)
             .build(connector);
         Ok(Self {
             client: Arc::new(client),
