@@ -54,7 +54,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    alloc::no_huge_pages();
     let cli = Cli::parse();
     let path = cli
         .config
