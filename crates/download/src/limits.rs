@@ -57,6 +57,10 @@ pub struct RateLimitSection {
     pub redis_cluster: bool,
     /// `WHARF_RATELIMIT_BREAKER_FAILURES`: consecutive failures before Redis is skipped. Default 5.
     pub breaker_failures: u32,
+    /// `WHARF_RATELIMIT_REDIS_MAX_BATCH`: most checks sent in one script
+    /// call (1: one call per check, for a sharding proxy in front of Redis).
+    /// Default 128; ignored on Cluster.
+    pub redis_max_batch: u32,
     /// `WHARF_RATELIMIT_BREAKER_COOLDOWN_MS`: how long Redis is skipped before a probe. Default 1000.
     pub breaker_cooldown_ms: u64,
     /// `WHARF_RATELIMIT_TRUSTED_PROXIES`: comma-separated addresses or ranges
@@ -88,6 +92,7 @@ impl Default for RateLimitSection {
             redis_timeout_ms: 50,
             redis_cluster: false,
             breaker_failures: 5,
+            redis_max_batch: 128,
             breaker_cooldown_ms: 1000,
             trusted_proxies: Vec::new(),
             forwarded_header: "x-forwarded-for".to_owned(),
@@ -167,6 +172,12 @@ impl RateLimitSection {
             )
             .help("consecutive Redis failures before it is skipped"),
             Var::new(
+                "WHARF_RATELIMIT_REDIS_MAX_BATCH",
+                "redis_max_batch",
+                parse::count(1, 10_000),
+            )
+            .help("most Redis checks sent in one script call (1: one each)"),
+            Var::new(
                 "WHARF_RATELIMIT_BREAKER_COOLDOWN_MS",
                 "breaker_cooldown_ms",
                 parse::count(1, 3_600_000),
@@ -243,6 +254,7 @@ impl RateLimitSection {
         options.cluster = self.redis_cluster;
         options.timeout = Duration::from_millis(self.redis_timeout_ms.max(1));
         options.breaker_failures = self.breaker_failures;
+        options.max_batch = usize::try_from(self.redis_max_batch).unwrap_or(usize::MAX);
         options.breaker_cooldown = Duration::from_millis(self.breaker_cooldown_ms);
         options.key_prefix.clone_from(&self.key_prefix);
         options

@@ -171,6 +171,9 @@ pub(crate) struct RedisSection {
     pub(crate) timeout: Duration,
     /// Consecutive failures that open the circuit breaker. Default 5.
     pub(crate) breaker_failures: u32,
+    /// Most checks sent in one script call (1: one call each, for a
+    /// sharding proxy in front of Redis). Default 128; ignored on Cluster.
+    pub(crate) max_batch: usize,
     /// How long an open breaker skips Redis. Default `1s`.
     #[serde(deserialize_with = "duration")]
     pub(crate) breaker_cooldown: Duration,
@@ -185,6 +188,7 @@ impl Default for RedisSection {
             cluster: false,
             timeout: Duration::from_millis(50),
             breaker_failures: 5,
+            max_batch: 128,
             breaker_cooldown: Duration::from_secs(1),
             key_prefix: "wharf:edge".to_owned(),
         }

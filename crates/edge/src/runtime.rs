@@ -289,6 +289,7 @@ pub(crate) fn redis_options(section: &RedisSection, url: &str) -> wharf_ratelimi
     options.cluster = section.cluster;
     options.timeout = section.timeout.max(Duration::from_millis(1));
     options.breaker_failures = section.breaker_failures;
+    options.max_batch = section.max_batch.max(1);
     options.breaker_cooldown = section.breaker_cooldown;
     options.key_prefix.clone_from(&section.key_prefix);
     options

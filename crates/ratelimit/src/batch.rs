@@ -101,8 +101,12 @@ impl Pending {
     pub(crate) async fn wait(self, budget_ms: u128) -> Result<GroupAnswer, String> {
         match tokio::time::timeout_at(self.deadline.into(), self.rx).await {
             Ok(Ok(answer)) => answer,
-            // The task dropped the job: its deadline passed in the queue.
-            Ok(Err(_)) | Err(_) => Err(format!("no answer within {budget_ms} ms")),
+            // The task dropped the job unsent: its deadline passed in the
+            // queue, or the task itself ended (its runtime shut down).
+            Ok(Err(_)) => Err(format!(
+                "not sent: the budget of {budget_ms} ms ran out in the queue, or the sender stopped"
+            )),
+            Err(_) => Err(format!("no answer within {budget_ms} ms")),
         }
     }
 }
@@ -154,6 +158,7 @@ impl Batcher {
 /// Takes what is queued (up to `max`), sends it as one call, answers each
 /// check, and repeats; ends when the store (the sender) is dropped.
 async fn serve(conn: Conn, script: Script, mut rx: mpsc::UnboundedReceiver<Job>, max: usize) {
+    let refund_script = Script::from_lua(crate::redis::REFUND_SCRIPT);
     let mut batch: Vec<Job> = Vec::with_capacity(max);
     while let Some(first) = rx.recv().await {
         batch.push(first);
@@ -204,7 +209,14 @@ async fn serve(conn: Conn, script: Script, mut rx: mpsc::UnboundedReceiver<Job>,
         match answers {
             Ok(answers) => {
                 for (job, answer) in batch.drain(..).zip(answers) {
-                    let _ = job.reply.send(Ok(answer));
+                    if let Err(Ok(answer)) = job.reply.send(Ok(answer)) {
+                        // The caller gave up (its budget ran out while the
+                        // call was in flight) and took its zone's failure
+                        // mode: give back what Redis charged it.
+                        if answer.allowed {
+                            refund(&conn, &refund_script, job.keys, &job.args, &answer.tats);
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -214,6 +226,23 @@ async fn serve(conn: Conn, script: Script, mut rx: mpsc::UnboundedReceiver<Job>,
             }
         }
     }
+}
+
+/// Gives back one charged check in the background (best effort, as the
+/// single-check path's refunds): `args` are the job's (interval, limit)
+/// pairs, `tats` what the check charged.
+fn refund(conn: &Conn, script: &Script, keys: Vec<String>, args: &[i64], tats: &[u64]) {
+    let pairs: Vec<i64> = args
+        .chunks(2)
+        .zip(tats)
+        .flat_map(|(pair, tat)| [pair[0], i64::try_from(*tat).unwrap_or(i64::MAX)])
+        .collect();
+    let (conn, script) = (conn.clone(), script.clone());
+    tokio::spawn(async move {
+        if let Err(error) = conn.run(&script, keys, pairs).await {
+            tracing::debug!(error, "Could not refund a rate-limit charge");
+        }
+    });
 }
 
 /// Checks of the same keys in one batch: how many keys, and which jobs.
@@ -262,7 +291,55 @@ fn split(values: &[i64], groups: &[Group], jobs: usize) -> Result<Vec<GroupAnswe
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::{split, Group};
+    use crate::redis::{RedisOptions, RedisStore};
+
+    /// Calls of `command` Redis has counted (`INFO commandstats`).
+    fn calls(redis: &wharf_test::RedisServer, command: &str) -> u64 {
+        let stats = redis.cmd(&["INFO", "commandstats"]);
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A check whose caller gave up while its call was in flight is
+    /// charged by Redis and then given back; one whose caller waits is
+    /// charged and kept.
+    #[tokio::test]
+    async fn a_check_answered_after_its_caller_gave_up_is_refunded() {
+        let redis = wharf_test::RedisServer::start();
+        let store = RedisStore::connect(&RedisOptions::new(redis.url())).unwrap();
+        assert!(store.wait_connected(Duration::from_secs(5)).await);
+        let batcher = store.batcher.as_ref().unwrap();
+        // 1r/m, burst 0: interval and limit 60 s.
+        let args = vec![60_000_000, 60_000_000];
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (key, gives_up) in [("wharf:rl:{k:a}:z", true), ("wharf:rl:{k:b}:z", false)] {
+            let pending = batcher
+                .submit(vec![key.to_owned()], args.clone(), deadline)
+                .ok()
+                .unwrap();
+            // The batcher task takes the job and sends it (this task runs
+            // again only after it has)...
+            tokio::task::yield_now().await;
+            if gives_up {
+                // ... and the caller is gone before the answer is read.
+                drop(pending);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert_eq!(redis.cmd(&["EXISTS", key]), "0", "refunded");
+            } else {
+                assert!(pending.wait(5_000).await.unwrap().allowed);
+                assert_eq!(redis.cmd(&["EXISTS", key]), "1", "charged");
+            }
+        }
+        // The given-up check was charged (a SET), then refunded (a DEL).
+        assert_eq!(calls(&redis, "set"), 2);
+        assert_eq!(calls(&redis, "del"), 1);
+    }
 
     #[test]
     fn a_batch_reply_splits_into_its_jobs_in_queue_order() {

@@ -110,12 +110,13 @@ impl Metrics {
         self.zones.iter().find(|(n, _)| n == name).map(|(_, c)| c)
     }
 
-    /// Redis round trips attempted (including failed ones).
+    /// Checks sent to Redis (including failed ones); batched checks share a
+    /// round trip, so this counts checks, not round trips.
     pub fn redis_calls(&self) -> u64 {
         self.redis_calls.load(Ordering::Relaxed)
     }
 
-    /// Redis round trips that failed or timed out.
+    /// Checks sent to Redis that failed or timed out.
     pub fn redis_errors(&self) -> u64 {
         self.redis_errors.load(Ordering::Relaxed)
     }
@@ -239,7 +240,7 @@ impl Metrics {
         out.push(
             Family::histogram(
                 "wharf_ratelimit_redis_seconds",
-                "Redis check round-trip time.",
+                "Time a Redis check waited for its answer: any wait in the batch queue, then the round trip.",
             )
             .with(&[], Histogram::from_counts(&bounds, &counts, sum)),
         );

@@ -139,8 +139,9 @@ pub struct RedisStore {
     conn: Conn,
     check: Script,
     refund: Script,
-    /// Sends concurrent checks in one script call (not on Cluster).
-    batcher: Option<Batcher>,
+    /// Sends concurrent checks in one script call (not on Cluster, whether
+    /// by `cluster` or by a `redis-cluster://` URL).
+    pub(crate) batcher: Option<Batcher>,
     pub(crate) breaker: Breaker,
     prefix: String,
     deny: DenyCache,
@@ -218,6 +219,8 @@ impl RedisStore {
         }
         .map_err(|e| BuildError::RedisUrl(e.details().to_owned()))?;
         let mut config = config;
+        // From the parsed URL: `redis-cluster://` is a Cluster too.
+        let clustered = matches!(config.server, ServerConfig::Clustered { .. });
         // Retry the first connection with the reconnect policy instead of
         // failing: a replica must start (failing open) while Redis is down.
         config.fail_fast = false;
@@ -272,7 +275,7 @@ impl RedisStore {
         // Cluster keys of different clients live in different slots, which
         // one script cannot touch: there every check is its own call.
         let batcher =
-            (!options.cluster && options.max_batch > 1).then(|| Batcher::new(options.max_batch));
+            (!clustered && options.max_batch > 1).then(|| Batcher::new(options.max_batch));
         Ok(Self {
             conn,
             check: Script::from_lua(CHECK_SCRIPT),
@@ -311,6 +314,12 @@ impl RedisStore {
     /// The underlying fred client (for tests and health checks).
     pub fn client(&self) -> &fred::clients::Client {
         &self.conn.client
+    }
+
+    /// Whether concurrent checks share script calls (see
+    /// [`RedisOptions::max_batch`]): not on Cluster, nor with `max_batch` 1.
+    pub fn batches(&self) -> bool {
+        self.batcher.is_some()
     }
 
     /// The circuit breaker's state.
@@ -415,7 +424,9 @@ impl RedisStore {
                 self.start();
                 match batcher.submit(keys, args, started + self.conn.timeout) {
                     Ok(pending) => pending.wait(self.conn.timeout.as_millis()).await,
-                    // The batcher's runtime is gone: send it alone.
+                    // The batcher's task is gone (the runtime that started
+                    // the store has shut down): send it alone, which fails
+                    // within the budget unless fred's connection still runs.
                     Err((keys, args)) => self
                         .run(&self.check, keys, args)
                         .await

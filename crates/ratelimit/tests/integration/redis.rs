@@ -5,7 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wharf_ratelimit::{FailureMode, KeySource, Limiter, Rate, RedisStore, Source, StoreKind, Zone};
+use wharf_ratelimit::{
+    FailureMode, KeySource, Limiter, Rate, RedisOptions, RedisStore, Source, StoreKind, Zone,
+};
 use wharf_test::RedisServer;
 
 use crate::support::{admitted, options, parts, parts_with, redis_limiter};
@@ -401,4 +403,18 @@ async fn concurrent_checks_share_script_calls_and_stay_exact() {
         "{}",
         tat("all")
     );
+}
+
+#[test]
+fn cluster_urls_and_max_batch_1_send_each_check_alone() {
+    let store = |url: &str, cluster: bool, max_batch: usize| {
+        let mut options = RedisOptions::new(url);
+        options.cluster = cluster;
+        options.max_batch = max_batch;
+        RedisStore::lazy(&options).unwrap().batches()
+    };
+    assert!(store("redis://127.0.0.1:6379", false, 128));
+    assert!(!store("redis://127.0.0.1:6379", true, 128));
+    assert!(!store("redis-cluster://127.0.0.1:7000", false, 128));
+    assert!(!store("redis://127.0.0.1:6379", false, 1));
 }
