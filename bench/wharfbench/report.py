@@ -310,13 +310,14 @@ def render(report, svg_dir, svg_rel):
                     "edge/nginx |", "|---|---|---|---:|---:|---:|---:|---:|---:|"])
         for v, label in variants:
             for kind in ("ecdsa", "rsa"):
-                res = r[v][kind]
-                for row in res["rows"]:
+                # Not `res`: `header` reads the scenarios through that name.
+                run = r[v][kind]
+                for row in run["rows"]:
                     out.append(f"| {label} | {kind.upper()} | {row['name']} | {fmt(row['rps'])} | "
                                f"{fmt(row['latency_ms'].get('p99'), 3)} | {row['errors_total']} | "
-                               f"{fmt(res['resumed_pct'].get(row['name']), 2)} | "
-                               f"{fmt(res['resumed_pct_of_offered'].get(row['name']), 2)} | "
-                               f"{res['ratios']['edge/nginx'] if row['name'] == 'edge' else ''} |")
+                               f"{fmt(run['resumed_pct'].get(row['name']), 2)} | "
+                               f"{fmt(run['resumed_pct_of_offered'].get(row['name']), 2)} | "
+                               f"{run['ratios']['edge/nginx'] if row['name'] == 'edge' else ''} |")
         out.append("")
         notes(r)
     r = header("idle")
