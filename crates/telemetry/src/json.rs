@@ -107,23 +107,12 @@ fn timestamp(out: &mut Writer<'_>, now: std::time::SystemTime) -> fmt::Result {
     out.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
 }
 
-/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (proleptic Gregorian, UTC), for
-/// years up to 9999 (Howard Hinnant's `civil_from_days`).
+/// `YYYY-MM-DDTHH:MM:SS` of a Unix second (UTC), for years up to 9999;
+/// the calendar is the `time` crate's (once a second, so its speed does
+/// not matter).
 fn civil(unix: u64) -> Option<[u8; 19]> {
-    let days = unix / 86_400;
-    let rest = unix % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    if year > 9999 {
-        return None;
-    }
+    let date = time::OffsetDateTime::from_unix_timestamp(i64::try_from(unix).ok()?).ok()?;
+    let year = u64::try_from(date.year()).ok().filter(|y| *y <= 9999)?;
     let mut text = *b"0000-00-00T00:00:00";
     let mut put = |at: usize, width: usize, mut value: u64| {
         for i in (at..at + width).rev() {
@@ -135,11 +124,11 @@ fn civil(unix: u64) -> Option<[u8; 19]> {
         }
     };
     put(0, 4, year);
-    put(5, 2, month);
-    put(8, 2, day);
-    put(11, 2, rest / 3_600);
-    put(14, 2, rest % 3_600 / 60);
-    put(17, 2, rest % 60);
+    put(5, 2, u64::from(u8::from(date.month())));
+    put(8, 2, u64::from(date.day()));
+    put(11, 2, u64::from(date.hour()));
+    put(14, 2, u64::from(date.minute()));
+    put(17, 2, u64::from(date.second()));
     Some(text)
 }
 
@@ -352,8 +341,8 @@ mod tests {
 
     /// The cached timestamp is the text of the standard timer's format
     /// (`{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z` of the UTC date, as
-    /// `tracing-subscriber`'s `DateTime` writes it), computed here with the
-    /// `time` crate, across a century, leap days, year ends and the cache.
+    /// `tracing-subscriber`'s `DateTime` writes it), written here with
+    /// `format!`, across a century, leap days, year ends and the cache.
     #[test]
     fn timestamps_match_the_standard_format() {
         let mut secs: Vec<i64> = (0..4_300).map(|i| i * 997_781).collect();
