@@ -419,21 +419,19 @@ impl RedisStore {
             .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
             .collect();
         let started = Instant::now();
-        let parsed = match &self.batcher {
+        let queued = match &self.batcher {
             Some(batcher) => {
                 self.start();
-                match batcher.submit(keys, args, started + self.conn.timeout) {
-                    Ok(pending) => pending.wait(self.conn.timeout.as_millis()).await,
-                    // The batcher's task is gone (the runtime that started
-                    // the store has shut down): send it alone, which fails
-                    // within the budget unless fred's connection still runs.
-                    Err((keys, args)) => self
-                        .run(&self.check, keys, args)
-                        .await
-                        .and_then(|values| parse_answer(&values, policies.len())),
-                }
+                batcher.submit(keys, args, started + self.conn.timeout)
             }
-            None => self
+            None => Err((keys, args)),
+        };
+        let parsed = match queued {
+            Ok(pending) => pending.wait(self.conn.timeout.as_millis()).await,
+            // Not batched, or the batcher's task is gone (the runtime that
+            // started the store has shut down): sent alone, which then fails
+            // within the budget unless fred's connection still runs.
+            Err((keys, args)) => self
                 .run(&self.check, keys, args)
                 .await
                 .and_then(|values| parse_answer(&values, policies.len())),
