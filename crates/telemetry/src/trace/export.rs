@@ -26,6 +26,9 @@ pub enum TraceError {
     /// The OTLP exporter refused its configuration.
     #[error("OTEL_EXPORTER_OTLP_ENDPOINT: {0}")]
     Exporter(#[from] opentelemetry_otlp::ExporterBuildError),
+    /// The traces URL is not a URI.
+    #[error("OTEL_EXPORTER_OTLP_ENDPOINT: not a URL: {0}")]
+    Endpoint(String),
 }
 
 /// The process's tracer, set by [`init`].
@@ -107,36 +110,60 @@ pub fn init(section: &TraceSection, default_service: &str) -> Result<TraceGuard,
     }
     let runtime = export_runtime()?;
     let timeout = Duration::from_millis(section.timeout_ms);
-    let client = RuntimeClient {
-        handle: runtime.handle().clone(),
-        inner: Arc::new(
-            opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None),
-        ),
-    };
-    let protocol = match section.protocol {
-        OtlpProtocol::HttpProtobuf => opentelemetry_otlp::Protocol::HttpBinary,
-        OtlpProtocol::HttpJson => opentelemetry_otlp::Protocol::HttpJson,
-    };
-    let exporter = opentelemetry_otlp::SpanExporter::builder()
-        .with_http()
-        .with_http_client(client)
-        .with_endpoint(section.traces_url())
-        .with_protocol(protocol)
-        .with_timeout(timeout)
-        .build()?;
+    let hyper_client =
+        Arc::new(opentelemetry_http::hyper::HyperClient::with_default_connector(timeout, None));
     let service = section
         .service_name
         .clone()
         .unwrap_or_else(|| default_service.to_owned());
-    let provider = SdkTracerProvider::builder()
-        .with_batch_exporter(exporter)
+    let builder = SdkTracerProvider::builder()
         .with_sampler(section.sampler())
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name(service.clone())
                 .build(),
-        )
-        .build();
+        );
+    let builder = match section.protocol {
+        // The default: spans encoded as they end (batch.rs).
+        OtlpProtocol::HttpProtobuf => {
+            let url = section.traces_url();
+            let url = url
+                .parse::<http::Uri>()
+                .map_err(|error| TraceError::Endpoint(format!("{url}: {error}")))?;
+            // The variables' headers come after (and so replace) this one.
+            let mut headers = vec![(
+                http::header::USER_AGENT,
+                http::HeaderValue::from_static(concat!("wharf/", env!("CARGO_PKG_VERSION"))),
+            )];
+            headers.extend(super::batch::headers_from_env());
+            builder.with_span_processor(super::batch::OtlpBatch::new(
+                super::batch::BatchSettings::from_env(),
+                super::batch::Destination {
+                    client: hyper_client,
+                    runtime: runtime.handle().clone(),
+                    url,
+                    headers,
+                    timeout,
+                },
+            ))
+        }
+        // JSON: the SDK's batch processor and opentelemetry-otlp's encoder.
+        OtlpProtocol::HttpJson => {
+            let client = RuntimeClient {
+                handle: runtime.handle().clone(),
+                inner: hyper_client,
+            };
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_http_client(client)
+                .with_endpoint(section.traces_url())
+                .with_protocol(opentelemetry_otlp::Protocol::HttpJson)
+                .with_timeout(timeout)
+                .build()?;
+            builder.with_batch_exporter(exporter)
+        }
+    };
+    let provider = builder.build();
     let scope = opentelemetry::InstrumentationScope::builder("wharf")
         .with_version(env!("CARGO_PKG_VERSION"))
         .build();

@@ -21,10 +21,12 @@
 //! through after one `Option` check, and [`ClientSpan::start`] does one
 //! atomic load: no allocation, no clock read.
 //!
-//! Spans are exported in batches by the OpenTelemetry SDK's batch processor
-//! (its own thread; `OTEL_BSP_*` tune it) through a hyper client on a small
-//! runtime of its own, so exporting never runs on, or blocks, the server's
-//! runtime. Only `http://` collector endpoints are supported: run an
+//! Spans are exported in batches (`OTEL_BSP_*` tune them) from a thread of
+//! their own, through a hyper client on a small runtime of its own, so
+//! exporting never blocks the server's runtime. With `http/protobuf` (the
+//! default) a span is encoded into the batch as it ends (`batch.rs`,
+//! `proto.rs`); with `http/json`, the SDK's batch processor and
+//! opentelemetry-otlp's encoder do it. Only `http://` collector endpoints are supported: run an
 //! OpenTelemetry Collector beside the service for TLS or authentication
 //! towards a vendor.
 //!
@@ -40,11 +42,14 @@
 //! # let _ = (guard, layer);
 //! ```
 
-// One way: `config` <- `export` <- `server`, `client`; the helpers at the
-// end of this file are shared by the server and client spans.
+// One way: `config`, `proto` <- `batch` <- `export` <- `server`, `client`;
+// the helpers at the end of this file are shared by the server and client
+// spans.
+mod batch;
 mod client;
 mod config;
 mod export;
+mod proto;
 mod server;
 #[cfg(test)]
 mod tests;

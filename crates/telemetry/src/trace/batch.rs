@@ -1,0 +1,611 @@
+//! The span processor behind `http/protobuf` export: each span is encoded
+//! when it ends, on the thread that ends it, and appended to a per-process
+//! buffer; a thread of its own posts the buffer as one OTLP request.
+//!
+//! The SDK's batch processor sends every `SpanData` through a channel to its
+//! thread, where opentelemetry-otlp copies it into prost structs and encodes
+//! those: that thread cost more CPU per request than the request itself on
+//! a small page, and every span was freed on a thread other than the one
+//! that allocated it. Here the span is dropped where it was made, and what
+//! crosses threads is one byte buffer per batch.
+//!
+//! The `OTEL_BSP_*` settings keep their meaning: an export starts when
+//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans are queued or
+//! `OTEL_BSP_SCHEDULE_DELAY` has passed; a span that finds
+//! `OTEL_BSP_MAX_QUEUE_SIZE` spans queued is dropped (counted, and logged),
+//! never waited for. An export carries every span queued when it starts.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request};
+use opentelemetry::{Context, InstrumentationScope};
+use opentelemetry_http::HttpClient;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
+use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
+use opentelemetry_sdk::Resource;
+
+use super::proto;
+
+/// The `OTEL_BSP_*` settings this processor honours.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct BatchSettings {
+    /// `OTEL_BSP_SCHEDULE_DELAY` (milliseconds), default 5000.
+    pub delay: Duration,
+    /// `OTEL_BSP_MAX_QUEUE_SIZE`, default 2048.
+    pub max_queue: usize,
+    /// `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512 (at most the queue).
+    pub max_batch: usize,
+}
+
+impl BatchSettings {
+    /// From the environment, as the SDK reads it: a value that is not a
+    /// number leaves the default.
+    pub(super) fn from_env() -> Self {
+        let number = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let delay =
+            number("OTEL_BSP_SCHEDULE_DELAY").map_or(Duration::from_secs(5), Duration::from_millis);
+        let max_queue = number("OTEL_BSP_MAX_QUEUE_SIZE")
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(2048);
+        let max_batch = number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")
+            .and_then(|n| usize::try_from(n).ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(512)
+            .min(max_queue);
+        Self {
+            delay,
+            max_queue,
+            max_batch,
+        }
+    }
+}
+
+/// Where and how batches are posted.
+pub(super) struct Destination {
+    pub client: Arc<dyn HttpClient>,
+    pub runtime: tokio::runtime::Handle,
+    pub url: http::Uri,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+}
+
+/// A scope seen in this process: its encoded form and its queued spans.
+#[derive(Debug)]
+struct ScopeQueue {
+    scope: InstrumentationScope,
+    encoded: Arc<[u8]>,
+    spans: Vec<u8>,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    scopes: Vec<ScopeQueue>,
+    spans: usize,
+    /// Spans dropped on a full queue since the last report.
+    dropped: u64,
+    /// Flushes asked for, and the last one done (generation counters).
+    flush_asked: u64,
+    flush_done: u64,
+    /// No more spans; the thread exports what is queued and ends.
+    stopping: bool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the export thread.
+    wake: Condvar,
+    /// Tells waiting flushes that an export finished.
+    done: Condvar,
+    settings: BatchSettings,
+    /// The encoded resource, set by the provider before the first span.
+    resource: OnceLock<Vec<u8>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A panic while holding the lock leaves the queue consistent (every
+        // change under it is a push or a swap), so a poisoned lock is used.
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The processor; see the [module docs](self).
+pub(super) struct OtlpBatch {
+    shared: Arc<Shared>,
+    destination: Mutex<Option<Destination>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for OtlpBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OtlpBatch")
+            .field("settings", &self.shared.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Where a span is encoded before it is appended (outside the lock).
+    static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl OtlpBatch {
+    /// A processor posting to `destination`; its thread starts with the
+    /// first span.
+    pub(super) fn new(settings: BatchSettings, destination: Destination) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Queue::default()),
+                wake: Condvar::new(),
+                done: Condvar::new(),
+                settings,
+                resource: OnceLock::new(),
+            }),
+            destination: Mutex::new(Some(destination)),
+            thread: Mutex::new(None),
+        }
+    }
+
+    /// Starts the export thread if it is not running (from the thread that
+    /// ends the first span, so it inherits a runtime thread's signal mask).
+    fn ensure_thread(&self) {
+        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        if thread.is_some() {
+            return;
+        }
+        let Some(destination) = self
+            .destination
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        match std::thread::Builder::new()
+            .name("wharf-otlp-batch".to_owned())
+            .spawn(move || export_loop(&shared, &destination))
+        {
+            Ok(handle) => *thread = Some(handle),
+            Err(error) => {
+                tracing::warn!(%error, "Cannot start the trace export thread: spans are dropped");
+            }
+        }
+    }
+
+    fn flush_and_wait(&self, stop: bool, timeout: Duration) -> OTelSdkResult {
+        let running = self
+            .thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        let mut queue = self.shared.lock();
+        if queue.stopping && !running {
+            return Err(OTelSdkError::AlreadyShutdown);
+        }
+        if stop {
+            queue.stopping = true;
+        }
+        if !running {
+            // No span ever ended: nothing to export.
+            return Ok(());
+        }
+        queue.flush_asked += 1;
+        let target = queue.flush_asked;
+        self.shared.wake.notify_one();
+        let deadline = Instant::now() + timeout;
+        while queue.flush_done < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(OTelSdkError::Timeout(timeout));
+            }
+            queue = self
+                .shared
+                .done
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        drop(queue);
+        if stop {
+            if let Some(handle) = self
+                .thread
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                let _ = handle.join();
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SpanProcessor for OtlpBatch {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
+
+    fn on_end(&self, span: SpanData) {
+        SCRATCH.with(|scratch| {
+            let Ok(mut scratch) = scratch.try_borrow_mut() else {
+                return; // re-entered from a span ended while encoding: not possible, but never panic
+            };
+            scratch.clear();
+            proto::span_entry(&mut scratch, &span);
+            let mut queue = self.shared.lock();
+            if queue.stopping {
+                return;
+            }
+            if queue.spans >= self.shared.settings.max_queue {
+                queue.dropped += 1;
+                return;
+            }
+            let first = queue.scopes.is_empty();
+            let known = queue
+                .scopes
+                .iter()
+                .position(|s| s.scope == span.instrumentation_scope);
+            let at = known.unwrap_or_else(|| {
+                queue.scopes.push(ScopeQueue {
+                    scope: span.instrumentation_scope.clone(),
+                    encoded: proto::scope(&span.instrumentation_scope).into(),
+                    spans: Vec::new(),
+                });
+                queue.scopes.len() - 1
+            });
+            queue.scopes[at].spans.extend_from_slice(&scratch);
+            queue.spans += 1;
+            let full = queue.spans >= self.shared.settings.max_batch;
+            drop(queue);
+            if first {
+                self.ensure_thread();
+            }
+            if full {
+                self.shared.wake.notify_one();
+            }
+        });
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.flush_and_wait(false, Duration::from_secs(30))
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.flush_and_wait(true, timeout)
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        let _ = self.shared.resource.set(proto::resource(resource));
+    }
+}
+
+/// The export thread: waits for a full batch, the delay, a flush or the
+/// stop; posts what is queued; tells flushes it is done.
+fn export_loop(shared: &Shared, destination: &Destination) {
+    let mut failures = Failures::default();
+    let mut body = Vec::new();
+    loop {
+        let deadline = Instant::now() + shared.settings.delay;
+        let mut queue = shared.lock();
+        loop {
+            let due = queue.spans >= shared.settings.max_batch
+                || queue.flush_asked > queue.flush_done
+                || queue.stopping;
+            let left = deadline.saturating_duration_since(Instant::now());
+            if due || left.is_zero() {
+                break;
+            }
+            queue = shared
+                .wake
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let asked = queue.flush_asked;
+        let stopping = queue.stopping;
+        let dropped = std::mem::take(&mut queue.dropped);
+        let count = std::mem::take(&mut queue.spans);
+        let batch: Vec<(Arc<[u8]>, Vec<u8>)> = queue
+            .scopes
+            .iter_mut()
+            .filter(|s| !s.spans.is_empty())
+            .map(|s| (Arc::clone(&s.encoded), std::mem::take(&mut s.spans)))
+            .collect();
+        drop(queue);
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                "Trace export queue full (OTEL_BSP_MAX_QUEUE_SIZE): spans dropped"
+            );
+        }
+        if count > 0 {
+            body.clear();
+            let resource = shared.resource.get().map_or(&[][..], Vec::as_slice);
+            proto::request(
+                &mut body,
+                resource,
+                batch.iter().map(|(scope, spans)| (&scope[..], &spans[..])),
+            );
+            failures.record(post(destination, Bytes::copy_from_slice(&body)), count);
+        }
+        let mut queue = shared.lock();
+        queue.flush_done = queue.flush_done.max(asked);
+        drop(queue);
+        shared.done.notify_all();
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// Posts one request body; the error says why it was not accepted.
+fn post(destination: &Destination, body: Bytes) -> Result<(), String> {
+    let mut request = Request::post(destination.url.clone())
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    // In order: a later header of the same name replaces an earlier one.
+    for (name, value) in &destination.headers {
+        request.headers_mut().insert(name, value.clone());
+    }
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-protobuf"),
+    );
+    let answer = destination.runtime.block_on(async {
+        tokio::time::timeout(destination.timeout, destination.client.send_bytes(request)).await
+    });
+    match answer {
+        Err(_) => Err(format!(
+            "no answer in {} ms",
+            destination.timeout.as_millis()
+        )),
+        Ok(Err(error)) => Err(error.to_string()),
+        Ok(Ok(response)) if response.status().is_success() => Ok(()),
+        Ok(Ok(response)) => Err(format!("the collector answered {}", response.status())),
+    }
+}
+
+/// Failed exports, logged at most every ten seconds.
+#[derive(Default)]
+struct Failures {
+    since_log: u64,
+    spans_lost: u64,
+    last_log: Option<Instant>,
+}
+
+impl Failures {
+    fn record(&mut self, result: Result<(), String>, spans: usize) {
+        let Err(error) = result else { return };
+        self.since_log += 1;
+        self.spans_lost += spans as u64;
+        if self
+            .last_log
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+        {
+            return;
+        }
+        tracing::warn!(
+            %error,
+            failed_exports = self.since_log,
+            spans_lost = self.spans_lost,
+            "Trace export failed"
+        );
+        self.since_log = 0;
+        self.spans_lost = 0;
+        self.last_log = Some(Instant::now());
+    }
+}
+
+/// `OTEL_EXPORTER_OTLP_TRACES_HEADERS`, else `OTEL_EXPORTER_OTLP_HEADERS`:
+/// `key=value` pairs separated by commas, values percent-decoded, as
+/// opentelemetry-otlp reads them. A pair that is not a valid header is
+/// skipped with a warning naming the variable.
+pub(super) fn headers_from_env() -> Vec<(HeaderName, HeaderValue)> {
+    let (name, value) = match std::env::var("OTEL_EXPORTER_OTLP_TRACES_HEADERS") {
+        Ok(v) => ("OTEL_EXPORTER_OTLP_TRACES_HEADERS", v),
+        Err(_) => match std::env::var("OTEL_EXPORTER_OTLP_HEADERS") {
+            Ok(v) => ("OTEL_EXPORTER_OTLP_HEADERS", v),
+            Err(_) => return Vec::new(),
+        },
+    };
+    parse_headers(&value)
+        .filter_map(|(key, value)| {
+            let parsed = HeaderName::try_from(key)
+                .ok()
+                .zip(HeaderValue::try_from(value.as_str()).ok());
+            if parsed.is_none() {
+                tracing::warn!(
+                    variable = name,
+                    header = key,
+                    "Not a valid HTTP header: left out"
+                );
+            }
+            parsed
+        })
+        .collect()
+}
+
+fn parse_headers(text: &str) -> impl Iterator<Item = (&str, String)> {
+    text.split(',').filter_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        let (key, value) = (key.trim(), value.trim());
+        let value = percent_decode(value).unwrap_or_else(|| value.to_owned());
+        (!key.is_empty() && !value.is_empty()).then_some((key, value))
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = text.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use opentelemetry::trace::{Span as _, Tracer as _, TracerProvider as _};
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use prost::Message as _;
+
+    use super::*;
+
+    /// A collector in this process: records the spans of each request it
+    /// is sent (decoded with opentelemetry-proto's types) and answers 200.
+    #[derive(Debug, Default)]
+    struct Collector {
+        batches: Mutex<Vec<Vec<String>>>,
+        /// Requests begun; each waits until `open` (a stalled collector).
+        entered: std::sync::atomic::AtomicUsize,
+        closed: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl HttpClient for Collector {
+        async fn send_bytes(
+            &self,
+            request: Request<Bytes>,
+        ) -> Result<http::Response<Bytes>, opentelemetry_http::HttpError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.entered.fetch_add(1, SeqCst);
+            while self.closed.load(SeqCst) {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert_eq!(request.headers()["content-type"], "application/x-protobuf");
+            assert_eq!(request.headers()["x-token"], "t");
+            let decoded = ExportTraceServiceRequest::decode(request.body().clone())?;
+            let names = decoded
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .map(|s| s.name.clone())
+                .collect();
+            self.batches.lock().unwrap().push(names);
+            Ok(http::Response::new(Bytes::new()))
+        }
+    }
+
+    fn provider(
+        settings: BatchSettings,
+    ) -> (SdkTracerProvider, Arc<Collector>, tokio::runtime::Runtime) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let collector = Arc::new(Collector::default());
+        let processor = OtlpBatch::new(
+            settings,
+            Destination {
+                client: collector.clone(),
+                runtime: runtime.handle().clone(),
+                url: "http://collector.invalid/v1/traces".parse().unwrap(),
+                headers: vec![(
+                    HeaderName::from_static("x-token"),
+                    HeaderValue::from_static("t"),
+                )],
+                timeout: Duration::from_secs(5),
+            },
+        );
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(processor)
+            .build();
+        (provider, collector, runtime)
+    }
+
+    fn end_spans(provider: &SdkTracerProvider, names: std::ops::Range<usize>) {
+        let tracer = provider.tracer("test");
+        for i in names {
+            tracer.start(format!("span {i}")).end();
+        }
+    }
+
+    #[test]
+    fn a_full_batch_is_sent_at_once_and_the_rest_on_shutdown() {
+        let (provider, collector, _runtime) = provider(BatchSettings {
+            delay: Duration::from_secs(3600),
+            max_queue: 100,
+            max_batch: 4,
+        });
+        end_spans(&provider, 0..4);
+        let sent = |n: usize| {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while collector.batches.lock().unwrap().len() < n && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            collector.batches.lock().unwrap().clone()
+        };
+        // Four spans fill a batch: sent without waiting for the hour.
+        assert_eq!(sent(1), vec![vec!["span 0", "span 1", "span 2", "span 3"]]);
+        end_spans(&provider, 4..6);
+        provider.shutdown().unwrap();
+        assert_eq!(sent(2)[1], vec!["span 4", "span 5"]);
+        // After shutdown (the thread has ended), spans are not queued.
+        end_spans(&provider, 6..7);
+        assert_eq!(collector.batches.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn spans_beyond_a_full_queue_are_dropped_not_waited_for() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let (provider, collector, _runtime) = provider(BatchSettings {
+            delay: Duration::from_secs(3600),
+            max_queue: 3,
+            max_batch: 3,
+        });
+        collector.closed.store(true, SeqCst);
+        // Three spans fill a batch; the thread takes them and the collector
+        // stalls on them.
+        end_spans(&provider, 0..3);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while collector.entered.load(SeqCst) == 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // Three more fill the queue; four beyond it are dropped at once.
+        let started = Instant::now();
+        end_spans(&provider, 3..10);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        collector.closed.store(false, SeqCst);
+        provider.force_flush().unwrap();
+        let batches = collector.batches.lock().unwrap().clone();
+        assert_eq!(
+            batches,
+            vec![
+                vec!["span 0", "span 1", "span 2"],
+                vec!["span 3", "span 4", "span 5"]
+            ]
+        );
+    }
+
+    #[test]
+    fn headers_are_read_as_opentelemetry_otlp_reads_them() {
+        let parsed: Vec<_> = parse_headers("api-key=a%20b, x = 1 ,empty=,=v,bad%=%zz").collect();
+        assert_eq!(
+            parsed,
+            vec![
+                ("api-key", "a b".to_owned()),
+                ("x", "1".to_owned()),
+                ("bad%", "%zz".to_owned()),
+            ]
+        );
+    }
+}
