@@ -1,6 +1,7 @@
 //! The span processor behind `http/protobuf` export: each span is encoded
 //! when it ends, on the thread that ends it, and appended to a per-process
-//! buffer; a thread of its own posts the buffer as one OTLP request.
+//! queue of batches; a thread of its own posts each batch as one OTLP
+//! request.
 //!
 //! The SDK's batch processor sends every `SpanData` through a channel to its
 //! thread, where opentelemetry-otlp copies it into prost structs and encodes
@@ -9,13 +10,14 @@
 //! that allocated it. Here the span is dropped where it was made, and what
 //! crosses threads is one byte buffer per batch.
 //!
-//! The `OTEL_BSP_*` settings keep their meaning: an export starts when
-//! `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans are queued or
-//! `OTEL_BSP_SCHEDULE_DELAY` has passed; a span that finds
-//! `OTEL_BSP_MAX_QUEUE_SIZE` spans queued is dropped (counted, and logged),
-//! never waited for. An export carries every span queued when it starts.
+//! The `OTEL_BSP_*` settings keep the SDK's meaning: a request carries at
+//! most `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` spans, and exporting starts when
+//! that many are queued or `OTEL_BSP_SCHEDULE_DELAY` has passed; a span that
+//! finds `OTEL_BSP_MAX_QUEUE_SIZE` spans queued is dropped (counted, and
+//! logged), never waited for.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -28,7 +30,7 @@ use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{Span, SpanData, SpanProcessor};
 use opentelemetry_sdk::Resource;
 
-use super::proto;
+use super::proto::{self, Frame};
 
 /// The `OTEL_BSP_*` settings this processor honours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,26 +80,38 @@ pub(super) struct Destination {
     pub timeout: Duration,
 }
 
-/// A scope seen in this process: its encoded form and its queued spans.
-#[derive(Debug)]
-struct ScopeQueue {
-    scope: InstrumentationScope,
-    encoded: Arc<[u8]>,
-    spans: Vec<u8>,
+/// Up to `max_batch` spans: per scope (its index in `Queue::scopes`), the
+/// spans' encoded entries end to end.
+#[derive(Debug, Default)]
+struct Batch {
+    spans: usize,
+    parts: Vec<(usize, Vec<u8>)>,
 }
 
 #[derive(Debug, Default)]
 struct Queue {
-    scopes: Vec<ScopeQueue>,
+    /// Every scope seen in this process, with its encoded framing.
+    scopes: Vec<(InstrumentationScope, Arc<Frame>)>,
+    /// Batches waiting; the last one is being filled.
+    batches: VecDeque<Batch>,
+    /// Spans in `batches`.
     spans: usize,
+    /// Emptied buffers the export thread hands back, for new batches.
+    spare: Vec<Vec<u8>>,
     /// Spans dropped on a full queue since the last report.
     dropped: u64,
-    /// Flushes asked for, and the last one done (generation counters).
+    /// Flushes asked for, and the last one done (generation counters;
+    /// `u64::MAX` once the thread has ended or could not start).
     flush_asked: u64,
     flush_done: u64,
+    /// A span was queued: the export thread is (being) started.
+    started: bool,
     /// No more spans; the thread exports what is queued and ends.
     stopping: bool,
 }
+
+/// Emptied buffers kept for reuse.
+const SPARE_BUFFERS: usize = 8;
 
 #[derive(Debug)]
 struct Shared {
@@ -108,7 +122,7 @@ struct Shared {
     done: Condvar,
     settings: BatchSettings,
     /// The encoded resource, set by the provider before the first span.
-    resource: OnceLock<Vec<u8>>,
+    resource: OnceLock<Frame>,
 }
 
 impl Shared {
@@ -116,6 +130,12 @@ impl Shared {
         // A panic while holding the lock leaves the queue consistent (every
         // change under it is a push or a swap), so a poisoned lock is used.
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// No export will happen any more: flushes stop waiting.
+    fn finished(&self) {
+        self.lock().flush_done = u64::MAX;
+        self.done.notify_all();
     }
 }
 
@@ -156,13 +176,9 @@ impl OtlpBatch {
         }
     }
 
-    /// Starts the export thread if it is not running (from the thread that
-    /// ends the first span, so it inherits a runtime thread's signal mask).
-    fn ensure_thread(&self) {
-        let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
-        if thread.is_some() {
-            return;
-        }
+    /// Starts the export thread (from the thread that ends the first span,
+    /// so it inherits a runtime thread's signal mask).
+    fn start_thread(&self) {
         let Some(destination) = self
             .destination
             .lock()
@@ -172,32 +188,31 @@ impl OtlpBatch {
             return;
         };
         let shared = Arc::clone(&self.shared);
-        match std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("wharf-otlp-batch".to_owned())
-            .spawn(move || export_loop(&shared, &destination))
-        {
-            Ok(handle) => *thread = Some(handle),
+            .spawn(move || {
+                export_loop(&shared, &destination);
+                shared.finished();
+            });
+        match spawned {
+            Ok(handle) => {
+                *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            }
             Err(error) => {
                 tracing::warn!(%error, "Cannot start the trace export thread: spans are dropped");
+                self.shared.finished();
             }
         }
     }
 
     fn flush_and_wait(&self, stop: bool, timeout: Duration) -> OTelSdkResult {
-        let running = self
-            .thread
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some();
         let mut queue = self.shared.lock();
-        if queue.stopping && !running {
+        if queue.stopping {
             return Err(OTelSdkError::AlreadyShutdown);
         }
-        if stop {
-            queue.stopping = true;
-        }
-        if !running {
-            // No span ever ended: nothing to export.
+        queue.stopping = stop;
+        if !queue.started {
+            // No span was ever queued: nothing to export, no thread to stop.
             return Ok(());
         }
         queue.flush_asked += 1;
@@ -218,12 +233,12 @@ impl OtlpBatch {
         }
         drop(queue);
         if stop {
-            if let Some(handle) = self
+            let handle = self
                 .thread
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .take()
-            {
+                .take();
+            if let Some(handle) = handle {
                 let _ = handle.join();
             }
         }
@@ -241,33 +256,57 @@ impl SpanProcessor for OtlpBatch {
             };
             scratch.clear();
             proto::span_entry(&mut scratch, &span);
-            let mut queue = self.shared.lock();
+            let settings = self.shared.settings;
+            let mut guard = self.shared.lock();
+            let queue = &mut *guard;
             if queue.stopping {
                 return;
             }
-            if queue.spans >= self.shared.settings.max_queue {
+            if queue.spans >= settings.max_queue {
                 queue.dropped += 1;
                 return;
             }
-            let first = queue.scopes.is_empty();
-            let known = queue
+            let scope = queue
                 .scopes
                 .iter()
-                .position(|s| s.scope == span.instrumentation_scope);
-            let at = known.unwrap_or_else(|| {
-                queue.scopes.push(ScopeQueue {
-                    scope: span.instrumentation_scope.clone(),
-                    encoded: proto::scope(&span.instrumentation_scope).into(),
-                    spans: Vec::new(),
+                .position(|(scope, _)| *scope == span.instrumentation_scope)
+                .unwrap_or_else(|| {
+                    let frame = proto::scope(&span.instrumentation_scope);
+                    queue
+                        .scopes
+                        .push((span.instrumentation_scope.clone(), Arc::new(frame)));
+                    queue.scopes.len() - 1
                 });
-                queue.scopes.len() - 1
-            });
-            queue.scopes[at].spans.extend_from_slice(&scratch);
+            if queue
+                .batches
+                .back()
+                .is_none_or(|b| b.spans >= settings.max_batch)
+            {
+                queue.batches.push_back(Batch::default());
+            }
+            let Some(batch) = queue.batches.back_mut() else {
+                return; // pushed just above
+            };
+            let at = batch
+                .parts
+                .iter()
+                .position(|(i, _)| *i == scope)
+                .unwrap_or_else(|| {
+                    batch
+                        .parts
+                        .push((scope, queue.spare.pop().unwrap_or_default()));
+                    batch.parts.len() - 1
+                });
+            batch.parts[at].1.extend_from_slice(&scratch);
+            batch.spans += 1;
+            // Wake the thread once, when the first batch becomes full.
+            let full = batch.spans == settings.max_batch && queue.batches.len() == 1;
             queue.spans += 1;
-            let full = queue.spans >= self.shared.settings.max_batch;
-            drop(queue);
+            let first = !queue.started;
+            queue.started = true;
+            drop(guard);
             if first {
-                self.ensure_thread();
+                self.start_thread();
             }
             if full {
                 self.shared.wake.notify_one();
@@ -289,37 +328,48 @@ impl SpanProcessor for OtlpBatch {
 }
 
 /// The export thread: waits for a full batch, the delay, a flush or the
-/// stop; posts what is queued; tells flushes it is done.
+/// stop; posts every batch queued, one request each; tells flushes it is
+/// done.
 fn export_loop(shared: &Shared, destination: &Destination) {
     let mut failures = Failures::default();
     let mut body = Vec::new();
     loop {
-        let deadline = Instant::now() + shared.settings.delay;
+        // A delay too long to add to now: exports wait for a full batch.
+        let deadline = Instant::now().checked_add(shared.settings.delay);
         let mut queue = shared.lock();
         loop {
-            let due = queue.spans >= shared.settings.max_batch
+            let due = queue
+                .batches
+                .front()
+                .is_some_and(|b| b.spans >= shared.settings.max_batch)
                 || queue.flush_asked > queue.flush_done
                 || queue.stopping;
-            let left = deadline.saturating_duration_since(Instant::now());
-            if due || left.is_zero() {
+            if due {
                 break;
             }
-            queue = shared
-                .wake
-                .wait_timeout(queue, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
+            queue = match deadline {
+                Some(deadline) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
+                    }
+                    shared
+                        .wake
+                        .wait_timeout(queue, left)
+                        .map_or_else(|poison| poison.into_inner().0, |(q, _)| q)
+                }
+                None => shared
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
         }
         let asked = queue.flush_asked;
         let stopping = queue.stopping;
         let dropped = std::mem::take(&mut queue.dropped);
-        let count = std::mem::take(&mut queue.spans);
-        let batch: Vec<(Arc<[u8]>, Vec<u8>)> = queue
-            .scopes
-            .iter_mut()
-            .filter(|s| !s.spans.is_empty())
-            .map(|s| (Arc::clone(&s.encoded), std::mem::take(&mut s.spans)))
-            .collect();
+        let batches = std::mem::take(&mut queue.batches);
+        queue.spans = 0;
+        let scopes: Vec<Arc<Frame>> = queue.scopes.iter().map(|(_, f)| Arc::clone(f)).collect();
         drop(queue);
         if dropped > 0 {
             tracing::warn!(
@@ -327,17 +377,30 @@ fn export_loop(shared: &Shared, destination: &Destination) {
                 "Trace export queue full (OTEL_BSP_MAX_QUEUE_SIZE): spans dropped"
             );
         }
-        if count > 0 {
+        let resource = shared.resource.get().cloned().unwrap_or_default();
+        let mut emptied = Vec::new();
+        for batch in batches {
             body.clear();
-            let resource = shared.resource.get().map_or(&[][..], Vec::as_slice);
             proto::request(
                 &mut body,
-                resource,
-                batch.iter().map(|(scope, spans)| (&scope[..], &spans[..])),
+                &resource,
+                batch
+                    .parts
+                    .iter()
+                    .filter_map(|(i, spans)| Some((&**scopes.get(*i)?, &spans[..]))),
             );
-            failures.record(post(destination, Bytes::copy_from_slice(&body)), count);
+            failures.record(
+                post(destination, Bytes::copy_from_slice(&body)),
+                batch.spans,
+            );
+            emptied.extend(batch.parts.into_iter().map(|(_, mut spans)| {
+                spans.clear();
+                spans
+            }));
         }
         let mut queue = shared.lock();
+        let room = SPARE_BUFFERS.saturating_sub(queue.spare.len());
+        queue.spare.extend(emptied.into_iter().take(room));
         queue.flush_done = queue.flush_done.max(asked);
         drop(queue);
         shared.done.notify_all();
@@ -374,34 +437,51 @@ fn post(destination: &Destination, body: Bytes) -> Result<(), String> {
     }
 }
 
-/// Failed exports, logged at most every ten seconds.
+/// Failed exports: the first logged at once, the next ones at most every
+/// ten seconds with their count, and the recovery with what was lost.
 #[derive(Default)]
 struct Failures {
+    /// Failures and spans lost since the last line logged.
     since_log: u64,
     spans_lost: u64,
-    last_log: Option<Instant>,
+    /// When the last failure was logged, while exports are failing.
+    failing_since_log: Option<Instant>,
 }
 
 impl Failures {
     fn record(&mut self, result: Result<(), String>, spans: usize) {
-        let Err(error) = result else { return };
-        self.since_log += 1;
-        self.spans_lost += spans as u64;
-        if self
-            .last_log
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
-        {
-            return;
+        match result {
+            Ok(()) => {
+                if self.failing_since_log.take().is_some() {
+                    tracing::info!(
+                        failed_exports = self.since_log,
+                        spans_lost = self.spans_lost,
+                        "Trace export works again"
+                    );
+                }
+                self.since_log = 0;
+                self.spans_lost = 0;
+            }
+            Err(error) => {
+                self.since_log += 1;
+                self.spans_lost += spans as u64;
+                if self
+                    .failing_since_log
+                    .is_some_and(|at| at.elapsed() < Duration::from_secs(10))
+                {
+                    return;
+                }
+                tracing::warn!(
+                    %error,
+                    failed_exports = self.since_log,
+                    spans_lost = self.spans_lost,
+                    "Trace export failed"
+                );
+                self.since_log = 0;
+                self.spans_lost = 0;
+                self.failing_since_log = Some(Instant::now());
+            }
         }
-        tracing::warn!(
-            %error,
-            failed_exports = self.since_log,
-            spans_lost = self.spans_lost,
-            "Trace export failed"
-        );
-        self.since_log = 0;
-        self.spans_lost = 0;
-        self.last_log = Some(Instant::now());
     }
 }
 
@@ -562,6 +642,34 @@ mod tests {
         // After shutdown (the thread has ended), spans are not queued.
         end_spans(&provider, 6..7);
         assert_eq!(collector.batches.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_request_carries_at_most_a_batch_of_spans() {
+        let (provider, collector, _runtime) = provider(BatchSettings {
+            delay: Duration::from_secs(3600),
+            max_queue: 100,
+            max_batch: 4,
+        });
+        collector
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Held back by the stalled collector, ten spans queue up behind the
+        // first batch; released, they go out four at most per request.
+        end_spans(&provider, 0..14);
+        collector
+            .closed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        provider.force_flush().unwrap();
+        let sizes: Vec<usize> = collector
+            .batches
+            .lock()
+            .unwrap()
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 14);
+        assert!(sizes.iter().all(|&n| n <= 4), "{sizes:?}");
     }
 
     #[test]

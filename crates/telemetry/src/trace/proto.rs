@@ -217,11 +217,21 @@ fn flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
     flags
 }
 
+/// What an encoded message puts before and after the entries it holds:
+/// `ResourceSpans`' resource and schema URL around its `ScopeSpans`,
+/// `ScopeSpans`' scope and schema URL around its spans (in field order, as
+/// prost writes them).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Frame {
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
 /// `ResourceSpans.resource` and `schema_url` for `resource`: written once,
-/// put before every batch.
-pub(super) fn resource(resource: &Resource) -> Vec<u8> {
-    let mut out = Vec::new();
-    message(&mut out, 1, |out| {
+/// put around every batch.
+pub(super) fn resource(resource: &Resource) -> Frame {
+    let mut head = Vec::new();
+    message(&mut head, 1, |out| {
         for (key, value) in resource {
             message(out, 1, |out| {
                 string_field(out, 1, key.as_str());
@@ -229,38 +239,42 @@ pub(super) fn resource(resource: &Resource) -> Vec<u8> {
             });
         }
     });
-    string_field(&mut out, 3, resource.schema_url().unwrap_or(""));
-    out
+    let mut tail = Vec::new();
+    string_field(&mut tail, 3, resource.schema_url().unwrap_or(""));
+    Frame { head, tail }
 }
 
 /// `ScopeSpans.scope` and `schema_url` for `scope`.
-pub(super) fn scope(scope: &InstrumentationScope) -> Vec<u8> {
-    let mut out = Vec::new();
-    message(&mut out, 1, |out| {
+pub(super) fn scope(scope: &InstrumentationScope) -> Frame {
+    let mut head = Vec::new();
+    message(&mut head, 1, |out| {
         string_field(out, 1, scope.name());
         string_field(out, 2, scope.version().unwrap_or(""));
         attributes(out, 3, scope.attributes());
     });
-    string_field(&mut out, 3, scope.schema_url().unwrap_or(""));
-    out
+    let mut tail = Vec::new();
+    string_field(&mut tail, 3, scope.schema_url().unwrap_or(""));
+    Frame { head, tail }
 }
 
 /// An `ExportTraceServiceRequest` with one `ResourceSpans`: `resource`
-/// (from [`resource`]) and a `ScopeSpans` per `(scope, spans)`, `spans`
+/// (from [`resource`]) around a `ScopeSpans` per `(scope, spans)`, `spans`
 /// being [`span_entry`]s end to end.
 pub(super) fn request<'a>(
     out: &mut Vec<u8>,
-    resource: &[u8],
-    scopes: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    resource: &Frame,
+    scopes: impl IntoIterator<Item = (&'a Frame, &'a [u8])>,
 ) {
     message(out, 1, |out| {
-        out.extend_from_slice(resource);
+        out.extend_from_slice(&resource.head);
         for (scope, spans) in scopes {
             message(out, 2, |out| {
-                out.extend_from_slice(scope);
+                out.extend_from_slice(&scope.head);
                 out.extend_from_slice(spans);
+                out.extend_from_slice(&scope.tail);
             });
         }
+        out.extend_from_slice(&resource.tail);
     });
 }
 
@@ -290,6 +304,7 @@ mod tests {
             .build();
         let scope = InstrumentationScope::builder("wharf")
             .with_version("1.2.3")
+            .with_schema_url("https://opentelemetry.io/schemas/1.26.0")
             .with_attributes([KeyValue::new("scope.attr", 7)])
             .build();
         let tracer = provider.tracer_with_scope(scope);
@@ -343,6 +358,10 @@ mod tests {
     fn the_request_decodes_to_what_opentelemetry_proto_would_send() {
         let spans = spans();
         let resource = Resource::builder()
+            .with_schema_url(
+                Vec::<KeyValue>::new(),
+                "https://opentelemetry.io/schemas/1.27.0",
+            )
             .with_service_name("frontend")
             .with_attribute(KeyValue::new("host.name", "h"))
             .build();
@@ -354,7 +373,7 @@ mod tests {
         request(
             &mut body,
             &super::resource(&resource),
-            [(&scope(&spans[0].instrumentation_scope)[..], &entries[..])],
+            [(&scope(&spans[0].instrumentation_scope), &entries[..])],
         );
         let ours = ExportTraceServiceRequest::decode(&body[..]).unwrap();
         let theirs = ExportTraceServiceRequest {
