@@ -6,14 +6,6 @@
 //! (or the start) fails. No fallback: anything else a process can reach (its
 //! hash keys, a counter, the clock) is guessable, and a guessable CSRF secret,
 //! nonce or signing key is worse than an error page.
-//!
-//! Each thread draws from a `ChaCha12` stream keyed with 32 bytes from
-//! `getrandom` and re-keyed from it after every [`RESEED_BYTES`], as `rand`'s
-//! `ThreadRng` does: a page needs three values, and a `getrandom` system
-//! call for each was 5 % of a worker's CPU on a small page. The processes
-//! that use this are started by `exec` (the supervisor spawns its workers),
-//! never forked from a parent that had drawn from the stream, so no two
-//! processes share a key.
 
 /// Why no random bytes: the OS generator's error, untouched.
 pub(crate) type Error = getrandom::Error;
@@ -38,42 +30,9 @@ fn fill_with<const N: usize>(
     Ok(buf)
 }
 
-/// Bytes a thread's stream gives before it is re-keyed from `getrandom`.
-pub(crate) const RESEED_BYTES: usize = 64 * 1024;
-
-thread_local! {
-    /// This thread's stream and the bytes drawn since it was keyed.
-    static STREAM: std::cell::RefCell<Option<(rand_chacha::ChaCha12Rng, usize)>> =
-        const { std::cell::RefCell::new(None) };
-}
-
-/// Fills `buf` from this thread's stream, keying it from `getrandom` first
-/// when it has none or has given [`RESEED_BYTES`]; `getrandom`'s error as it
-/// is, and no bytes, when it fails.
-fn stream_fill(buf: &mut [u8]) -> Result<(), Error> {
-    use rand_core::{RngCore as _, SeedableRng as _};
-    STREAM.with(|cell| {
-        let mut stream = cell.borrow_mut();
-        if stream
-            .as_ref()
-            .is_none_or(|(_, drawn)| *drawn >= RESEED_BYTES)
-        {
-            *stream = None;
-            let mut key = [0_u8; 32];
-            getrandom::getrandom(&mut key)?;
-            *stream = Some((rand_chacha::ChaCha12Rng::from_seed(key), 0));
-        }
-        if let Some((rng, drawn)) = stream.as_mut() {
-            rng.fill_bytes(buf);
-            *drawn += buf.len();
-        }
-        Ok(())
-    })
-}
-
 #[cfg(not(test))]
 fn os_fill(buf: &mut [u8]) -> Result<(), Error> {
-    stream_fill(buf)
+    getrandom::getrandom(buf)
 }
 
 /// In this crate's unit tests, [`tests::failing`] and [`tests::fail_after`]
@@ -91,7 +50,7 @@ fn os_fill(buf: &mut [u8]) -> Result<(), Error> {
     if fail {
         return Err(tests::eio());
     }
-    stream_fill(buf)
+    getrandom::getrandom(buf)
 }
 
 /// Lower-case hex of `bytes`.
@@ -135,28 +94,6 @@ pub(crate) mod tests {
         let out = f();
         fail_after(None);
         out
-    }
-
-    #[test]
-    fn the_stream_is_rekeyed_from_the_os_after_its_quota() {
-        use super::{stream_fill, RESEED_BYTES, STREAM};
-        let drawn = || STREAM.with(|s| s.borrow().as_ref().map(|(_, n)| *n));
-        let mut buf = [0_u8; 1024];
-        stream_fill(&mut buf).unwrap();
-        let start = drawn().unwrap();
-        assert!(start >= 1024);
-        while drawn().unwrap() < RESEED_BYTES {
-            stream_fill(&mut buf).unwrap();
-        }
-        // The next fill re-keys: the count starts again.
-        stream_fill(&mut buf[..16]).unwrap();
-        assert_eq!(drawn(), Some(16));
-        // Two threads never share a stream.
-        let here = super::bytes::<32>().unwrap();
-        let there = std::thread::spawn(|| super::bytes::<32>().unwrap())
-            .join()
-            .unwrap();
-        assert_ne!(here, there);
     }
 
     #[test]
