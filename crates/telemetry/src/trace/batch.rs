@@ -94,8 +94,6 @@ struct Queue {
     scopes: Vec<(InstrumentationScope, Arc<Frame>)>,
     /// Batches waiting; the last one is being filled.
     batches: VecDeque<Batch>,
-    /// Spans in `batches`.
-    spans: usize,
     /// Emptied buffers the export thread hands back, for new batches.
     spare: Vec<Vec<u8>>,
     /// Spans dropped on a full queue since the last report.
@@ -108,6 +106,67 @@ struct Queue {
     started: bool,
     /// No more spans; the thread exports what is queued and ends.
     stopping: bool,
+}
+
+/// What [`Queue::push`] did with a span.
+struct Pushed {
+    /// It was the first span: the export thread is to be started.
+    first: bool,
+    /// It filled the first batch: the export thread is to be woken.
+    full: bool,
+}
+
+impl Queue {
+    /// Appends a span's encoded `entry` of `scope` to the last batch (a new
+    /// one when that is full); `None` when stopping or the queue is full
+    /// (counted as dropped).
+    fn push(
+        &mut self,
+        scope: &InstrumentationScope,
+        entry: &[u8],
+        settings: BatchSettings,
+    ) -> Option<Pushed> {
+        if self.stopping {
+            return None;
+        }
+        let queued: usize = self.batches.iter().map(|b| b.spans).sum();
+        if queued >= settings.max_queue {
+            self.dropped += 1;
+            return None;
+        }
+        let scope = if let Some(i) = self.scopes.iter().position(|(known, _)| known == scope) {
+            i
+        } else {
+            self.scopes
+                .push((scope.clone(), Arc::new(proto::scope(scope))));
+            self.scopes.len() - 1
+        };
+        if self
+            .batches
+            .back()
+            .is_none_or(|b| b.spans >= settings.max_batch)
+        {
+            self.batches.push_back(Batch::default());
+        }
+        let batch = self.batches.back_mut()?; // pushed just above
+        let at = if let Some(at) = batch.parts.iter().position(|(i, _)| *i == scope) {
+            at
+        } else {
+            let buffer = self.spare.pop().unwrap_or_default();
+            batch.parts.push((scope, buffer));
+            batch.parts.len() - 1
+        };
+        let part = &mut batch.parts[at].1;
+        part.extend_from_slice(entry);
+        batch.spans += 1;
+        let pushed = Pushed {
+            first: !self.started,
+            // Once, when the first batch becomes full.
+            full: batch.spans == settings.max_batch && self.batches.len() == 1,
+        };
+        self.started = true;
+        Some(pushed)
+    }
 }
 
 /// Emptied buffers kept for reuse.
@@ -256,55 +315,14 @@ impl SpanProcessor for OtlpBatch {
             };
             scratch.clear();
             proto::span_entry(&mut scratch, &span);
-            let settings = self.shared.settings;
-            let mut guard = self.shared.lock();
-            let queue = &mut *guard;
-            if queue.stopping {
+            let Some(pushed) = self.shared.lock().push(
+                &span.instrumentation_scope,
+                &scratch,
+                self.shared.settings,
+            ) else {
                 return;
-            }
-            if queue.spans >= settings.max_queue {
-                queue.dropped += 1;
-                return;
-            }
-            let scope = queue
-                .scopes
-                .iter()
-                .position(|(scope, _)| *scope == span.instrumentation_scope)
-                .unwrap_or_else(|| {
-                    let frame = proto::scope(&span.instrumentation_scope);
-                    queue
-                        .scopes
-                        .push((span.instrumentation_scope.clone(), Arc::new(frame)));
-                    queue.scopes.len() - 1
-                });
-            if queue
-                .batches
-                .back()
-                .is_none_or(|b| b.spans >= settings.max_batch)
-            {
-                queue.batches.push_back(Batch::default());
-            }
-            let Some(batch) = queue.batches.back_mut() else {
-                return; // pushed just above
             };
-            let at = batch
-                .parts
-                .iter()
-                .position(|(i, _)| *i == scope)
-                .unwrap_or_else(|| {
-                    batch
-                        .parts
-                        .push((scope, queue.spare.pop().unwrap_or_default()));
-                    batch.parts.len() - 1
-                });
-            batch.parts[at].1.extend_from_slice(&scratch);
-            batch.spans += 1;
-            // Wake the thread once, when the first batch becomes full.
-            let full = batch.spans == settings.max_batch && queue.batches.len() == 1;
-            queue.spans += 1;
-            let first = !queue.started;
-            queue.started = true;
-            drop(guard);
+            let (first, full) = (pushed.first, pushed.full);
             if first {
                 self.start_thread();
             }
@@ -332,7 +350,7 @@ impl SpanProcessor for OtlpBatch {
 /// done.
 fn export_loop(shared: &Shared, destination: &Destination) {
     let mut failures = Failures::default();
-    let mut body = Vec::new();
+    let no_resource = Frame::default();
     loop {
         // A delay too long to add to now: exports wait for a full batch.
         let deadline = Instant::now().checked_add(shared.settings.delay);
@@ -368,7 +386,6 @@ fn export_loop(shared: &Shared, destination: &Destination) {
         let stopping = queue.stopping;
         let dropped = std::mem::take(&mut queue.dropped);
         let batches = std::mem::take(&mut queue.batches);
-        queue.spans = 0;
         let scopes: Vec<Arc<Frame>> = queue.scopes.iter().map(|(_, f)| Arc::clone(f)).collect();
         drop(queue);
         if dropped > 0 {
@@ -377,22 +394,19 @@ fn export_loop(shared: &Shared, destination: &Destination) {
                 "Trace export queue full (OTEL_BSP_MAX_QUEUE_SIZE): spans dropped"
             );
         }
-        let resource = shared.resource.get().cloned().unwrap_or_default();
+        let resource = shared.resource.get().unwrap_or(&no_resource);
         let mut emptied = Vec::new();
         for batch in batches {
-            body.clear();
+            let mut body = Vec::new();
             proto::request(
                 &mut body,
-                &resource,
+                resource,
                 batch
                     .parts
                     .iter()
                     .filter_map(|(i, spans)| Some((&**scopes.get(*i)?, &spans[..]))),
             );
-            failures.record(
-                post(destination, Bytes::copy_from_slice(&body)),
-                batch.spans,
-            );
+            failures.record(post(destination, Bytes::from(body)), batch.spans);
             emptied.extend(batch.parts.into_iter().map(|(_, mut spans)| {
                 spans.clear();
                 spans
@@ -518,26 +532,11 @@ fn parse_headers(text: &str) -> impl Iterator<Item = (&str, String)> {
     text.split(',').filter_map(|pair| {
         let (key, value) = pair.split_once('=')?;
         let (key, value) = (key.trim(), value.trim());
-        let value = percent_decode(value).unwrap_or_else(|| value.to_owned());
+        let value = percent_encoding::percent_decode_str(value)
+            .decode_utf8()
+            .map_or_else(|_| value.to_owned(), std::borrow::Cow::into_owned);
         (!key.is_empty() && !value.is_empty()).then_some((key, value))
     })
-}
-
-fn percent_decode(text: &str) -> Option<String> {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = text.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]
